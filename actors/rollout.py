@@ -1,0 +1,170 @@
+"""Rollout actor: owns one vLLM engine; generates, and takes new weights without restarting."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import torch
+
+from rrm_ray.actor_group import Worker
+from rrm_ray.weight_sync import TensorMeta
+
+
+@dataclass
+class Completion:
+    """One sampled response, with what the learner needs to score and train on it."""
+
+    prompt_index: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response_logprobs: list[float]  # vLLM's log-probs of the sampled tokens (for the TIS correction)
+    text: str
+    finish_reason: str
+
+
+def engine_env(device: str, kv_cache_gib: float, threads: int) -> dict[str, str]:
+    """Environment an engine needs before vLLM is imported (set through the actor's runtime env)."""
+    env = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # keep the engine inside the actor process
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+    }
+    if device == "cpu":
+        env.update(
+            VLLM_CPU_KVCACHE_SPACE=str(max(1, int(kv_cache_gib))),
+            VLLM_CPU_NUM_OF_RESERVED_CPU="0",
+            OMP_NUM_THREADS=str(threads),
+        )
+    return env
+
+
+class VLLMEngine(Worker):
+    """A vLLM `LLM` plus the weight-receiving extension; base of the rollout and judge actors."""
+
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str,
+        max_model_len: int,
+        seed: int,
+        device: str = "cpu",
+        gpu_memory_utilization: float = 0.5,
+        enable_sleep_mode: bool = False,
+        max_num_batched_tokens: int = 16384,
+    ) -> None:
+        from vllm import LLM
+
+        if device == "cpu":
+            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        kwargs: dict[str, Any] = {}
+        if device == "cuda":
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=device == "cpu",
+            logprobs_mode="processed_logprobs",  # log-probs after temperature, as the learner computes them
+            worker_extension_cls="actors.vllm_ext.WeightReceiver",
+            max_num_batched_tokens=max(max_num_batched_tokens, max_model_len),
+            **kwargs,
+        )
+        self.max_num_batched_tokens = max(max_num_batched_tokens, max_model_len)
+        self.device_kind = device
+        self.tokenizer = self.llm.get_tokenizer()
+        self.tied_embeddings = bool(
+            getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False)
+        )
+
+    def generate(
+        self,
+        prompts: list[str],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        seed: int | None = None,
+        prompt_offset: int = 0,
+    ) -> list[Completion]:
+        """n samples for each prompt; greedy when temperature == 0. Returns a flat list, prompt-major.
+
+        `seed` makes request i sample with seed + i (reproducible, e.g. across a resume). vLLM's CPU
+        sampler cannot keep per-request seeds through a chunked prefill, so on CPU seeds are used only
+        when the whole batch's prefill fits into one scheduler step.
+        """
+        from vllm import SamplingParams
+
+        if seed is not None and self.device_kind == "cpu":
+            prefill = sum(len(self.tokenizer.encode(p)) for p in prompts) * n
+            if prefill > self.max_num_batched_tokens:
+                seed = None
+
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                logprobs=0,
+                seed=None if seed is None else seed + i,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        completions = []
+        for i, out in enumerate(outputs):
+            for sample in out.outputs:
+                steps = sample.logprobs or []
+                logprobs = [float(s[tok].logprob) for tok, s in zip(sample.token_ids, steps, strict=True)]
+                completions.append(
+                    Completion(
+                        prompt_index=prompt_offset + i,
+                        prompt_ids=list(out.prompt_token_ids),
+                        response_ids=list(sample.token_ids),
+                        response_logprobs=logprobs,
+                        text=sample.text,
+                        finish_reason=str(sample.finish_reason),
+                    )
+                )
+        return completions
+
+    def update_weights(self, manifest: list[TensorMeta], bucket_refs: list[ray.ObjectRef]) -> dict[str, int]:
+        """Load the learner's buckets one at a time (bounded memory), then verify completeness."""
+        self.llm.collective_rpc("rrm_begin_sync", args=(manifest,))
+        for ref in bucket_refs:
+            bucket = ray.get(ref)
+            self.llm.collective_rpc("rrm_load_bucket", args=(bucket,))
+            del bucket
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        return self.llm.collective_rpc("rrm_finish_sync")[0]
+
+    def probe_logprobs(self, token_ids: list[int]) -> list[float]:
+        """Log-probs (temperature 1) the engine gives a fixed sequence: a functional weight checksum.
+
+        On CPU vLLM repacks linear weights into kernel formats, so comparing parameters directly is
+        impossible; equal log-probs on the same tokens show the engine computes with the same weights.
+        """
+        from vllm import SamplingParams, TokensPrompt
+
+        out = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=token_ids)],
+            SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0),
+            use_tqdm=False,
+        )[0]
+        return [float(step[tok].logprob) for tok, step in zip(token_ids[1:], out.prompt_logprobs[1:], strict=True)]
+
+    def checksums(self) -> dict[str, list[float]]:
+        return self.llm.collective_rpc("rrm_checksums", args=(self.tied_embeddings,))[0]
+
+    def sleep(self, level: int = 1) -> None:
+        self.llm.sleep(level=level)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+
+
+class RolloutWorker(VLLMEngine):
+    """The rollout role: policy samples for GRPO and greedy evaluation."""

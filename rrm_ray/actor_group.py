@@ -1,0 +1,207 @@
+"""One actor-group abstraction for every role: rollout engines, learner ranks, reward and judge actors.
+
+A group reserves a placement group with one bundle per worker, waits for it with a timeout that names
+what is missing, and starts one actor per bundle. Ranks follow the bundles ordered by node, so ranks
+on one node are contiguous and rank 0 publishes the master address for torch.distributed:
+
+    node A: bundle 0 -> rank 0 (MASTER_ADDR = node A's IP), bundle 2 -> rank 1
+    node B: bundle 1 -> rank 2, bundle 3 -> rank 3
+
+Dispatch is named at the call site: `call_all`, `call_rank0`, `call_sharded`, each returning the
+gathered results (every wait bounded by `call_timeout_s`), or `async_*` variants returning refs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+
+class PlacementError(RuntimeError):
+    """Resources for a role could not be reserved in time."""
+
+
+class RemoteCallTimeout(TimeoutError):
+    """A remote call did not answer within the configured timeout."""
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """How a role is placed: bundle shape, count and strategy (all from config)."""
+
+    name: str
+    num_workers: int
+    cpus: float
+    gpus: float = 0.0
+    strategy: str = "PACK"
+    resources: dict[str, float] | None = None  # custom resources per bundle
+
+    def bundle(self) -> dict[str, float]:
+        b: dict[str, float] = {"CPU": self.cpus}
+        if self.gpus:
+            b["GPU"] = self.gpus
+        b.update(self.resources or {})
+        return b
+
+
+def reserve(spec: RoleSpec, timeout_s: float) -> PlacementGroup:
+    """Reserve one bundle per worker, or fail naming the resources the cluster lacks."""
+    bundles = [spec.bundle() for _ in range(spec.num_workers)]
+    pg = placement_group(bundles, strategy=spec.strategy, name=f"rrm-ray-{spec.name}")
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(pg)
+        raise PlacementError(_missing_resources_message(spec, bundles, timeout_s))
+    return pg
+
+
+def _missing_resources_message(spec: RoleSpec, bundles: list[dict[str, float]], timeout_s: float) -> str:
+    asked: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            asked[k] = asked.get(k, 0.0) + v
+    total = ray.cluster_resources()
+    free = ray.available_resources()
+    lines = [
+        f"could not place role {spec.name!r} ({spec.num_workers} x {spec.bundle()}, strategy "
+        f"{spec.strategy}) within {timeout_s:g}s:"
+    ]
+    for k, v in asked.items():
+        lines.append(f"  {k}: asked {v:g}, cluster total {total.get(k, 0):g}, free now {free.get(k, 0):g}")
+    if spec.strategy.startswith("STRICT"):
+        lines.append(f"  ({spec.strategy} also needs the bundles to fit on one node or on distinct nodes)")
+    return "\n".join(lines)
+
+
+def ordered_bundles(pg: PlacementGroup) -> list[int]:
+    """Bundle indexes ordered by node (nodes in order of their first bundle), then by index."""
+    table = ray.util.placement_group_table(pg)
+    node_of: dict[int, str] = table.get("bundles_to_node_id", {})
+    first_seen: dict[str, int] = {}
+    for idx in sorted(node_of):
+        first_seen.setdefault(node_of[idx], idx)
+    return sorted(node_of, key=lambda i: (first_seen[node_of[i]], i)) or list(range(pg.bundle_count))
+
+
+class ActorGroup:
+    """N actors of one class on one placement group, ranked by (node, bundle)."""
+
+    def __init__(
+        self,
+        actor_cls: type,
+        spec: RoleSpec,
+        *,
+        init_args: Sequence[Any] = (),
+        init_kwargs: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        placement_timeout_s: float = 120.0,
+        call_timeout_s: float = 1800.0,
+        max_restarts: int = 0,
+        pg: PlacementGroup | None = None,
+    ) -> None:
+        self.spec = spec
+        self.call_timeout_s = call_timeout_s
+        self._owns_pg = pg is None
+        self.pg = pg or reserve(spec, placement_timeout_s)
+        self.bundles = ordered_bundles(self.pg)[: spec.num_workers]
+        remote_cls = ray.remote(actor_cls)
+        self.actors: list[ray.actor.ActorHandle] = []
+        for rank, bundle_index in enumerate(self.bundles):
+            rank_env = {
+                **(env or {}),
+                "RANK": str(rank),
+                "WORLD_SIZE": str(spec.num_workers),
+                "RRM_RAY_ROLE": spec.name,
+                "RRM_RAY_BUNDLE": str(bundle_index),
+            }
+            actor = remote_cls.options(
+                num_cpus=spec.cpus,
+                num_gpus=spec.gpus,
+                resources=spec.resources or None,
+                max_restarts=max_restarts,
+                max_task_retries=0,
+                runtime_env={"env_vars": rank_env},
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self.pg, placement_group_bundle_index=bundle_index
+                ),
+                name=None,
+            ).remote(*init_args, **(init_kwargs or {}))
+            self.actors.append(actor)
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    # -- dispatch ------------------------------------------------------------------------------------
+    def async_call_all(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
+        return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+
+    def async_call_sharded(self, method: str, shards: Sequence[Any], **kwargs: Any) -> list[ray.ObjectRef]:
+        if len(shards) != len(self.actors):
+            raise ValueError(f"{self.spec.name}: {len(shards)} shards for {len(self.actors)} workers")
+        return [getattr(a, method).remote(s, **kwargs) for a, s in zip(self.actors, shards, strict=True)]
+
+    def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """Call `method` on every rank with the same arguments; results in rank order."""
+        return self.get(self.async_call_all(method, *args, **kwargs), what=method)
+
+    def call_rank0(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self.get([getattr(self.actors[0], method).remote(*args, **kwargs)], what=method)[0]
+
+    def call_sharded(self, method: str, shards: Sequence[Any], **kwargs: Any) -> list[Any]:
+        """Rank i gets `shards[i]`; results in rank order."""
+        return self.get(self.async_call_sharded(method, shards, **kwargs), what=method)
+
+    def get(self, refs: list[ray.ObjectRef], what: str = "call") -> list[Any]:
+        """Wait for refs with the group's timeout; a silent hang becomes a named error."""
+        try:
+            return ray.get(refs, timeout=self.call_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RemoteCallTimeout(
+                f"{self.spec.name}.{what} did not finish within cluster.call_timeout_s="
+                f"{self.call_timeout_s:g}s"
+            ) from None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def placement(self) -> list[dict[str, Any]]:
+        """Where each rank landed: node id, IP, bundle index (for logs and placement tests)."""
+        infos = self.call_all("node_info")
+        return [{"role": self.spec.name, "rank": r, **info} for r, info in enumerate(infos)]
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(a, no_restart=True)
+        self.actors = []
+        if self._owns_pg:
+            with contextlib.suppress(Exception):
+                remove_placement_group(self.pg)
+
+
+class Worker:
+    """Base class of every actor: node facts and a free port for the rank-0 rendezvous."""
+
+    def node_info(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
+        return {
+            "node_id": ctx.get_node_id(),
+            "ip": ray.util.get_node_ip_address(),
+            "bundle": int(os.environ.get("RRM_RAY_BUNDLE", "-1")),
+            "pid": os.getpid(),
+        }
+
+    def free_port(self) -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return int(s.getsockname()[1])
+
+    def ping(self) -> bool:
+        return True

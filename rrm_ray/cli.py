@@ -1,0 +1,81 @@
+"""`rrm-ray` command line: train locally or on a cluster, and manage submitted jobs.
+
+rrm-ray train configs/quickstart.yaml trainer.total_steps=5
+rrm-ray submit configs/quickstart.yaml --address http://head:8265 -- trainer.total_steps=5
+rrm-ray status JOB | logs JOB [--follow] | list | stop JOB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rrm_ray.config import ConfigError, load_config
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)  # validated before Ray is touched
+    from rrm_ray.driver import GRPOJob
+
+    job = GRPOJob(cfg)
+    print(f"MLflow run {job.tracker.run_id} at {cfg.tracking.uri} (experiment {cfg.tracking.experiment!r})")
+    status = "FAILED"
+    try:
+        job.start()
+        summary = job.run()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("interrupted: shutting down the actors", file=sys.stderr)
+        return 130
+    finally:
+        job.close(status)
+    _print_summary(summary)
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump({k: v for k, v in summary.items() if k != "history"}, f, indent=2, default=str)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    before, after = summary["before"], summary["after"]
+    print(f"\nsteps {summary['steps']} in {summary['wall_s']:.0f}s; MLflow run {summary['run_id']}")
+    if before and after:
+        for key in before:
+            print(f"held-out {key.split('/')[-1]:>16}: before {before[key]:.3f}  after {after[key]:.3f}")
+    if summary.get("final_policy"):
+        print(f"final policy (HF format): {summary['final_policy']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rrm-ray", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run a GRPO job (starts a local Ray unless cluster.address is set)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.add_argument("--summary-json", help="also write the run summary here")
+    p.set_defaults(func=_train)
+
+    from rrm_ray import jobs
+
+    jobs.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""Typed job configuration: dataclass schemas, YAML + dotlist loading, and up-front validation.
+
+Every knob a user may turn lives here and in `configs/*.yaml`. Loading goes through
+`OmegaConf.structured` in struct mode, so an unknown key or a value of the wrong type fails with the
+key's full name before Ray is touched; `validate()` then checks the values against each other and
+against the declared cluster shape, and every message says which key is wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key and what is allowed."""
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = None  # None: start a local Ray; "auto" or "ray://host:port": connect
+    device: str = "cpu"  # cpu | cuda: decides bundles ({"CPU"} vs {"GPU"}), dtypes and backends
+    local_num_cpus: int = 8  # logical CPUs a local Ray declares (roles take fractions of them)
+    local_num_gpus: int = 0
+    # Declared cluster shape, checked by validate() so a profile fails before submission.
+    # 0 means unknown (checked against the live cluster after connecting instead).
+    num_nodes: int = 0
+    gpus_per_node: int = 0
+    placement_timeout_s: float = 120.0  # waiting longer than this for resources is an error
+    call_timeout_s: float = 1800.0  # every remote call waits at most this long
+    env: dict[str, str] = field(default_factory=dict)  # extra env vars for every actor
+
+
+@dataclass
+class ModelConfig:
+    path: str = "smollm2"  # a local HF directory, or "smollm2" (the packaged SmolLM2-135M-Instruct)
+    dtype: str = "auto"  # auto (float32 on cpu, bfloat16 on cuda) | float32 | bfloat16 | float16
+    max_model_len: int = 512
+    use_chat_template: bool = True
+    system_prompt: str | None = None
+
+
+@dataclass
+class RolloutConfig:
+    num_engines: int = 1
+    cpus_per_engine: float = 1.0
+    gpus_per_engine: float = 1.0  # used only when cluster.device == cuda
+    strategy: str = "PACK"
+    n_samples: int = 8  # responses per prompt (the GRPO group size)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    eval_max_new_tokens: int = 128
+    kv_cache_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE on cpu (whole GiB)
+    gpu_memory_utilization: float = 0.5
+    threads: int = 2  # torch / OpenMP threads of an engine on cpu
+    weight_bucket_mb: int = 64  # weight sync sends parameters in buckets of at most this size
+    max_num_batched_tokens: int = 16384  # vLLM scheduler budget per step
+
+
+@dataclass
+class LearnerConfig:
+    backend: str = "fsdp2"  # fsdp2 | deepspeed
+    num_ranks: int = 2
+    cpus_per_rank: float = 1.0
+    gpus_per_rank: float = 1.0
+    strategy: str = "PACK"
+    threads: int = 1  # torch threads per rank on cpu
+    micro_batch_size: int = 4  # sequences per forward/backward on one rank
+    lr: float = 1e-5
+    lr_schedule: str = "constant"  # constant | cosine | linear
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    grad_clip: float = 1.0
+    logprob_chunk: int = 1024  # rows of the vocabulary projection handled at once
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "grpo"
+    scale_by_std: bool = True  # False: Dr. GRPO (advantage = reward - group mean)
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # > clip_low: the asymmetric "clip-higher" variant
+    kl_coef: float = 0.0  # > 0 adds a k3 KL penalty to a frozen reference copy
+    tis_cap: float | None = 2.0  # truncated importance weight for vLLM-vs-learner log-prob drift; null: off
+    mini_batches: int = 1  # optimizer steps per batch (>1 needs old log-probs before updating)
+
+
+@dataclass
+class RewardConfig:
+    rule: str = "arithmetic"  # a name from rrm_ray.rewards.rules or "package.module:function"
+    rule_weights: dict[str, float] = field(default_factory=dict)  # if set: weighted sum of these rules
+    timeout_s: float = 5.0
+    fallback: float = 0.0  # reward of an item whose rule timed out or raised
+    num_workers: int = 1
+    cpus: float = 0.5
+
+
+@dataclass
+class JudgeConfig:
+    """The RRM judge: a vLLM engine that reasons, then says which of two responses is better."""
+
+    enabled: bool = False  # GRPO with RRM rewards (and the judge/eval/best-of-n commands) use it
+    model_path: str = "smollm2"  # HF directory or "smollm2"; the RRM paper used DeepSeek-R1-Distill-Qwen
+    mode: str = "rrm"  # rrm: think, then verdict | direct: verdict only (the DirectJudge baseline)
+    num_engines: int = 1
+    cpus_per_engine: float = 1.0
+    gpus_per_engine: float = 1.0
+    strategy: str = "PACK"
+    colocate_with_rollout: bool = False  # share the rollout engines' bundles (GPU: sleep/wake)
+    temperature: float = 0.6  # paper defaults: 0.6 / 1.0 / 8192
+    top_p: float = 1.0
+    max_new_tokens: int = 8192
+    max_model_len: int = 16384
+    max_prompt_tokens: int = 4096
+    over_length: str = "truncate"  # truncate (documented rule in rrm_ray.judge.prompts) | reject
+    votes: int = 1  # sampled judgments per pair (majority), both presentation orders
+    adaptive_votes: bool = True  # stop sampling once the remaining votes cannot change the majority
+    tie_rule: str = "random"  # random | first | none
+    method: str = "knockout"  # knockout | elo (round robin)
+    rating: str = "bradley_terry"  # for elo: bradley_terry | elo
+    k_factor: float = 32.0
+    batch_timeout_s: float = 1800.0  # one engine batch; a timed-out batch counts as undecided
+    cache_max_entries: int = 100_000
+    kv_cache_gib: float = 2.0
+    gpu_memory_utilization: float = 0.4
+    threads: int = 2
+    # How judge rewards meet rule rewards in GRPO:
+    reward_mix: str = "judge_if_no_rule"  # judge_if_no_rule | weighted
+    rule_weight: float = 1.0
+    judge_weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    train_path: str = "data/arithmetic/train.jsonl"
+    eval_path: str | None = "data/arithmetic/eval.jsonl"
+    prompt_field: str = "prompt"
+    answer_field: str | None = "answer"
+    prompts_per_step: int = 4
+    eval_max_prompts: int = 64
+    shuffle: bool = True
+    generate_arithmetic: bool = True  # write the toy task to train/eval paths if they are missing
+    arithmetic_max_operand: int = 9  # operands of the generated task are drawn from 1..this
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 15
+    eval_every: int = 0  # 0: evaluate only before and after training
+    seed: int = 1
+    log_samples: int = 8  # generations kept in the MLflow samples table per step
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///runs/mlflow.db"
+    experiment: str = "rrm-ray"
+    run_name: str | None = None
+    enabled: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "runs/checkpoints"
+    every: int = 0  # 0: no intermediate checkpoints
+    keep_last: int = 2
+    save_final: bool = True  # write the final policy in HF format and log its path to MLflow
+
+
+@dataclass
+class JobConfig:
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Merge schema defaults, a YAML file and `key=value` overrides; then validate.
+
+    Returns a typed `JobConfig` object (a dataclass instance), so later code cannot grow keys.
+    """
+    merged: DictConfig = OmegaConf.structured(JobConfig)
+    OmegaConf.set_struct(merged, True)
+    _open_free_form_dicts(merged)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))  # type: ignore[assignment]
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_explain(exc, f"in {path}")) from None
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))  # type: ignore[assignment]
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_explain(exc, "in a command-line override")) from None
+    cfg: JobConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(cfg)
+    return cfg
+
+
+def _open_free_form_dicts(node: DictConfig) -> None:
+    """Struct mode closes every node; plain `dict[str, ...]` fields (env vars, rule weights) take any key."""
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            if OmegaConf.get_type(child) is dict:
+                OmegaConf.set_struct(child, False)
+            else:
+                _open_free_form_dicts(child)
+
+
+def _explain(exc: OmegaConfBaseException, origin: str) -> str:
+    key = getattr(exc, "full_key", None)
+    where = f" {origin}"
+    msg = str(exc).splitlines()[0]
+    if "Key '" in msg and "not in" in msg:
+        known = _known_keys(key)
+        return f"unknown config key {key!r}{where}; allowed keys here: {', '.join(known)}"
+    return f"bad value for config key {key!r}{where}: {msg}"
+
+
+def _known_keys(full_key: str | None) -> list[str]:
+    node: Any = JobConfig
+    for part in (full_key or "").split(".")[:-1]:
+        if not dataclasses.is_dataclass(node):
+            break
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            break
+        node = fields[part].default_factory  # type: ignore[assignment]
+    if dataclasses.is_dataclass(node):
+        return [f.name for f in dataclasses.fields(node)]
+    return [f.name for f in dataclasses.fields(JobConfig)]
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _one_of(value: Any, key: str, allowed: tuple[Any, ...]) -> None:
+    _require(value in allowed, key, f"got {value!r}, allowed: {', '.join(map(str, allowed))}")
+
+
+def validate(cfg: JobConfig) -> None:
+    """Check values against each other and the declared cluster; raise ConfigError naming the key."""
+    c, r, lr, a, d = cfg.cluster, cfg.rollout, cfg.learner, cfg.algorithm, cfg.data
+    _one_of(c.device, "cluster.device", ("cpu", "cuda"))
+    _one_of(cfg.model.dtype, "model.dtype", ("auto", "float32", "bfloat16", "float16"))
+    _one_of(lr.backend, "learner.backend", ("fsdp2", "deepspeed"))
+    _one_of(lr.lr_schedule, "learner.lr_schedule", ("constant", "cosine", "linear"))
+    _one_of(a.name, "algorithm.name", ("grpo",))
+    for key, strategy in (("rollout.strategy", r.strategy), ("learner.strategy", lr.strategy)):
+        _one_of(strategy, key, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    for key, value in (
+        ("rollout.num_engines", r.num_engines),
+        ("rollout.n_samples", r.n_samples),
+        ("rollout.max_new_tokens", r.max_new_tokens),
+        ("rollout.weight_bucket_mb", r.weight_bucket_mb),
+        ("learner.num_ranks", lr.num_ranks),
+        ("learner.micro_batch_size", lr.micro_batch_size),
+        ("data.prompts_per_step", d.prompts_per_step),
+        ("trainer.total_steps", cfg.trainer.total_steps),
+        ("algorithm.mini_batches", a.mini_batches),
+        ("model.max_model_len", cfg.model.max_model_len),
+    ):
+        _require(value >= 1, key, f"must be at least 1, got {value}")
+    _require(lr.lr > 0, "learner.lr", f"must be positive, got {lr.lr}")
+    _require(0 <= a.clip_low < 1, "algorithm.clip_low", f"must be in [0, 1), got {a.clip_low}")
+    _require(a.clip_high >= 0, "algorithm.clip_high", f"must be >= 0, got {a.clip_high}")
+    _require(a.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0, got {a.kl_coef}")
+    _require(a.tis_cap is None or a.tis_cap >= 1, "algorithm.tis_cap", "must be null or >= 1")
+    _require(r.temperature > 0, "rollout.temperature", "must be > 0 (use eval for greedy decoding)")
+    _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    _require(cfg.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
+    _require(c.placement_timeout_s > 0, "cluster.placement_timeout_s", "must be > 0")
+    _require(c.call_timeout_s > 0, "cluster.call_timeout_s", "must be > 0")
+    _require(r.n_samples >= 2, "rollout.n_samples", "GRPO needs at least 2 samples per prompt")
+    validate_judge(cfg.judge)
+    _validate_rules(cfg.reward)
+
+    sequences = d.prompts_per_step * r.n_samples
+    per_rank, rest = divmod(sequences, lr.num_ranks)
+    _require(
+        rest == 0,
+        "learner.num_ranks",
+        f"data.prompts_per_step x rollout.n_samples = {sequences} sequences per step must divide "
+        f"evenly over {lr.num_ranks} learner ranks",
+    )
+    _require(
+        per_rank % a.mini_batches == 0,
+        "algorithm.mini_batches",
+        f"{per_rank} sequences per rank must split into {a.mini_batches} equal mini-batches",
+    )
+    if c.device == "cuda":
+        asked = r.num_engines * r.gpus_per_engine + lr.num_ranks * lr.gpus_per_rank
+        declared = c.num_nodes * c.gpus_per_node
+        _require(
+            declared == 0 or asked <= declared,
+            "cluster.gpus_per_node",
+            f"the job asks for {asked:g} GPUs (rollout {r.num_engines}x{r.gpus_per_engine:g} + learner "
+            f"{lr.num_ranks}x{lr.gpus_per_rank:g}) but the declared cluster has {declared} "
+            f"({c.num_nodes} nodes x {c.gpus_per_node})",
+        )
+        _require(lr.gpus_per_rank == 1, "learner.gpus_per_rank", "each learner rank needs exactly 1 GPU")
+    if c.address is None and c.device == "cpu":
+        asked_cpu = r.num_engines * r.cpus_per_engine + lr.num_ranks * lr.cpus_per_rank + cfg.reward.cpus
+        _require(
+            asked_cpu <= c.local_num_cpus,
+            "cluster.local_num_cpus",
+            f"the job asks for {asked_cpu:g} logical CPUs but the local Ray declares {c.local_num_cpus}",
+        )
+
+
+def _validate_rules(reward: RewardConfig) -> None:
+    from rrm_ray.rewards.rules import resolve_rule
+
+    key, spec = ("reward.rule_weights", dict(reward.rule_weights)) if reward.rule_weights else ("reward.rule", reward.rule)
+    try:
+        resolve_rule(spec)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def validate_judge(j: JudgeConfig) -> None:
+    _one_of(j.mode, "judge.mode", ("rrm", "direct"))
+    _one_of(j.over_length, "judge.over_length", ("truncate", "reject"))
+    _one_of(j.tie_rule, "judge.tie_rule", ("random", "first", "none"))
+    _one_of(j.method, "judge.method", ("knockout", "elo"))
+    _one_of(j.rating, "judge.rating", ("bradley_terry", "elo"))
+    _one_of(j.reward_mix, "judge.reward_mix", ("judge_if_no_rule", "weighted"))
+    _one_of(j.strategy, "judge.strategy", ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    for key, value in (
+        ("judge.votes", j.votes),
+        ("judge.num_engines", j.num_engines),
+        ("judge.max_new_tokens", j.max_new_tokens),
+        ("judge.max_prompt_tokens", j.max_prompt_tokens),
+    ):
+        _require(value >= 1, key, f"must be at least 1, got {value}")
+    _require(j.temperature >= 0, "judge.temperature", "must be >= 0")
+    _require(0 < j.top_p <= 1, "judge.top_p", f"must be in (0, 1], got {j.top_p}")
+    _require(
+        j.max_prompt_tokens + j.max_new_tokens <= j.max_model_len,
+        "judge.max_model_len",
+        f"must hold judge.max_prompt_tokens + judge.max_new_tokens = "
+        f"{j.max_prompt_tokens + j.max_new_tokens}, got {j.max_model_len}",
+    )
+    _require(j.batch_timeout_s > 0, "judge.batch_timeout_s", "must be > 0")
+
+
+def resolved_dtype(cfg: JobConfig) -> str:
+    """The dtype actually used: float32 on CPU (bf16 is several times slower without AVX-512)."""
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    return "float32" if cfg.cluster.device == "cpu" else "bfloat16"
+
+
+def to_flat_dict(cfg: JobConfig) -> dict[str, Any]:
+    """The config as `section.key -> value`, for MLflow params."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node
+
+    walk("", OmegaConf.to_container(OmegaConf.structured(cfg)))
+    return out
+
+
+def to_yaml(cfg: JobConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,159 @@
+"""Job lifecycle on an existing Ray cluster through the Job Submission API.
+
+`submit` validates the config locally first (a bad key fails here, not after an upload), then sends
+`python -m rrm_ray.cli train CONFIG overrides... cluster.address=auto` with the working directory as
+the runtime env (minus `.venv`, `runs/`, checkpoints and other bulky local state) and follows the logs.
+Token authentication: Ray's SDK adds the token from `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or the
+default token file; `--token` / `--token-file` set those for this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ADDRESS = os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265")
+EXCLUDES = [
+    ".venv",
+    "runs",
+    "checkpoints",
+    ".git",
+    "**/__pycache__",
+    "*.safetensors",
+    "mlflow.db",
+    ".pytest_cache",
+]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _client(args: argparse.Namespace):
+    if getattr(args, "token", None):
+        os.environ["RAY_AUTH_TOKEN"] = args.token
+    if getattr(args, "token_file", None):
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(args.token_file).expanduser())
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(args.address)
+
+
+def build_entrypoint(config: str, overrides: list[str]) -> str:
+    """The command the cluster runs; `python -m` so the uploaded working dir is on sys.path."""
+    has_address = any(o.startswith("cluster.address=") for o in overrides)
+    extra = [] if has_address else ["cluster.address=auto"]
+    return shlex.join(["python", "-m", "rrm_ray.cli", "train", config, *overrides, *extra])
+
+
+def submit(args: argparse.Namespace) -> int:
+    from rrm_ray.config import load_config
+
+    load_config(args.config, args.overrides)  # fail before anything is uploaded
+    workdir = Path(args.working_dir).resolve()
+    config = Path(args.config).resolve()
+    if not config.is_relative_to(workdir):
+        print(
+            f"config {config} must be inside the working dir {workdir} to travel with the job",
+            file=sys.stderr,
+        )
+        return 2
+    env_vars = dict(kv.split("=", 1) for kv in args.env)
+    runtime_env: dict[str, Any] = {"working_dir": str(workdir), "excludes": EXCLUDES + args.exclude}
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
+    if args.pip:
+        runtime_env["pip"] = args.pip
+    client = _client(args)
+    job_id = client.submit_job(
+        entrypoint=build_entrypoint(str(config.relative_to(workdir)), args.overrides),
+        runtime_env=runtime_env,
+        submission_id=args.job_id,
+        metadata={"rrm_ray": "train", "config": str(config.relative_to(workdir))},
+    )
+    print(f"submitted job {job_id} to {args.address}")
+    if args.no_follow:
+        return 0
+    return _follow(client, job_id)
+
+
+def _follow(client: Any, job_id: str, poll_s: float = 1.0) -> int:
+    """Print new log output until the job ends; exit code 0 only if it succeeded."""
+    shown = 0
+    while True:
+        status = str(client.get_job_status(job_id).value)
+        logs = client.get_job_logs(job_id)
+        if len(logs) > shown:
+            sys.stdout.write(logs[shown:])
+            sys.stdout.flush()
+            shown = len(logs)
+        if status in TERMINAL:
+            print(f"\njob {job_id} {status}")
+            return 0 if status == "SUCCEEDED" else 1
+        time.sleep(poll_s)
+
+
+def status(args: argparse.Namespace) -> int:
+    info = _client(args).get_job_info(args.job_id)
+    print(f"{args.job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+    return 0 if str(info.status.value) != "FAILED" else 1
+
+
+def logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.follow:
+        return _follow(client, args.job_id)
+    print(client.get_job_logs(args.job_id), end="")
+    return 0
+
+
+def list_jobs(args: argparse.Namespace) -> int:
+    for job in _client(args).list_jobs():
+        print(f"{job.submission_id or job.job_id}\t{job.status.value}\t{job.entrypoint}")
+    return 0
+
+
+def stop(args: argparse.Namespace) -> int:
+    stopped = _client(args).stop_job(args.job_id)
+    print(f"{args.job_id}: {'stop requested' if stopped else 'already finished'}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--address", default=DEFAULT_ADDRESS, help="Ray dashboard address (default %(default)s)"
+        )
+        p.add_argument("--token", help="Ray auth token (else RAY_AUTH_TOKEN / the default token file)")
+        p.add_argument("--token-file", help="file holding the Ray auth token")
+
+    p = sub.add_parser("submit", help="submit a training job to a Ray cluster and follow its logs")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    common(p)
+    p.add_argument("--working-dir", default=".", help="uploaded as the job's working dir")
+    p.add_argument("--exclude", action="append", default=[], help="extra paths to leave out of the upload")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="env var for the job")
+    p.add_argument("--pip", action="append", default=[], help="pip requirement installed for the job")
+    p.add_argument("--job-id", help="submission id (default: generated)")
+    p.add_argument("--no-follow", action="store_true", help="return after submitting")
+    p.set_defaults(func=submit)
+
+    for name, func, helptext in (
+        ("status", status, "a job's status"),
+        ("stop", stop, "stop a running job"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("job_id")
+        common(p)
+        p.set_defaults(func=func)
+    p = sub.add_parser("logs", help="a job's logs")
+    p.add_argument("job_id")
+    p.add_argument("--follow", action="store_true")
+    common(p)
+    p.set_defaults(func=logs)
+    p = sub.add_parser("list", help="jobs on the cluster")
+    common(p)
+    p.set_defaults(func=list_jobs)

@@ -1,0 +1,261 @@
+"""Judge prompts: the messages an RRM sees, their rendering with a chat template, and the
+context budget.
+
+Two modes:
+- "rrm": the judge reasons inside ``<think>...</think>`` and then writes ``\\boxed{Assistant N}``.
+- "direct": the paper's DirectJudge baseline; same criteria, verdict at once, no reasoning.
+
+Rendering goes through the tokenizer's chat template so the prompt matches what the model was
+trained on; ``fit_pair_to_context`` keeps the rendered prompt within ``judge.max_prompt_tokens``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+JudgeMode = Literal["rrm", "direct"]
+OverflowPolicy = Literal["truncate", "reject"]
+
+_MODES = ("rrm", "direct")
+_POLICIES = ("truncate", "reject")
+
+THINK_PREFIX = "<think>\n"
+CUT_MARK = "[...]"
+
+_CRITERIA = (
+    "Weigh how well each answer follows the user's instructions, how helpful it is, how accurate it "
+    "is, whether it avoids harm, and whether its level of detail suits the question."
+)
+_BIAS = (
+    "Stay impartial: the order in which the two answers appear must not sway you, and an answer is "
+    "not better merely because it is longer or shorter. Ties are not allowed; if the answers are "
+    "close, choose the one that is better on balance."
+)
+
+JUDGE_SYSTEM_PROMPT = (
+    "You are a careful, impartial judge. You will be shown a user's question and the answers given "
+    "by two AI assistants, and you must decide which answer is better.\n\n"
+    "Think the question through before deciding. " + _CRITERIA + " Where you can, check the facts and "
+    "the reasoning yourself instead of trusting either answer.\n\n" + _BIAS + "\n\n"
+    "When you have finished thinking, state your final verdict as exactly \\boxed{Assistant 1} if "
+    "the first answer is better, or exactly \\boxed{Assistant 2} if the second answer is better."
+)
+
+DIRECT_SYSTEM_PROMPT = (
+    "You are an impartial judge. You will be shown a user's question and the answers given by two "
+    "AI assistants, and you must decide which answer is better.\n\n" + _CRITERIA + "\n\n" + _BIAS + "\n\n"
+    "Do not explain or reason step by step. Reply immediately with only your verdict: exactly "
+    "\\boxed{Assistant 1} if the first answer is better, or exactly \\boxed{Assistant 2} if the "
+    "second answer is better, and nothing else."
+)
+
+_FINAL_INSTRUCTION = {
+    "rrm": "Which assistant's answer is better? After thinking, answer with \\boxed{Assistant 1} or "
+    "\\boxed{Assistant 2}.",
+    "direct": "Which assistant's answer is better? Answer with only \\boxed{Assistant 1} or "
+    "\\boxed{Assistant 2}.",
+}
+
+
+class ChatTokenizer(Protocol):
+    """The part of a Hugging Face tokenizer this module uses."""
+
+    chat_template: Any
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, ids: list[int], **kwargs: Any) -> str: ...
+
+    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+
+
+class PromptTooLongError(ValueError):
+    """The judge prompt does not fit in ``judge.max_prompt_tokens``."""
+
+    def __init__(self, message: str, num_tokens: int, limit: int) -> None:
+        super().__init__(message)
+        self.num_tokens = num_tokens
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    """A rendered judge prompt. ``num_tokens`` counts ``text`` without extra special tokens
+    (whatever special tokens the chat template writes as text are counted)."""
+
+    text: str
+    num_tokens: int
+    truncated: bool
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in _MODES:
+        raise ValueError(f"judge mode must be one of {_MODES}, got {mode!r}")
+
+
+def build_judge_messages(
+    query: str, response_1: str, response_2: str, mode: JudgeMode = "rrm"
+) -> list[dict[str, str]]:
+    """System + user message for one pairwise comparison; response_1 is shown as "Assistant 1".
+
+    The answers are fenced by explicit start/end lines so that an answer which itself contains
+    headings or the word "Assistant" cannot blur where one answer ends and the next begins.
+    """
+    _check_mode(mode)
+    for name, value in (("query", query), ("response_1", response_1), ("response_2", response_2)):
+        if not isinstance(value, str):
+            raise TypeError(f"build_judge_messages: {name} must be str, got {type(value).__name__}")
+    user = (
+        f"[User Question]\n{query}\n\n"
+        f"[The Start of Assistant 1's Answer]\n{response_1}\n[The End of Assistant 1's Answer]\n\n"
+        f"[The Start of Assistant 2's Answer]\n{response_2}\n[The End of Assistant 2's Answer]\n\n"
+        f"{_FINAL_INSTRUCTION[mode]}"
+    )
+    system = JUDGE_SYSTEM_PROMPT if mode == "rrm" else DIRECT_SYSTEM_PROMPT
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def render_judge_prompt(tokenizer: ChatTokenizer, messages: list[dict[str, str]], mode: JudgeMode) -> str:
+    """Render messages into the prompt string given to the engine.
+
+    With a chat template: ``apply_chat_template(..., add_generation_prompt=True)``. Without one
+    (base models), a plain-text fallback: each message as ``"<Role>:\\n<content>\\n\\n"`` (Role is
+    System / User), then ``"Assistant:\\n"``.
+
+    In "rrm" mode the prompt always ends with ``<think>\\n``: DeepSeek-R1-Distill templates append it
+    themselves, other templates do not, and a judge that is not put into thinking may skip it and
+    then fail the ``</think>`` requirement of the verdict parser and the format reward. Adding it
+    only when missing keeps it exactly once. "direct" mode appends nothing (but an R1 template
+    still adds its own ``<think>\\n``; that is the model's format, not ours to remove).
+    """
+    _check_mode(mode)
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        parts = [f"{m['role'].capitalize()}:\n{m['content']}\n\n" for m in messages]
+        text = "".join(parts) + "Assistant:\n"
+    if mode == "rrm" and not text.endswith(THINK_PREFIX):
+        text += "\n" if text.endswith(THINK_PREFIX.rstrip("\n")) else THINK_PREFIX
+    return text
+
+
+def _encode(tokenizer: ChatTokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _decode(tokenizer: ChatTokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _cut_middle(tokenizer: ChatTokenizer, ids: list[int], keep: int) -> str:
+    """Keep the first and last ``keep // 2``-ish tokens: the opening states the approach and the
+    end usually holds the final answer, both of which the judge needs most."""
+    head, tail = keep - keep // 2, keep // 2
+    text = _decode(tokenizer, ids[:head]) + f" {CUT_MARK} "
+    return text + (_decode(tokenizer, ids[-tail:]) if tail else "")
+
+
+def _cut_start(tokenizer: ChatTokenizer, ids: list[int], keep: int) -> str:
+    """Keep the tail of the query: the actual question is usually at its end."""
+    return f"{CUT_MARK} " + _decode(tokenizer, ids[-keep:])
+
+
+def _allocate(q: int, r1: int, r2: int, budget: int) -> tuple[int, int, int]:
+    """Split ``budget`` tokens of body between query and responses (see ``fit_pair_to_context``)."""
+    q_space = min(q, max(budget - r1 - r2, budget // 2))
+    space = budget - q_space
+    if r1 + r2 <= space:
+        return q_space, r1, r2
+    half = space // 2
+    if min(r1, r2) <= half:  # the shorter one fits in its share: it stays whole, the longer gets the rest
+        return (q_space, r1, space - r1) if r1 <= r2 else (q_space, space - r2, r2)
+    return q_space, space - half, half
+
+
+def fit_pair_to_context(
+    tokenizer: ChatTokenizer,
+    query: str,
+    response_1: str,
+    response_2: str,
+    max_prompt_tokens: int,
+    mode: JudgeMode = "rrm",
+    policy: OverflowPolicy = "truncate",
+    where: str = "",
+) -> JudgePrompt:
+    """Render the judge prompt so that it has at most ``max_prompt_tokens`` tokens.
+
+    If the full prompt fits it is returned unchanged. Otherwise:
+
+    - ``policy="reject"`` raises ``PromptTooLongError`` with the token counts and the limit.
+    - ``policy="truncate"``: the template (system prompt, labels, instruction) is never cut. Of the
+      remaining body budget, the query keeps its full length when the rest still fits, and at least
+      half of the body otherwise; a cut query loses its START (keeping the tail, where the question
+      usually is). The responses share what is left equally, except that a response shorter than
+      its half stays whole and the longer one gets the remainder; a cut response loses its MIDDLE
+      (keeping head and tail, where the final answer usually is). Each cut is marked ``[...]``.
+      Responses are cut before the query is. Because token counts of pieces do not add up exactly
+      (merges across boundaries), the result is re-counted and the budget tightened if needed.
+
+    ``where`` (e.g. "rewardbench.jsonl row 17: ") prefixes error messages.
+    """
+    _check_mode(mode)
+    if policy not in _POLICIES:
+        raise ValueError(f"{where}judge prompt overflow policy must be one of {_POLICIES}, got {policy!r}")
+    if not isinstance(max_prompt_tokens, int) or max_prompt_tokens < 1:
+        raise ValueError(f"{where}judge.max_prompt_tokens must be a positive int, got {max_prompt_tokens!r}")
+
+    def render(q: str, r1: str, r2: str) -> str:
+        return render_judge_prompt(tokenizer, build_judge_messages(q, r1, r2, mode), mode)
+
+    text = render(query, response_1, response_2)
+    n = len(_encode(tokenizer, text))
+    if n <= max_prompt_tokens:
+        return JudgePrompt(text, n, truncated=False)
+
+    ids_q, ids_1, ids_2 = (_encode(tokenizer, s) for s in (query, response_1, response_2))
+    overhead = len(_encode(tokenizer, render("", "", "")))
+    sizes = f"template {overhead}, query {len(ids_q)}, response 1 {len(ids_1)}, response 2 {len(ids_2)}"
+    if policy == "reject":
+        raise PromptTooLongError(
+            f"{where}judge prompt has {n} tokens ({sizes}) but judge.max_prompt_tokens is "
+            f"{max_prompt_tokens}; raise judge.max_prompt_tokens or use the 'truncate' overflow policy",
+            n,
+            max_prompt_tokens,
+        )
+
+    mark_q = len(_encode(tokenizer, f"{CUT_MARK} "))
+    mark_r = len(_encode(tokenizer, f" {CUT_MARK} "))
+    slack = 0
+    for _ in range(8):
+        budget = max_prompt_tokens - overhead - slack
+        q_space, s1, s2 = _allocate(len(ids_q), len(ids_1), len(ids_2), budget)
+        pieces: list[str] = []
+        for original, ids, space, mark, cut in (
+            (query, ids_q, q_space, mark_q, _cut_start),
+            (response_1, ids_1, s1, mark_r, _cut_middle),
+            (response_2, ids_2, s2, mark_r, _cut_middle),
+        ):
+            if space >= len(ids):
+                pieces.append(original)
+            elif space - mark < 1:
+                raise PromptTooLongError(
+                    f"{where}judge prompt cannot be truncated to judge.max_prompt_tokens="
+                    f"{max_prompt_tokens}: after the template ({overhead} tokens) too little room is "
+                    f"left for the query and both responses ({sizes}); raise judge.max_prompt_tokens",
+                    n,
+                    max_prompt_tokens,
+                )
+            else:
+                pieces.append(cut(tokenizer, ids, space - mark))
+        text = render(*pieces)
+        got = len(_encode(tokenizer, text))
+        if got <= max_prompt_tokens:
+            return JudgePrompt(text, got, truncated=True)
+        slack += got - max_prompt_tokens
+    raise PromptTooLongError(
+        f"{where}judge prompt did not fit judge.max_prompt_tokens={max_prompt_tokens} after truncation "
+        f"({sizes}; last attempt {got} tokens); raise judge.max_prompt_tokens",
+        got,
+        max_prompt_tokens,
+    )

@@ -1,0 +1,130 @@
+"""Parse a judge's output into a pairwise verdict.
+
+The rule follows the RRM reference evaluation: the verdict is the content of the LAST complete
+``\\boxed{...}`` that appears after the FIRST ``</think>``. Everything written while thinking is
+ignored, because a judge often tries out both answers ("maybe \\boxed{Assistant 1}?") before it
+settles. Only "Assistant 1" / "Assistant 2" count; anything else is unparseable.
+
+Choices where the reference is silent (all documented on the functions below):
+
+- Matching is case-insensitive after normalisation ("assistant 1" counts): the case carries no
+  information about which answer the judge preferred, and penalising it would only add noise.
+- A ``\\boxed{`` whose braces never close (output cut at the token limit) is not a box; an earlier
+  complete box after ``</think>`` still counts.
+- With ``require_think_close=False`` (DirectJudge, no reasoning) a ``</think>``, if present, still
+  hides what precedes it; without one the whole text is searched.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+_BOX_OPEN = "\\boxed{"
+
+# Formatting wrappers a judge may put around the verdict inside the box; they carry no meaning.
+_WRAPPER_RE = re.compile(r"\\(?:textbf|textit|textrm|texttt|text|mathrm|mathbf)\s*\{")
+_VERDICTS: dict[str, Literal[1, 2]] = {"assistant 1": 1, "assistant 2": 2}
+
+
+def _match_brace(text: str, open_pos: int) -> int | None:
+    """Index of the ``}`` that closes the ``{`` at ``open_pos``, or None if it never closes."""
+    depth = 0
+    for i in range(open_pos, len(text)):
+        ch = text[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every complete ``\\boxed{...}`` in ``text``, in order (nested braces balanced).
+
+    A box that is still open at the end of the text (truncated generation) is skipped.
+    """
+    found: list[str] = []
+    start = text.find(_BOX_OPEN)
+    while start != -1:
+        brace = start + len(_BOX_OPEN) - 1
+        end = _match_brace(text, brace)
+        if end is None:
+            # Unbalanced: look for a later box that starts after this one's opening brace.
+            start = text.find(_BOX_OPEN, brace + 1)
+            continue
+        found.append(text[brace + 1 : end])
+        start = text.find(_BOX_OPEN, end + 1)
+    return found
+
+
+def normalize_box_content(content: str) -> str:
+    """Strip formatting from a box's content: unwrap ``\\text{..}``-like commands, LaTeX spaces
+    (``~``, ``\\ ``), surrounding and repeated whitespace. Returns the plain text, case kept."""
+    out = content
+    # Unwrap innermost-first until no wrapper is left; each pass removes at least one wrapper.
+    while True:
+        m = _WRAPPER_RE.search(out)
+        if m is None:
+            break
+        end = _match_brace(out, m.end() - 1)
+        if end is None:
+            break
+        out = out[: m.start()] + out[m.end() : end] + out[end + 1 :]
+    out = out.replace("~", " ").replace("\\ ", " ")
+    return " ".join(out.split())
+
+
+def parse_verdict(text: str, require_think_close: bool = True) -> Literal[1, 2] | None:
+    """Return 1 or 2 for "Assistant 1" / "Assistant 2", or None when the output is unparseable.
+
+    Args:
+        text: the generated text (the prompt's own ``<think>\\n`` is not part of it).
+        require_think_close: RRM mode. Without a ``</think>`` the judge never finished thinking,
+            so any box is a guess made mid-thought: None. False for DirectJudge outputs.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"parse_verdict: text must be str, got {type(text).__name__}")
+    close = text.find(THINK_CLOSE)
+    if close == -1:
+        if require_think_close:
+            return None
+        tail = text
+    else:
+        tail = text[close + len(THINK_CLOSE) :]
+    boxes = boxed_contents(tail)
+    if not boxes:
+        return None
+    return _VERDICTS.get(normalize_box_content(boxes[-1]).lower())
+
+
+def has_think_format(text: str, prompt_opened_think: bool) -> bool:
+    """True when the output has a complete thinking block: ``<think>`` then ``</think>``.
+
+    When the prompt already ends with ``<think>\\n`` (DeepSeek-R1-Distill chat templates add it, and
+    ``render_judge_prompt`` adds it for the others) the opening tag is part of the prompt, not of
+    the generated text, so the generation only needs a ``</think>``.
+    """
+    close = text.find(THINK_CLOSE)
+    if close == -1:
+        return False
+    if prompt_opened_think:
+        return True
+    open_ = text.find(THINK_OPEN)
+    return open_ != -1 and open_ < close
+
+
+def verdict_score(verdict: Literal[1, 2] | None, label: Literal[1, 2]) -> float:
+    """Evaluation credit: 1.0 right, 0.0 wrong, 0.5 unparseable (the paper's half credit, which is
+    what a coin flip would earn, so a judge gains nothing by refusing to answer)."""
+    if label not in (1, 2):
+        raise ValueError(f"verdict_score: label must be 1 or 2, got {label!r}")
+    if verdict is None:
+        return 0.5
+    if verdict not in (1, 2):
+        raise ValueError(f"verdict_score: verdict must be 1, 2 or None, got {verdict!r}")
+    return 1.0 if verdict == label else 0.0

@@ -1,0 +1,72 @@
+"""The rule reward for training a judge (RRM) with RL: was the verdict right, in the right format?
+
+RRM mode (the paper's recipe): the output must hold a complete thinking block, ``<think>`` then
+``</think>`` (only ``</think>`` when the prompt already ended with ``<think>\\n``), and the verdict
+is the last ``\\boxed{Assistant N}`` after the first ``</think>``. Direct mode (the DirectJudge
+baseline): no thinking block is needed and the verdict is the last box in the text.
+
+Verdicts are read with ``rrm_ray.judge.verdict`` so that training rewards exactly what evaluation
+counts. One consequence in direct mode: if a ``</think>`` does appear, boxes before it are
+ignored (the evaluation parser treats them as thinking), so "the last box in the text" is, more
+precisely, the last box after any ``</think>``.
+
+Malformed outputs (no thinking block in RRM mode, no parseable verdict in either mode) get
+``format_fail_reward``; the paper uses -1 for both wrong and malformed, the defaults here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rrm_ray.judge.verdict import has_think_format, parse_verdict
+
+JudgeRewardMode = Literal["rrm", "direct"]
+
+
+@dataclass(frozen=True)
+class JudgeRewardResult:
+    """``verdict`` is what the parser read (it may be set even when the format failed);
+    ``correct`` is True only for a well-formed output whose verdict equals the label."""
+
+    reward: float
+    format_ok: bool
+    verdict: Literal[1, 2] | None
+    correct: bool
+
+
+def judge_reward(
+    output: str,
+    label: Literal[1, 2],
+    prompt_opened_think: bool,
+    mode: JudgeRewardMode = "rrm",
+    correct_reward: float = 1.0,
+    wrong_reward: float = -1.0,
+    format_fail_reward: float = -1.0,
+) -> JudgeRewardResult:
+    """Score one judge generation against the pair's label (the position, 1 or 2, of the preferred
+    response in the prompt the judge saw).
+
+    Args:
+        output: the generated text only (not the prompt).
+        prompt_opened_think: True when the prompt ended with ``<think>\\n``, so the generation
+            starts inside the thinking block. Ignored in direct mode.
+    """
+    if label not in (1, 2):
+        raise ValueError(f"judge_reward: label must be 1 or 2, got {label!r}")
+    if mode not in ("rrm", "direct"):
+        raise ValueError(f"judge_reward: mode must be 'rrm' or 'direct', got {mode!r}")
+    if not isinstance(output, str):
+        raise TypeError(f"judge_reward: output must be str, got {type(output).__name__}")
+
+    if mode == "rrm":
+        verdict = parse_verdict(output, require_think_close=True)
+        format_ok = has_think_format(output, prompt_opened_think) and verdict is not None
+    else:
+        verdict = parse_verdict(output, require_think_close=False)
+        format_ok = verdict is not None
+
+    if not format_ok:
+        return JudgeRewardResult(format_fail_reward, False, verdict, False)
+    correct = verdict == label
+    return JudgeRewardResult(correct_reward if correct else wrong_reward, True, verdict, correct)

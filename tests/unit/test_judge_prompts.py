@@ -1,0 +1,214 @@
+"""Judge prompt building, rendering and the context budget, with a real (tiny, offline) tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from rrm_ray.judge.prompts import (
+    CUT_MARK,
+    DIRECT_SYSTEM_PROMPT,
+    JUDGE_SYSTEM_PROMPT,
+    JudgePrompt,
+    PromptTooLongError,
+    build_judge_messages,
+    fit_pair_to_context,
+    render_judge_prompt,
+)
+
+# A generic template that knows nothing about thinking.
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+# DeepSeek-R1-Distill style: the generation prompt already opens the thinking block.
+R1_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<|User|>{{ m['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}"
+)
+# A template that opens <think> but without the newline.
+THINK_NO_NEWLINE_TEMPLATE = R1_TEMPLATE.replace("<think>\n", "<think>")
+
+_CORPUS = [
+    "The user asks a question and two assistants answer it. Which assistant's answer is better?",
+    "Think carefully about accuracy, helpfulness, harmlessness and the level of detail.",
+    "The quick brown fox jumps over the lazy dog while the answer explains every step.",
+]
+
+
+def _base_tokenizer() -> Tokenizer:
+    """Byte-level BPE trained on a few sentences: lossless for any text, merges across words."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=500,
+        special_tokens=["<|User|>", "<|Assistant|>", "<think>", "</think>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 20, trainer)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def make_tokenizer():
+    base = _base_tokenizer()
+
+    def make(template: str | None) -> PreTrainedTokenizerFast:
+        hf = PreTrainedTokenizerFast(tokenizer_object=base)
+        hf.chat_template = template
+        return hf
+
+    return make
+
+
+def _count(tok, text: str) -> int:
+    return len(tok.encode(text, add_special_tokens=False))
+
+
+def _words(n: int, stem: str) -> str:
+    return " ".join(f"{stem}{i}" for i in range(n))
+
+
+# ---- messages ---------------------------------------------------------------------------------
+def test_system_prompts_cover_criteria_and_verdict_format():
+    for prompt in (JUDGE_SYSTEM_PROMPT, DIRECT_SYSTEM_PROMPT):
+        low = prompt.lower()
+        for word in ("instructions", "helpful", "accura", "harm", "detail", "order", "longer"):
+            assert word in low, word
+        assert "\\boxed{Assistant 1}" in prompt and "\\boxed{Assistant 2}" in prompt
+        assert "tie" in low
+    assert "think" in JUDGE_SYSTEM_PROMPT.lower()
+    assert "do not explain" in DIRECT_SYSTEM_PROMPT.lower()
+
+
+@pytest.mark.parametrize("mode, system", [("rrm", JUDGE_SYSTEM_PROMPT), ("direct", DIRECT_SYSTEM_PROMPT)])
+def test_build_judge_messages_layout(mode, system):
+    msgs = build_judge_messages("What is 2+2?", "It is 4.", "It is 5.", mode=mode)
+    assert [m["role"] for m in msgs] == ["system", "user"]
+    assert msgs[0]["content"] == system
+    user = msgs[1]["content"]
+    q, a1, a2 = user.index("What is 2+2?"), user.index("It is 4."), user.index("It is 5.")
+    assert q < user.index("Assistant 1") < a1 < user.index("Assistant 2") < a2
+    assert "[The End of Assistant 1's Answer]" in user and "[The End of Assistant 2's Answer]" in user
+    assert user.rstrip().endswith("\\boxed{Assistant 2}.")
+    assert "\\boxed{Assistant 1}" in user.splitlines()[-1]
+
+
+def test_build_judge_messages_rejects_bad_input():
+    with pytest.raises(ValueError, match="mode"):
+        build_judge_messages("q", "a", "b", mode="vote")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="response_2"):
+        build_judge_messages("q", "a", None)  # type: ignore[arg-type]
+
+
+# ---- rendering --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "template, mode, think_count, ends_with",
+    [
+        (PLAIN_TEMPLATE, "rrm", 1, "<|assistant|>\n<think>\n"),
+        (R1_TEMPLATE, "rrm", 1, "<|Assistant|><think>\n"),
+        (THINK_NO_NEWLINE_TEMPLATE, "rrm", 1, "<|Assistant|><think>\n"),
+        (None, "rrm", 1, "Assistant:\n<think>\n"),
+        (PLAIN_TEMPLATE, "direct", 0, "<|assistant|>\n"),
+        (R1_TEMPLATE, "direct", 1, "<|Assistant|><think>\n"),  # the template's own, left alone
+        (None, "direct", 0, "Assistant:\n"),
+    ],
+)
+def test_render_adds_think_prefix_exactly_once(make_tokenizer, template, mode, think_count, ends_with):
+    tok = make_tokenizer(template)
+    text = render_judge_prompt(tok, build_judge_messages("Q?", "A1", "A2", mode), mode)
+    assert text.endswith(ends_with)
+    assert text.count("<think>") == think_count
+    assert "Q?" in text and "A1" in text and "A2" in text
+
+
+def test_render_fallback_without_chat_template(make_tokenizer):
+    tok = make_tokenizer(None)
+    text = render_judge_prompt(tok, build_judge_messages("Q?", "A1", "A2"), "rrm")
+    assert text.startswith("System:\n" + JUDGE_SYSTEM_PROMPT + "\n\nUser:\n[User Question]\nQ?")
+
+
+# ---- context budget ---------------------------------------------------------------------------
+@pytest.mark.parametrize("template", [PLAIN_TEMPLATE, R1_TEMPLATE])
+def test_fit_returns_full_prompt_when_it_fits(make_tokenizer, template):
+    tok = make_tokenizer(template)
+    got = fit_pair_to_context(tok, "Q?", "A1", "A2", max_prompt_tokens=100_000)
+    want = render_judge_prompt(tok, build_judge_messages("Q?", "A1", "A2"), "rrm")
+    assert got == JudgePrompt(want, _count(tok, want), truncated=False)
+
+
+@pytest.mark.parametrize("template", [PLAIN_TEMPLATE, R1_TEMPLATE, None])
+@pytest.mark.parametrize("mode", ["rrm", "direct"])
+@pytest.mark.parametrize("slack", [5, 40, 300])
+def test_truncate_keeps_prompt_within_limit(make_tokenizer, template, mode, slack):
+    tok = make_tokenizer(template)
+    query, r1, r2 = _words(50, "q"), _words(400, "alpha"), _words(700, "beta")
+    overhead = _count(tok, render_judge_prompt(tok, build_judge_messages("", "", "", mode), mode))
+    limit = overhead + slack + 30
+    got = fit_pair_to_context(tok, query, r1, r2, limit, mode=mode, policy="truncate")
+    assert got.truncated
+    assert got.num_tokens == _count(tok, got.text) <= limit
+    assert CUT_MARK in got.text
+    # The template survives intact: labels, instruction, and the think prefix in rrm mode.
+    assert "[The End of Assistant 2's Answer]" in got.text
+    assert got.text.count("<think>") == (1 if mode == "rrm" or template == R1_TEMPLATE else 0)
+
+
+def test_truncate_cuts_longer_response_middle_and_keeps_short_one(make_tokenizer):
+    tok = make_tokenizer(PLAIN_TEMPLATE)
+    query, short, long_ = "Short question?", _words(20, "s"), _words(2000, "long")
+    full = fit_pair_to_context(tok, query, short, long_, 100_000)
+    limit = full.num_tokens // 3
+    got = fit_pair_to_context(tok, query, short, long_, limit)
+    assert got.num_tokens <= limit
+    assert query in got.text and short in got.text  # query and the short answer are untouched
+    # The long answer keeps its head and its tail (where the final answer is), minus the middle.
+    assert "long0 long1" in got.text and "long1998 long1999" in got.text and "long1000 " not in got.text
+    assert got.text.count(CUT_MARK) == 1
+
+
+def test_truncate_cuts_query_from_start_when_query_dominates(make_tokenizer):
+    tok = make_tokenizer(PLAIN_TEMPLATE)
+    query = _words(3000, "ctx") + " So what is the answer?"
+    got = fit_pair_to_context(tok, query, "Four.", "Five.", 1500)
+    assert got.num_tokens <= 1500
+    assert "So what is the answer?" in got.text and "ctx0 " not in got.text
+    assert "Four." in got.text and "Five." in got.text
+    assert f"[User Question]\n{CUT_MARK} " in got.text
+
+
+def test_reject_raises_with_token_counts(make_tokenizer):
+    tok = make_tokenizer(R1_TEMPLATE)
+    r1, r2 = _words(300, "alpha"), _words(300, "beta")
+    full = fit_pair_to_context(tok, "Q?", r1, r2, 100_000)
+    with pytest.raises(PromptTooLongError) as err:
+        fit_pair_to_context(tok, "Q?", r1, r2, 200, policy="reject", where="pairs.jsonl row 7: ")
+    msg = str(err.value)
+    assert isinstance(err.value, ValueError)
+    assert msg.startswith("pairs.jsonl row 7: ")
+    assert f"{full.num_tokens} tokens" in msg and "judge.max_prompt_tokens is 200" in msg
+    assert f"response 1 {_count(tok, r1)}" in msg and f"response 2 {_count(tok, r2)}" in msg
+    assert (err.value.num_tokens, err.value.limit) == (full.num_tokens, 200)
+
+
+def test_truncate_raises_when_template_alone_does_not_fit(make_tokenizer):
+    tok = make_tokenizer(PLAIN_TEMPLATE)
+    with pytest.raises(PromptTooLongError, match=r"judge\.max_prompt_tokens=50"):
+        fit_pair_to_context(tok, "Q?", _words(100, "a"), _words(100, "b"), 50)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_prompt_tokens": 0}, "positive int"),
+        ({"max_prompt_tokens": 100, "policy": "drop"}, "overflow policy"),
+        ({"max_prompt_tokens": 100, "mode": "fast"}, "judge mode"),
+    ],
+)
+def test_fit_rejects_bad_settings(make_tokenizer, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit_pair_to_context(make_tokenizer(None), "q", "a", "b", **kwargs)

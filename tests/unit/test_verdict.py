@@ -1,0 +1,114 @@
+"""Verdict parsing: last complete box after the first </think>, normalised, else None."""
+
+from __future__ import annotations
+
+import pytest
+
+from rrm_ray.judge.verdict import (
+    boxed_contents,
+    has_think_format,
+    normalize_box_content,
+    parse_verdict,
+    verdict_score,
+)
+
+B1, B2 = "\\boxed{Assistant 1}", "\\boxed{Assistant 2}"
+
+PARSE_CASES = [
+    # (id, text, require_think_close, expected)
+    ("plain_1", f"weighing both</think>{B1}", True, 1),
+    ("plain_2", f"<think>weighing</think>\nFinal: {B2}", True, 2),
+    ("no_think_close", f"<think>weighing {B1}", True, None),
+    ("no_think_close_no_tags", B1, True, None),
+    ("several_boxes_last_wins", f"</think>{B1} no wait, {B2}", True, 2),
+    ("box_only_in_thinking", f"<think>maybe {B1}</think>I cannot decide.", True, None),
+    ("thinking_box_then_other_after", f"<think>maybe {B1}</think>{B2}", True, 2),
+    ("extra_spaces", "</think>\\boxed{ Assistant  2 }", True, 2),
+    ("text_wrapper_nested_braces", "</think>\\boxed{\\text{Assistant 1}}", True, 1),
+    ("textbf_wrapper", "</think>\\boxed{\\textbf{Assistant 2}}", True, 2),
+    ("mathrm_partial_wrapper", "</think>\\boxed{\\mathrm{Assistant}~1}", True, 1),
+    ("lowercase_accepted", "</think>\\boxed{assistant 1}", True, 1),
+    ("assistant_3", "</think>\\boxed{Assistant 3}", True, None),
+    ("bare_number", "</think>\\boxed{1}", True, None),
+    ("trailing_period_inside", "</think>\\boxed{Assistant 1.}", True, None),
+    ("truncated_box", "</think>\\boxed{Assist", True, None),
+    ("truncated_after_complete_box", f"</think>{B2} so \\boxed{{Assist", True, 2),
+    ("unbalanced_inner_brace", "</think>\\boxed{\\text{Assistant 1}", True, None),
+    ("stray_closing_brace_ok", f"</think>}} {B1} }}", True, 1),
+    ("two_think_closes_first_counts", f"a</think>{B1} b</think>{B2}", True, 2),
+    ("two_think_closes_box_between", f"a</think>{B1} more </think>", True, 1),
+    ("empty_string", "", True, None),
+    ("empty_box", "</think>\\boxed{}", True, None),
+    ("direct_without_think", B2, False, 2),
+    ("direct_several_boxes", f"{B1} {B2}", False, 2),
+    ("direct_with_think_block", f"<think>{B1}</think>{B2}", False, 2),
+    ("direct_nothing", "Assistant 1 is better.", False, None),
+    ("direct_empty", "", False, None),
+]
+
+
+@pytest.mark.parametrize(
+    "text, require, expected", [c[1:] for c in PARSE_CASES], ids=[c[0] for c in PARSE_CASES]
+)
+def test_parse_verdict(text, require, expected):
+    assert parse_verdict(text, require_think_close=require) == expected
+
+
+def test_parse_verdict_rejects_non_string():
+    with pytest.raises(TypeError, match="text must be str"):
+        parse_verdict(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\boxed{a} \\boxed{b{c}d}", ["a", "b{c}d"]),
+        ("\\boxed{open \\boxed{x}", ["x"]),
+        ("no boxes", []),
+    ],
+)
+def test_boxed_contents(text, expected):
+    assert boxed_contents(text) == expected
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("  Assistant   1 ", "Assistant 1"),
+        ("\\text{\\textbf{Assistant 2}}", "Assistant 2"),
+        ("\\text {Assistant}\\ 2", "Assistant 2"),
+        ("\\text{Assistant 1", "\\text{Assistant 1"),
+    ],
+)
+def test_normalize_box_content(content, expected):
+    assert normalize_box_content(content) == expected
+
+
+@pytest.mark.parametrize(
+    "text, prompt_opened, expected",
+    [
+        ("<think>reasoning</think>" + B1, False, True),
+        ("reasoning</think>" + B1, True, True),
+        ("reasoning</think>" + B1, False, False),
+        ("</think><think>", False, False),
+        ("<think>never closed " + B1, False, False),
+        ("never closed " + B1, True, False),
+        ("", True, False),
+    ],
+)
+def test_has_think_format(text, prompt_opened, expected):
+    assert has_think_format(text, prompt_opened_think=prompt_opened) is expected
+
+
+@pytest.mark.parametrize(
+    "verdict, label, score",
+    [(1, 1, 1.0), (2, 2, 1.0), (1, 2, 0.0), (2, 1, 0.0), (None, 1, 0.5), (None, 2, 0.5)],
+)
+def test_verdict_score(verdict, label, score):
+    assert verdict_score(verdict, label) == score
+
+
+@pytest.mark.parametrize("verdict, label", [(1, 0), (1, 3), (3, 1)])
+def test_verdict_score_rejects_bad_values(verdict, label):
+    with pytest.raises(ValueError, match="must be"):
+        verdict_score(verdict, label)
