@@ -24,7 +24,7 @@ $(STAMP): requirements/lock-cpu.txt pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/rrm-ray train configs/quickstart.yaml --summary-json runs/quickstart/summary.json
+	$(VENV)/bin/rrm-ray train configs/demo_rrm.yaml --summary-json runs/demo_rrm/summary.json
 
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
 test: install

@@ -1,26 +1,33 @@
-"""Learner actor: one rank of an FSDP2-sharded policy (gloo on CPU, NCCL on GPU).
+"""Learner actor: one rank of the policy, sharded by FSDP2 or DeepSpeed ZeRO (gloo on CPU, NCCL on GPU).
 
 Every rank holds a shard of the parameters and optimizer state. Methods that touch the model are
 collective: the driver calls them on all ranks at once (`ActorGroup.call_all` / `call_sharded`), each
-rank with its own shard of the batch, and the ranks meet in FSDP's all-gathers and reduce-scatters.
-The loss math lives in `rrm_ray.algo`; this class owns the model, the optimizer and the process group.
+rank with its own shard of the batch, and the ranks meet in the backend's all-gathers and reductions.
+The loss math lives in `rrm_ray.algo`; which library shards the model lives in `actors.backends`
+(`learner.backend: fsdp2 | deepspeed`); this class owns the algorithm's use of them and the process group.
+
+Checkpoints (`save_checkpoint(dir)`, all ranks): the backend's files (see `actors.backends`), plus
+
+    dir/rng_rank{rank:05d}.pt   each rank: torch CPU (and CUDA) RNG state and the step counter
+    dir/learner_meta.json       rank 0, written last: backend, world_size, step, dtype, zero_stage
 """
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 import torch.distributed as dist
 
+from actors.backends import DTYPES, META_FILE, CheckpointError, build_backend, read_meta, write_hf
 from rrm_ray import algo
 from rrm_ray.actor_group import Worker
 from rrm_ray.batch import TrainBatch
 from rrm_ray.weight_sync import buckets, manifest_of
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class LearnerWorker(Worker):
@@ -35,9 +42,11 @@ class LearnerWorker(Worker):
         seed: int,
     ) -> None:
         self.model_path = model_path
+        self.dtype_name = dtype
         self.dtype = DTYPES[dtype]
         self.device_kind = device
         self.cfg = learner
+        self.backend_name = str(learner.get("backend", "fsdp2"))
         self.algo_cfg = algorithm
         self.temperature = temperature
         self.seed = seed
@@ -50,6 +59,8 @@ class LearnerWorker(Worker):
     # -- setup -----------------------------------------------------------------------------------------
     def init_process_group(self, master_addr: str, master_port: int) -> None:
         """Join the learner process group, then build the sharded model and the optimizer."""
+        from transformers import AutoConfig
+
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         backend = "gloo" if self.device_kind == "cpu" else "nccl"
         if self.device_kind == "cuda":
@@ -57,40 +68,26 @@ class LearnerWorker(Worker):
         dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
         torch.manual_seed(self.seed)
         self.device = torch.device("cpu" if self.device_kind == "cpu" else "cuda")
-        self.model = self._build_model()
-        self.reference = self._build_model(frozen=True) if self.algo_cfg["kl_coef"] > 0 else None
-        c = self.cfg
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=c["lr"],
-            betas=(c["adam_beta1"], c["adam_beta2"]),
-            weight_decay=c["weight_decay"],
-        )
+        self.tied = bool(getattr(AutoConfig.from_pretrained(self.model_path), "tie_word_embeddings", False))
+        args = (self.backend_name, self.model_path, self.dtype, self.device, self.cfg)
+        self.policy = build_backend(*args)
+        # A frozen copy of the initial policy: the KL penalty's reference, and DPO's.
+        wants_reference = self.algo_cfg.get("kl_coef", 0) > 0 or self.algo_cfg.get("name") == "dpo"
+        self.reference = build_backend(*args, frozen=True) if wants_reference else None
 
-    def _build_model(self, frozen: bool = False) -> torch.nn.Module:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype).to(self.device)
-        self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
-        if self.cfg["gradient_checkpointing"] and not frozen:
-            model.gradient_checkpointing_enable()
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
-        for layer in model.model.layers:  # one FSDP unit per decoder layer, then the root
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        if frozen:
-            model.eval()
-            model.requires_grad_(False)
-        return model
+    @property
+    def model(self) -> Any:
+        """The policy's forward callable (an FSDP2 module or a DeepSpeed engine)."""
+        return self.policy.model
 
     # -- forward passes ------------------------------------------------------------------------------
-    def _token_logprobs(self, model: torch.nn.Module, mb: TrainBatch, with_entropy: bool = False):
-        """Log-probs [B, L-1] of the tokens that follow each position, at the sampling temperature."""
+    def _token_logprobs(
+        self, model: Any, mb: TrainBatch, with_entropy: bool = False, temperature: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs [B, L-1] of the tokens that follow each position (default: the sampling temperature)."""
         input_ids = mb.input_ids.to(self.device)
         logits = model(input_ids=input_ids, attention_mask=mb.attention_mask.to(self.device)).logits
-        logits = logits[:, :-1].float() / self.temperature
+        logits = logits[:, :-1].float() / (self.temperature if temperature is None else temperature)
         logprobs = algo.gather_logprobs(logits, input_ids[:, 1:], chunk_size=self.cfg["logprob_chunk"])
         entropy = None
         if with_entropy:
@@ -98,20 +95,40 @@ class LearnerWorker(Worker):
                 entropy = algo.entropy_from_logits(logits.detach(), chunk_size=self.cfg["logprob_chunk"])
         return logprobs, entropy
 
-    def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
-        size = self.cfg["micro_batch_size"]
-        return [batch.select(slice(i, i + size)).trimmed() for i in range(0, len(batch), size)]
+    def _frozen_or_policy(self, reference: bool) -> Any:
+        if not reference:
+            return self.policy.model
+        if self.reference is None:
+            raise RuntimeError(
+                "reference log-probs asked for, but no reference model was built "
+                "(it is built when algorithm.kl_coef > 0 or algorithm.name == 'dpo')"
+            )
+        return self.reference.model
 
     @torch.no_grad()
     def compute_logprobs(self, batch: TrainBatch, reference: bool) -> torch.Tensor:
         """Log-probs of the current policy (or the frozen reference) for this rank's shard, [B, L-1]."""
-        model = self.reference if reference else self.model
-        assert model is not None, "reference log-probs asked for but algorithm.kl_coef == 0"
+        model = self._frozen_or_policy(reference)
         out = torch.zeros_like(batch.loss_mask)
         for start in range(0, len(batch), self.cfg["micro_batch_size"]):
             mb = batch.select(slice(start, start + self.cfg["micro_batch_size"])).trimmed()
             lp, _ = self._token_logprobs(model, mb)
             out[start : start + len(mb), : lp.shape[1]] = lp.cpu()
+        return out
+
+    @torch.no_grad()
+    def compute_sequence_logps(self, batch: TrainBatch, reference: bool = False) -> torch.Tensor:
+        """Summed log-prob of each sequence's response tokens (loss_mask), temperature 1: [B] float32.
+
+        DPO's reference pass: call it once per batch before training (reference=False: the policy,
+        which is still the reference then) or at any time with reference=True.
+        """
+        model = self._frozen_or_policy(reference)
+        out = torch.zeros(len(batch), dtype=torch.float32)
+        for start in range(0, len(batch), self.cfg["micro_batch_size"]):
+            mb = batch.select(slice(start, start + self.cfg["micro_batch_size"])).trimmed()
+            lp, _ = self._token_logprobs(model, mb, temperature=1.0)
+            out[start : start + len(mb)] = algo.sequence_logps(lp, mb.loss_mask.to(self.device)).cpu()
         return out
 
     # -- the update ----------------------------------------------------------------------------------
@@ -126,13 +143,14 @@ class LearnerWorker(Worker):
         """One GRPO update on this rank's shard: `len(mini_batch_tokens)` optimizer steps.
 
         `mini_batch_tokens[m]` is the number of valid response tokens of mini-batch m summed over ALL
-        ranks; dividing the summed token losses by it (times world size, as FSDP averages gradients)
-        makes the loss a true token mean whatever the micro-batch split and rank count.
+        ranks; dividing the summed token losses by it (times world size, as both backends average
+        gradients over ranks) makes the loss a true token mean whatever the micro-batch split and rank
+        count.
         """
         a = self.algo_cfg
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.model.train()
+        mbs = self.cfg["micro_batch_size"]
+        self.policy.set_lr(lr)
+        self.policy.model.train()
         sums: dict[str, float] = {}
         grad_norms = []
         size = len(batch) // len(mini_batch_tokens)
@@ -140,12 +158,13 @@ class LearnerWorker(Worker):
             mini = batch.select(slice(m * size, (m + 1) * size))
             old_mini = None if old_logprobs is None else old_logprobs[m * size : (m + 1) * size]
             ref_mini = None if ref_logprobs is None else ref_logprobs[m * size : (m + 1) * size]
-            self.optimizer.zero_grad(set_to_none=True)
-            for start in range(0, len(mini), self.cfg["micro_batch_size"]):
-                sl = slice(start, start + self.cfg["micro_batch_size"])
+            self.policy.zero_grad()
+            for start in range(0, len(mini), mbs):
+                sl = slice(start, start + mbs)
+                self.policy.start_micro_batch(last=start + mbs >= len(mini))
                 mb = mini.select(sl).trimmed()
                 width = mb.loss_mask.shape[1]
-                lp, entropy = self._token_logprobs(self.model, mb, with_entropy=True)
+                lp, entropy = self._token_logprobs(self.policy.model, mb, with_entropy=True)
                 mask = mb.loss_mask.to(self.device)
                 # One update per batch is exactly on-policy: old log-probs equal the current ones.
                 old = lp.detach() if old_mini is None else old_mini[sl][:, :width].to(self.device)
@@ -164,20 +183,60 @@ class LearnerWorker(Worker):
                     kl = algo.masked_sum(algo.kl_k3(lp, ref_mini[sl][:, :width].to(self.device)), mask)
                     loss_sum = loss_sum + a["kl_coef"] * kl
                     _add(sums, "kl_sum", float(kl))
-                (loss_sum / max(global_tokens, 1) * self.world_size).backward()
+                self.policy.backward(loss_sum / max(global_tokens, 1) * self.world_size)
                 for k, v in out.stats.items():
                     _add(sums, k, float(v))
                 _add(sums, "entropy_sum", float(algo.masked_sum(entropy, mask)))
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
-            grad_norms.append(float(grad_norm))
-            self.optimizer.step()
+            grad_norms.append(self.policy.clip_and_step(self.cfg["grad_clip"]))
         self.step += 1
         totals = self._all_reduce_sums(sums)
         stats = algo.stats_to_means(totals)
         stats["grad_norm"] = sum(grad_norms) / len(grad_norms)
         stats["lr"] = lr
+        return stats
+
+    def dpo_step(
+        self, batch: TrainBatch, ref_logps: torch.Tensor, beta: float, label_smoothing: float, lr: float
+    ) -> dict[str, float]:
+        """One DPO optimizer step on this rank's pairs.
+
+        Layout: rows 2i and 2i+1 of `batch` are pair i's chosen and rejected sequence, `loss_mask` marks
+        their response tokens, `advantages` and `rollout_logprobs` are unused. `ref_logps` [B] are the
+        reference's `compute_sequence_logps` of the same rows. The loss is `algo.dpo_loss` summed over
+        pairs, divided by the pair count of ALL ranks (times world size, as gradients are averaged), so
+        it is the mean over every pair of the step whatever the split. Micro-batches hold
+        max(1, micro_batch_size // 2) whole pairs. Log-probs at temperature 1.
+        """
+        if len(batch) % 2 or len(ref_logps) != len(batch):
+            raise ValueError(
+                f"dpo_step: rank {self.rank} got {len(batch)} sequences and {len(ref_logps)} reference "
+                f"log-probs; expected an even number of interleaved chosen/rejected rows and one "
+                f"reference log-prob per row"
+            )
+        global_pairs = self._all_reduce_sums({"pairs": len(batch) // 2})["pairs"]
+        step_rows = 2 * max(1, self.cfg["micro_batch_size"] // 2)
+        self.policy.set_lr(lr)
+        self.policy.model.train()
+        self.policy.zero_grad()
+        sums: dict[str, float] = {}
+        for start in range(0, len(batch), step_rows):
+            self.policy.start_micro_batch(last=start + step_rows >= len(batch))
+            mb = batch.select(slice(start, start + step_rows)).trimmed()
+            ref = ref_logps[start : start + step_rows].to(self.device, torch.float32)
+            lp, _ = self._token_logprobs(self.policy.model, mb, temperature=1.0)
+            seq = algo.sequence_logps(lp, mb.loss_mask.to(self.device))
+            out = algo.dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], beta, label_smoothing)
+            self.policy.backward(out.losses.sum() / max(global_pairs, 1) * self.world_size)
+            margin = out.chosen_rewards - out.rejected_rewards
+            _add(sums, "loss", float(out.losses.detach().sum()))
+            _add(sums, "chosen_reward", float(out.chosen_rewards.sum()))
+            _add(sums, "rejected_reward", float(out.rejected_rewards.sum()))
+            _add(sums, "reward_margin", float(margin.sum()))
+            _add(sums, "accuracy", float((margin > 0).sum()))
+        grad_norm = self.policy.clip_and_step(self.cfg["grad_clip"])
+        self.step += 1
+        stats = {k: v / max(global_pairs, 1) for k, v in self._all_reduce_sums(sums).items()}
+        stats.update(grad_norm=grad_norm, lr=lr, pairs=global_pairs)
         return stats
 
     def _all_reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
@@ -189,11 +248,7 @@ class LearnerWorker(Worker):
     # -- weights out ----------------------------------------------------------------------------------
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
         """Collective: every rank must call it; rank 0 receives the full tensors on CPU."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        sd = get_model_state_dict(
-            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        sd = self.policy.full_state_dict()
         if self.tied:
             sd.pop("lm_head.weight", None)  # the engine ties it to the embedding itself
         return sd
@@ -209,31 +264,75 @@ class LearnerWorker(Worker):
 
     def save_hf(self, out_dir: str, tokenizer_dir: str) -> str | None:
         """Write the full policy in HF format (safetensors + config + tokenizer) from rank 0."""
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
         sd = self._full_state_dict()
         if self.rank != 0:
             return None
-        config = AutoConfig.from_pretrained(self.model_path)
-        model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
-        model.load_state_dict(sd, strict=not self.tied)
-        if self.tied:
-            model.tie_weights()
-        tmp = out_dir + ".partial"
-        model.save_pretrained(tmp, safe_serialization=True)
-        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
-        if os.path.isdir(out_dir):
-            import shutil
+        return str(write_hf(sd, self.model_path, self.dtype, out_dir, tokenizer_dir))
 
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-        return out_dir
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def save_checkpoint(self, directory: str) -> dict[str, Any] | None:
+        """Collective: write model shards, optimizer state, RNG states and the step into `directory`.
+
+        Rank 0 writes `learner_meta.json` last, after every rank finished, and returns the metadata
+        with the list of files written (relative paths); the others return None. The caller makes the
+        directory's appearance atomic (rename, completion marker).
+        """
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.policy.save(d)
+        rng = {"cpu": torch.get_rng_state(), "step": self.step}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save(rng, d / f"rng_rank{self.rank:05d}.pt")
+        dist.barrier()
+        if self.rank != 0:
+            return None
+        meta = {
+            "format": 1,
+            "backend": self.backend_name,
+            "world_size": self.world_size,
+            "step": self.step,
+            "dtype": self.dtype_name,
+            "zero_stage": int(self.cfg.get("zero_stage", 3)) if self.backend_name == "deepspeed" else None,
+            "model_path": self.model_path,
+        }
+        tmp = d / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.rename(d / META_FILE)
+        files = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+        return {**meta, "files": files}
+
+    def load_checkpoint(self, directory: str) -> int:
+        """Collective: restore what `save_checkpoint` wrote; returns the restored step counter."""
+        d = Path(directory)
+        meta = read_meta(d)
+        if meta["backend"] != self.backend_name:
+            raise CheckpointError(
+                f"{d / META_FILE}: written by learner.backend={meta['backend']}, this learner is "
+                f"{self.backend_name}; export it to HF format and start from that instead"
+            )
+        same_world = meta["world_size"] == self.world_size
+        if not same_world and self.backend_name == "deepspeed":
+            raise CheckpointError(
+                f"{d / META_FILE}: DeepSpeed checkpoint of {meta['world_size']} ranks, this learner has "
+                f"{self.world_size}; resume with learner.num_ranks={meta['world_size']}"
+            )
+        self.policy.load(d)
+        rng_file = d / f"rng_rank{self.rank:05d}.pt"
+        if same_world and rng_file.is_file():  # FSDP2 may reshard; RNG streams then start afresh
+            rng = torch.load(rng_file, weights_only=False)
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"])
+        self.step = int(meta["step"])
+        dist.barrier()
+        return self.step
 
     @torch.no_grad()
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         """Log-probs (temperature 1) of a fixed sequence: a functional checksum of the weights."""
         ids = torch.tensor([token_ids], device=self.device)
-        logits = self.model(input_ids=ids).logits[:, :-1].float()
+        logits = self.policy.model(input_ids=ids).logits[:, :-1].float()
         return algo.gather_logprobs(logits, ids[:, 1:])[0].tolist()
 
     def close(self) -> None:

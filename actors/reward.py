@@ -1,19 +1,55 @@
-"""Reward-rule actor: owns a pool of rule-scoring processes with per-item timeouts."""
+"""Reward-rule actor: owns pools of rule-scoring processes with per-item timeouts."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from rrm_ray.actor_group import Worker
-from rrm_ray.rewards.runner import RewardBatch, RewardRunner
+from rrm_ray.rewards.runner import RewardRunner
+
+
+@dataclass
+class ScoredBatch:
+    """Per item: the rule reward and whether the accuracy rule calls it correct; both None for items
+    without a reference answer (those are left to the judge). Timeouts/errors are counted."""
+
+    rewards: list[float | None]
+    correct: list[bool | None]
+    timeouts: int = 0
+    errors: int = 0
+    error_messages: list[str] = field(default_factory=list)
 
 
 class RewardWorker(Worker):
-    def __init__(self, rule: str | dict[str, float], timeout_s: float, fallback: float, num_workers: int) -> None:
-        self.runner = RewardRunner(
-            rule, timeout_s=timeout_s, fallback_reward=fallback, num_workers=num_workers
-        )
+    """Scores with the reward rule (a name, an import path or weighted rules); `accuracy_rule`, when it
+    differs, is scored too so "accuracy" means correctness even when the reward mixes in format terms."""
 
-    def score(self, responses: list[str], answers: list[str | None]) -> RewardBatch:
-        return self.runner.score(responses, answers)
+    def __init__(
+        self,
+        rule: str | dict[str, float],
+        timeout_s: float,
+        fallback: float,
+        num_workers: int,
+        accuracy_rule: str | None = None,
+    ) -> None:
+        self.runner = RewardRunner(rule, timeout_s, fallback_reward=fallback, num_workers=num_workers)
+        same = accuracy_rule is None or accuracy_rule == rule
+        self.accuracy = None if same else RewardRunner(accuracy_rule, timeout_s, fallback_reward=0.0)
+
+    def score(self, responses: list[str], answers: list[str | None]) -> ScoredBatch:
+        idx = [i for i, a in enumerate(answers) if a is not None]
+        out = ScoredBatch([None] * len(responses), [None] * len(responses))
+        if not idx:
+            return out
+        texts, refs = [responses[i] for i in idx], [answers[i] for i in idx]
+        batch = self.runner.score(texts, refs)
+        judged = batch if self.accuracy is None else self.accuracy.score(texts, refs)
+        for i, reward, acc in zip(idx, batch.rewards, judged.rewards, strict=True):
+            out.rewards[i], out.correct[i] = reward, acc > 0
+        out.timeouts, out.errors, out.error_messages = batch.timeouts, batch.errors, batch.error_messages
+        return out
 
     def close(self) -> None:
         self.runner.close()
+        if self.accuracy is not None:
+            self.accuracy.close()

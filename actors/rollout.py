@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,17 @@ import torch
 
 from rrm_ray.actor_group import Worker
 from rrm_ray.weight_sync import TensorMeta
+
+
+@dataclass
+class TextBatch:
+    """One deadline-bounded batch: ``texts[i]`` holds prompt i's n samples, or None when the deadline
+    passed first (its requests were aborted). ``generated_tokens`` counts the finished samples."""
+
+    texts: list[list[str] | None]
+    generated_tokens: int
+    timed_out: int
+    seconds: float
 
 
 @dataclass
@@ -53,6 +65,7 @@ class VLLMEngine(Worker):
         gpu_memory_utilization: float = 0.5,
         enable_sleep_mode: bool = False,
         max_num_batched_tokens: int = 16384,
+        tensor_parallel_size: int = 1,
     ) -> None:
         from vllm import LLM
 
@@ -60,7 +73,11 @@ class VLLMEngine(Worker):
             torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         kwargs: dict[str, Any] = {}
         if device == "cuda":
-            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
+            kwargs.update(
+                gpu_memory_utilization=gpu_memory_utilization,
+                enable_sleep_mode=enable_sleep_mode,
+                tensor_parallel_size=tensor_parallel_size,
+            )
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -154,7 +171,8 @@ class VLLMEngine(Worker):
             SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0),
             use_tqdm=False,
         )[0]
-        return [float(step[tok].logprob) for tok, step in zip(token_ids[1:], out.prompt_logprobs[1:], strict=True)]
+        steps = out.prompt_logprobs[1:]  # the first token has no log-prob
+        return [float(step[tok].logprob) for tok, step in zip(token_ids[1:], steps, strict=True)]
 
     def checksums(self) -> dict[str, list[float]]:
         return self.llm.collective_rpc("rrm_checksums", args=(self.tied_embeddings,))[0]
@@ -164,6 +182,39 @@ class VLLMEngine(Worker):
 
     def wake_up(self) -> None:
         self.llm.wake_up()
+
+    def generate_texts(
+        self, prompts: list[str], n: int, temperature: float, top_p: float, max_tokens: int, timeout_s: float
+    ) -> TextBatch:
+        """n samples per prompt, but never longer than ``timeout_s``: the engine is stepped by hand and
+        requests still unfinished at the deadline are aborted (their KV blocks freed) and returned as None.
+
+        No per-request seeds: vLLM's CPU sampler loses them across a chunked prefill; the engine's own
+        seed keeps runs reproducible.
+        """
+        from vllm import SamplingParams
+
+        engine = self.llm.llm_engine
+        start = time.perf_counter()
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        ids = self.llm.enqueue(prompts, params, use_tqdm=False)
+        # enqueue names request i "<counter>-<random suffix>"; finished outputs carry "<counter>".
+        index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}
+        texts: list[list[str] | None] = [None] * len(prompts)
+        pending, tokens = set(range(len(prompts))), 0
+        try:
+            while pending and time.perf_counter() - start < timeout_s and engine.has_unfinished_requests():
+                for out in engine.step():
+                    i = index.get(out.request_id)
+                    if i is None or not out.finished:
+                        continue
+                    texts[i] = [o.text for o in out.outputs]
+                    tokens += sum(len(o.token_ids) for o in out.outputs)
+                    pending.discard(i)
+        finally:
+            if pending:
+                engine.abort_request([ids[i] for i in pending], internal=True)
+        return TextBatch(texts, tokens, len(pending), time.perf_counter() - start)
 
 
 class RolloutWorker(VLLMEngine):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -160,13 +161,19 @@ class ActorGroup:
 
     def get(self, refs: list[ray.ObjectRef], what: str = "call") -> list[Any]:
         """Wait for refs with the group's timeout; a silent hang becomes a named error."""
-        try:
-            return ray.get(refs, timeout=self.call_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise RemoteCallTimeout(
-                f"{self.spec.name}.{what} did not finish within cluster.call_timeout_s="
-                f"{self.call_timeout_s:g}s"
-            ) from None
+        # Results are taken as they arrive, so a failed rank raises at once instead of after its peers
+        # (which may be blocked in a collective with it) time out.
+        deadline = time.monotonic() + self.call_timeout_s
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise RemoteCallTimeout(
+                    f"{self.spec.name}.{what} did not finish within cluster.call_timeout_s="
+                    f"{self.call_timeout_s:g}s"
+                )
+            ray.get(ready[0])  # raises the remote error, if any
+        return ray.get(refs)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def placement(self) -> list[dict[str, Any]]:

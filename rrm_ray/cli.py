@@ -12,14 +12,18 @@ import json
 import sys
 from typing import Any
 
-from rrm_ray.config import ConfigError, load_config
+from rrm_ray.config import ConfigError, load_config, validate_dpo
 
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)  # validated before Ray is touched
-    from rrm_ray.driver import GRPOJob
+    if args.command == "dpo":
+        validate_dpo(cfg)
+        from rrm_ray.dpo import DPOJob as Job
+    else:
+        from rrm_ray.driver import GRPOJob as Job
 
-    job = GRPOJob(cfg)
+    job = Job(cfg)
     print(f"MLflow run {job.tracker.run_id} at {cfg.tracking.uri} (experiment {cfg.tracking.experiment!r})")
     status = "FAILED"
     try:
@@ -45,8 +49,35 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if before and after:
         for key in before:
             print(f"held-out {key.split('/')[-1]:>16}: before {before[key]:.3f}  after {after[key]:.3f}")
+    agreement = summary.get("judge_agreement")
+    if agreement and agreement["pairs_total"]:
+        rate = agreement["pairs_agree"] / agreement["pairs_total"]
+        print(
+            f"RRM vs verifier: agreed on {agreement['pairs_agree']}/{agreement['pairs_total']} comparisons "
+            f"({rate:.0%}) where exactly one response was correct; its pick was correct for "
+            f"{agreement['picks_correct']}/{agreement['picks_total']} prompts that had a correct sample"
+        )
     if summary.get("final_policy"):
         print(f"final policy (HF format): {summary['final_policy']}")
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Checkpoint -> HF directory, without Ray or a process group."""
+    from pathlib import Path
+
+    from rrm_ray.checkpoint import is_complete
+
+    checkpoint = Path(args.checkpoint)
+    if not is_complete(checkpoint):
+        print(f"{checkpoint} is not a complete checkpoint (no COMPLETE marker)", file=sys.stderr)
+        return 2
+    cfg = load_config(checkpoint / "config.yaml")
+    from actors.backends import export_checkpoint_to_hf
+    from rrm_ray.models import resolve_model_path
+
+    out = export_checkpoint_to_hf(str(checkpoint / "learner"), resolve_model_path(cfg.model.path), args.out)
+    print(f"wrote {out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="also write the run summary here")
     p.set_defaults(func=_train)
 
-    from rrm_ray import jobs
+    from rrm_ray import jobs, judge_cli
 
     jobs.add_commands(sub)
+    judge_cli.add_commands(sub)
     return parser
 
 

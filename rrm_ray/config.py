@@ -33,6 +33,7 @@ class ClusterConfig:
     gpus_per_node: int = 0
     placement_timeout_s: float = 120.0  # waiting longer than this for resources is an error
     call_timeout_s: float = 1800.0  # every remote call waits at most this long
+    max_actor_restarts: int = 2  # a dead engine is restarted and its batch retried this many times
     env: dict[str, str] = field(default_factory=dict)  # extra env vars for every actor
 
 
@@ -50,6 +51,7 @@ class RolloutConfig:
     num_engines: int = 1
     cpus_per_engine: float = 1.0
     gpus_per_engine: float = 1.0  # used only when cluster.device == cuda
+    tensor_parallel_size: int = 1  # GPUs one engine shards the model over (= gpus_per_engine on cuda)
     strategy: str = "PACK"
     n_samples: int = 8  # responses per prompt (the GRPO group size)
     temperature: float = 1.0
@@ -99,6 +101,7 @@ class AlgorithmConfig:
 class RewardConfig:
     rule: str = "arithmetic"  # a name from rrm_ray.rewards.rules or "package.module:function"
     rule_weights: dict[str, float] = field(default_factory=dict)  # if set: weighted sum of these rules
+    accuracy_rule: str | None = None  # "accuracy" = this rule > 0; default: the first weighted rule, or rule
     timeout_s: float = 5.0
     fallback: float = 0.0  # reward of an item whose rule timed out or raised
     num_workers: int = 1
@@ -150,7 +153,24 @@ class DataConfig:
     eval_max_prompts: int = 64
     shuffle: bool = True
     generate_arithmetic: bool = True  # write the toy task to train/eval paths if they are missing
+    # Judge training (the policy is the judge): preference pairs become judge prompts with a label.
+    format: str = "prompts"  # prompts | preference
+    preference_format: str = "generic"  # generic | skywork | tulu | hh_rlhf
+    on_error: str = "raise"  # raise | skip (skipped rows are counted and reported)
+    synthetic_pairs: int = 0  # > 0: if train_path is missing, write that many generated pairs (+1/4 held out)
+    difficulty_filter_k: int = 0  # > 0: drop pairs the starting model already gets right k times out of k
     arithmetic_max_operand: int = 9  # operands of the generated task are drawn from 1..this
+
+
+@dataclass
+class DPOConfig:
+    """`rrm-ray dpo`: two policy samples per prompt, the RRM judge picks, DPO trains on the pairs."""
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    epochs: int = 1
+    pairs_per_step: int = 8  # pairs per optimizer step (a multiple of learner.num_ranks)
+    max_prompts: int = 64  # prompts sampled for pairs
 
 
 @dataclass
@@ -167,6 +187,8 @@ class TrackingConfig:
     experiment: str = "rrm-ray"
     run_name: str | None = None
     enabled: bool = True
+    http_retries: int = 1  # MLflow HTTP retries before a call is buffered locally (server down)
+    http_timeout_s: float = 10.0
 
 
 @dataclass
@@ -186,10 +208,12 @@ class JobConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # "auto": the latest complete checkpoint in checkpoint.dir; or a step_N path
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
@@ -300,6 +324,19 @@ def validate(cfg: JobConfig) -> None:
     _require(c.call_timeout_s > 0, "cluster.call_timeout_s", "must be > 0")
     _require(r.n_samples >= 2, "rollout.n_samples", "GRPO needs at least 2 samples per prompt")
     validate_judge(cfg.judge)
+    _require(cfg.dpo.beta > 0, "dpo.beta", f"must be > 0, got {cfg.dpo.beta}")
+    _require(0 <= cfg.dpo.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
+    _one_of(d.format, "data.format", ("prompts", "preference"))
+    _one_of(d.preference_format, "data.preference_format", ("generic", "skywork", "tulu", "hh_rlhf"))
+    _one_of(d.on_error, "data.on_error", ("raise", "skip"))
+    if d.format == "preference":
+        expected = f"judge_{cfg.judge.mode}"
+        _require(
+            cfg.reward.rule.startswith(expected) and not cfg.reward.rule_weights,
+            "reward.rule",
+            f"judge training (data.format=preference, judge.mode={cfg.judge.mode}) needs the rule {expected}"
+            f" (optionally {expected}(correct=1,wrong=-1,format_fail=-1)), got {cfg.reward.rule!r}",
+        )
     _validate_rules(cfg.reward)
 
     sequences = d.prompts_per_step * r.n_samples
@@ -326,8 +363,16 @@ def validate(cfg: JobConfig) -> None:
             f"({c.num_nodes} nodes x {c.gpus_per_node})",
         )
         _require(lr.gpus_per_rank == 1, "learner.gpus_per_rank", "each learner rank needs exactly 1 GPU")
+        _require(
+            r.gpus_per_engine == r.tensor_parallel_size,
+            "rollout.gpus_per_engine",
+            f"an engine with tensor_parallel_size={r.tensor_parallel_size} needs that many GPUs, "
+            f"got {r.gpus_per_engine:g}",
+        )
     if c.address is None and c.device == "cpu":
         asked_cpu = r.num_engines * r.cpus_per_engine + lr.num_ranks * lr.cpus_per_rank + cfg.reward.cpus
+        if cfg.judge.enabled and not cfg.judge.colocate_with_rollout:
+            asked_cpu += cfg.judge.num_engines * cfg.judge.cpus_per_engine
         _require(
             asked_cpu <= c.local_num_cpus,
             "cluster.local_num_cpus",
@@ -338,11 +383,25 @@ def validate(cfg: JobConfig) -> None:
 def _validate_rules(reward: RewardConfig) -> None:
     from rrm_ray.rewards.rules import resolve_rule
 
-    key, spec = ("reward.rule_weights", dict(reward.rule_weights)) if reward.rule_weights else ("reward.rule", reward.rule)
+    if reward.rule_weights:
+        key, spec = "reward.rule_weights", dict(reward.rule_weights)
+    else:
+        key, spec = "reward.rule", reward.rule
     try:
         resolve_rule(spec)
     except (ValueError, ImportError, AttributeError) as exc:
         raise ConfigError(f"{key}: {exc}") from None
+
+
+def validate_dpo(cfg: JobConfig) -> None:
+    """Checks that only matter for `rrm-ray dpo`."""
+    ranks, per_step = cfg.learner.num_ranks, cfg.dpo.pairs_per_step
+    _require(cfg.judge.enabled, "judge.enabled", "`rrm-ray dpo` needs the RRM judge (set judge.enabled=true)")
+    _require(
+        per_step >= ranks and per_step % ranks == 0,
+        "dpo.pairs_per_step",
+        f"must be a positive multiple of learner.num_ranks={ranks}, got {per_step}",
+    )
 
 
 def validate_judge(j: JudgeConfig) -> None:

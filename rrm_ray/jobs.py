@@ -31,11 +31,19 @@ EXCLUDES = [
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
+DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
 def _client(args: argparse.Namespace):
     if getattr(args, "token", None):
         os.environ["RAY_AUTH_TOKEN"] = args.token
     if getattr(args, "token_file", None):
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(args.token_file).expanduser())
+    # A client process is in "disabled" auth mode unless told otherwise, and then sends no token:
+    # with a token at hand, switch to token mode (before Ray reads its config).
+    has_token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
+    if "RAY_AUTH_MODE" not in os.environ and (has_token or DEFAULT_TOKEN_FILE.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(args.address)
@@ -67,12 +75,21 @@ def submit(args: argparse.Namespace) -> int:
     if args.pip:
         runtime_env["pip"] = args.pip
     client = _client(args)
-    job_id = client.submit_job(
+    submit_kwargs = dict(
         entrypoint=build_entrypoint(str(config.relative_to(workdir)), args.overrides),
         runtime_env=runtime_env,
         submission_id=args.job_id,
         metadata={"rrm_ray": "train", "config": str(config.relative_to(workdir))},
     )
+    deadline = time.monotonic() + args.agent_wait_s
+    while True:
+        try:
+            job_id = client.submit_job(**submit_kwargs)
+            break
+        except RuntimeError as exc:  # a freshly started head answers before its job agent is up
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
     print(f"submitted job {job_id} to {args.address}")
     if args.no_follow:
         return 0
@@ -139,6 +156,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pip", action="append", default=[], help="pip requirement installed for the job")
     p.add_argument("--job-id", help="submission id (default: generated)")
     p.add_argument("--no-follow", action="store_true", help="return after submitting")
+    p.add_argument("--agent-wait-s", type=float, default=120.0, help="wait this long for the job agent")
     p.set_defaults(func=submit)
 
     for name, func, helptext in (

@@ -6,8 +6,10 @@ and tables/artifacts are written through the same object so a run is one place t
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -88,3 +90,75 @@ class MLflowTracker:
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+class BufferedTracker:
+    """Keeps training going when the tracking server is down: failed calls are queued (and mirrored to
+    a local JSONL file so nothing is lost if the job dies), retried before every later call, and
+    flushed in order once the server is back. A warning says so, once per outage."""
+
+    def __init__(self, inner: Tracker, buffer_path: str | Path) -> None:
+        self.inner = inner
+        self.run_id = inner.run_id
+        self.buffer_path = Path(buffer_path)
+        self.pending: list[tuple[str, tuple[Any, ...]]] = []
+        self.outage = False
+        self.flushed_after_outage = 0
+
+    def _call(self, method: str, *args: Any) -> None:
+        self.pending.append((method, args))
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what is buffered, in order; stops at the first call that still fails."""
+        while self.pending:
+            method, args = self.pending[0]
+            try:
+                getattr(self.inner, method)(*args)
+            except Exception as exc:  # any tracking failure must not stop training
+                if not self.outage:
+                    self.outage = True
+                    warnings.warn(
+                        f"MLflow unavailable ({type(exc).__name__}: {str(exc)[:200]}); buffering metrics "
+                        f"locally in {self.buffer_path} and retrying at every step",
+                        stacklevel=3,
+                    )
+                self._mirror(method, args)
+                return
+            self.pending.pop(0)
+            if self.outage:
+                self.flushed_after_outage += 1
+        if self.outage:
+            self.outage = False
+            warnings.warn(
+                f"MLflow reachable again: flushed {self.flushed_after_outage} buffered calls", stacklevel=3
+            )
+            self.flushed_after_outage = 0
+            self.buffer_path.unlink(missing_ok=True)
+
+    def _mirror(self, method: str, args: tuple[Any, ...]) -> None:
+        self.buffer_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.buffer_path.open("a") as f:
+            f.write(json.dumps({"method": method, "args": args}, default=str) + "\n")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._call("log_params", params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._call("log_metrics", metrics, step)
+
+    def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
+        self._call("log_table", rows, name)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._call("set_tags", tags)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.flush()
+        if self.pending:
+            warnings.warn(
+                f"MLflow still unavailable at the end: {len(self.pending)} calls kept in {self.buffer_path}",
+                stacklevel=2,
+            )
+            return
+        self.inner.close(status)

@@ -16,6 +16,7 @@ Conventions shared by every rule here:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import math
@@ -227,12 +228,44 @@ def math_verify_reward(response: str, answer: str | None) -> float:
 # Registry
 
 
+@dataclass(frozen=True)
+class JudgeVerdictRule:
+    """Reward for training a judge: the answer is the label ("1" or "2", where the chosen response
+    was shown); +correct for a well-formed right verdict, `wrong` / `format_fail` otherwise (the RRM
+    paper uses +1 / -1 / -1). Prompts rendered in rrm mode already open `<think>`."""
+
+    mode: str = "rrm"
+    correct: float = 1.0
+    wrong: float = -1.0
+    format_fail: float = -1.0
+
+    def __call__(self, response: str, answer: str | None) -> float:
+        from rrm_ray.rewards.judge_reward import judge_reward
+
+        label = _require_answer(answer, f"judge_{self.mode}")
+        if label not in ("1", "2"):
+            raise ValueError(f"judge label must be '1' or '2', got {label!r}")
+        result = judge_reward(
+            response,
+            int(label),  # type: ignore[arg-type]
+            prompt_opened_think=self.mode == "rrm",
+            mode=self.mode,  # type: ignore[arg-type]
+            correct_reward=self.correct,
+            wrong_reward=self.wrong,
+            format_fail_reward=self.format_fail,
+        )
+        return result.reward
+
+
 RULES: dict[str, RewardFn] = {
     "arithmetic": arithmetic_reward,
     "boxed_format": boxed_format_reward,
     "exact_match": exact_match_reward,
     "math_verify": math_verify_reward,
+    "judge_rrm": JudgeVerdictRule("rrm"),
+    "judge_direct": JudgeVerdictRule("direct"),
 }
+_PARAMETRISED = re.compile(r"^(judge_rrm|judge_direct)\((.*)\)$")
 
 
 def _import_rule(path: str) -> RewardFn:
@@ -261,6 +294,15 @@ def get_rule(name: str) -> RewardFn:
     """
     if name in RULES:
         return RULES[name]
+    match = _PARAMETRISED.match(name.replace(" ", ""))
+    if match:  # e.g. "judge_rrm(correct=1,wrong=-1,format_fail=-0.5)"
+        try:
+            values = {k: float(v) for k, v in (kv.split("=") for kv in match.group(2).split(",") if kv)}
+            return dataclasses.replace(RULES[match.group(1)], **values)  # type: ignore[type-var]
+        except (ValueError, TypeError) as exc:
+            raise RuleError(
+                f"rule {name!r}: expected {match.group(1)}(correct=X,wrong=Y,format_fail=Z) ({exc})"
+            ) from None
     if ":" in name:
         return _import_rule(name)
     known = ", ".join(sorted(RULES))

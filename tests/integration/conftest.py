@@ -28,7 +28,7 @@ def ray_local():
 
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     os.environ.pop("RAY_AUTH_MODE", None)  # Ray 2.60 default: token authentication on
-    ray.init(num_cpus=8, include_dashboard=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
     yield ray
     ray.shutdown()
 

@@ -117,7 +117,10 @@ def test_empty_and_mismatched_inputs(runner):
 @pytest.mark.parametrize(
     ("rule", "match"),
     [
-        ("no_such_rule", "known rules: arithmetic, boxed_format, exact_match, math_verify"),
+        (
+            "no_such_rule",
+            "known rules: arithmetic, boxed_format, exact_match, judge_direct, judge_rrm, math_verify",
+        ),
         ("no_such_pkg.mod:fn", "cannot import module 'no_such_pkg.mod'"),
         (f"{RULES}:missing", "has no attribute 'missing'"),
         (f"{RULES}:NOT_A_FUNCTION", "expected a function"),

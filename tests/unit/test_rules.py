@@ -148,7 +148,14 @@ def test_rules_that_compare_need_an_answer(name):
 
 
 def test_registry_and_import_paths():
-    assert set(RULES) == {"arithmetic", "boxed_format", "exact_match", "math_verify"}
+    assert set(RULES) == {
+        "arithmetic",
+        "boxed_format",
+        "exact_match",
+        "math_verify",
+        "judge_rrm",
+        "judge_direct",
+    }
     for name, fn in RULES.items():
         assert get_rule(name) is fn
     assert get_rule("rrm_ray.rewards.rules:exact_match_reward") is exact_match_reward
@@ -214,3 +221,30 @@ def test_docstring_examples():
     result = doctest.testmod(rules)
     assert result.attempted >= 10
     assert result.failed == 0
+
+
+@pytest.mark.parametrize(
+    ("rule", "response", "label", "expected"),
+    [
+        ("judge_rrm", r"compare...</think> \boxed{Assistant 1}", "1", 1.0),
+        ("judge_rrm", r"compare...</think> \boxed{Assistant 2}", "1", -1.0),
+        ("judge_rrm", r"\boxed{Assistant 1}", "1", -1.0),  # no </think>: malformed
+        ("judge_rrm(correct=2,wrong=-1,format_fail=-0.5)", r"no verdict", "2", -0.5),
+        ("judge_rrm(correct=2,wrong=-1,format_fail=-0.5)", r"x</think>\boxed{Assistant 2}", "2", 2.0),
+        ("judge_direct", r"\boxed{Assistant 2}", "2", 1.0),
+        ("judge_direct", r"\boxed{Assistant 2}", "1", -1.0),
+    ],
+)
+def test_judge_verdict_rules(rule, response, label, expected):
+    from rrm_ray.rewards.rules import get_rule
+
+    assert get_rule(rule)(response, label) == expected
+
+
+def test_judge_rule_rejects_bad_labels_and_params():
+    from rrm_ray.rewards.rules import RuleError, get_rule
+
+    with pytest.raises(ValueError, match="label must be '1' or '2'"):
+        get_rule("judge_rrm")("x</think>\\boxed{Assistant 1}", "A")
+    with pytest.raises(RuleError, match="expected judge_rrm"):
+        get_rule("judge_rrm(nope=1)")

@@ -1,0 +1,153 @@
+"""DPO with preference labels from the RRM judge.
+
+pairs      = two policy samples per prompt (rollout group)
+verdicts   = judge.compare(pairs, votes)            # both orders, majority; undecided -> dropped
+ref_logps  = learner.compute_sequence_logps(pairs)  # once, from the starting policy (the reference)
+for epoch, batch:  learner.dpo_step(batch, ref_logps)   # sigmoid DPO loss, beta
+rollout.update_weights(...)                          # so the held-out evaluation sees the new policy
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from rrm_ray.batch import TrainBatch, build_batch
+from rrm_ray.driver import GRPOJob, PhaseTimer
+from rrm_ray.judge.feedback import query_text
+from rrm_ray.judge.service import JudgePair
+from rrm_ray.progress import StepPrinter
+
+
+def interleaved(chosen: list[Any], rejected: list[Any]) -> list[Any]:
+    """[c0, r0, c1, r1, ...]: the learner's DPO layout."""
+    return [x for pair in zip(chosen, rejected, strict=True) for x in pair]
+
+
+def shard_pairs(batch: TrainBatch, ranks: int) -> list[TrainBatch]:
+    """Contiguous shards of whole (chosen, rejected) pairs, one per rank."""
+    pairs = len(batch) // 2
+    if pairs % ranks:
+        raise ValueError(f"{pairs} pairs do not split evenly over {ranks} learner ranks")
+    size = 2 * (pairs // ranks)
+    return [batch.select(slice(r * size, (r + 1) * size)) for r in range(ranks)]
+
+
+class DPOJob(GRPOJob):
+    """Reuses the GRPO job's roles (rollout, learner, reward actor for evaluation, judge)."""
+
+    def collect_pairs(self) -> tuple[TrainBatch, dict[str, float], list[dict[str, Any]]]:
+        """Sample two responses per prompt, let the RRM choose, keep the decided pairs."""
+        cfg = self.cfg
+        rows = self.train_rows[: cfg.dpo.max_prompts]
+        completions = self.generate(
+            self.render(rows), 2, cfg.rollout.temperature, cfg.rollout.max_new_tokens, None
+        )
+        pairs = [
+            JudgePair(query_text(rows[i].prompt), completions[2 * i].text, completions[2 * i + 1].text)
+            for i in range(len(rows))
+        ]
+        judgments = self.judge.compare(pairs, votes=cfg.judge.votes)
+        chosen, rejected, table = [], [], []
+        for i, j in enumerate(judgments):
+            a, b = completions[2 * i], completions[2 * i + 1]
+            if j.winner is None or not j.decided or a.response_ids == b.response_ids:
+                continue
+            win, lose = (a, b) if j.winner == "a" else (b, a)
+            chosen.append(win)
+            rejected.append(lose)
+            if len(table) < cfg.trainer.log_samples:
+                table.append(
+                    {
+                        "prompt": pairs[i].query,
+                        "chosen": win.text,
+                        "rejected": lose.text,
+                        "votes": f"{j.wins_a}-{j.wins_b}",
+                    }
+                )
+        ranks = len(self.learner)
+        keep = len(chosen) // ranks * ranks  # every rank trains on the same number of whole pairs
+        stats = {
+            "dpo/pairs_judged": len(pairs),
+            "dpo/pairs_undecided": len(pairs) - len(chosen),
+            "dpo/pairs_used": keep,
+        }
+        stats.update({f"judge/{k}": float(v) for k, v in self.judge.stats(reset=True).items()})
+        if keep == 0:
+            raise RuntimeError(
+                f"the RRM decided {len(chosen)} of {len(pairs)} pairs: too few for {ranks} learner ranks"
+            )
+        seqs = interleaved(chosen[:keep], rejected[:keep])
+        batch = build_batch(
+            [c.prompt_ids for c in seqs],
+            [c.response_ids for c in seqs],
+            [c.response_logprobs for c in seqs],
+            [0.0] * len(seqs),
+            pad_id=self.tokenizer.pad_token_id or 0,
+        )
+        return batch, stats, table
+
+    def run(self) -> dict[str, Any]:
+        cfg, d = self.cfg, self.cfg.dpo
+        started = time.perf_counter()
+        before = self.evaluate()
+        self.tracker.log_metrics({k.replace("eval/", "eval_before/"): v for k, v in before.items()}, step=0)
+        timer = PhaseTimer()
+        with timer.phase("generate_and_judge"):
+            batch, stats, table = self.collect_pairs()
+        self.tracker.log_metrics(stats, step=0)
+        self.tracker.log_table(table, "dpo_pairs")
+        ranks = len(self.learner)
+        with timer.phase("reference_logps"):
+            ref = torch.cat(self.learner.call_sharded("compute_sequence_logps", shard_pairs(batch, ranks)))
+        per_step = min(d.pairs_per_step, len(batch) // 2)  # both multiples of the rank count
+        steps_per_epoch = (len(batch) // 2) // per_step
+        total = d.epochs * steps_per_epoch
+        history = []
+        with StepPrinter(total, before) as printer:
+            for epoch in range(d.epochs):
+                for s in range(steps_per_epoch):
+                    rows = slice(2 * s * per_step, 2 * (s + 1) * per_step)
+                    part, part_ref = batch.select(rows), ref[rows]
+                    shards = shard_pairs(part, ranks)
+                    refs = torch.split(part_ref, [len(x) for x in shards])
+                    step_timer = PhaseTimer()
+                    with step_timer.phase("update"):
+                        outs = self.learner.get(
+                            [
+                                a.dpo_step.remote(x, r, d.beta, d.label_smoothing, cfg.learner.lr)
+                                for a, x, r in zip(self.learner.actors, shards, refs, strict=True)
+                            ],
+                            "dpo_step",
+                        )
+                    self.step += 1
+                    metrics = {f"dpo/{k}": v for k, v in outs[0].items()}
+                    metrics.update({f"time/{k}_s": v for k, v in step_timer.seconds.items()}, epoch=epoch)
+                    self.tracker.log_metrics(metrics, step=self.step)
+                    history.append(metrics)
+                    printer.update(
+                        self.step,
+                        {
+                            "reward/mean": metrics["dpo/reward_margin"],
+                            "reward/accuracy": metrics["dpo/accuracy"],
+                            "train/grad_norm": metrics["dpo/grad_norm"],
+                            "time/step_s": step_timer.seconds["update"],
+                        },
+                    )
+        with timer.phase("weight_sync"):
+            self.sync_weights()
+        after = self.evaluate()
+        self.tracker.log_metrics({k.replace("eval/", "eval_after/"): v for k, v in after.items()}, self.step)
+        self.tracker.log_metrics({f"time/{k}_s": v for k, v in timer.seconds.items()}, self.step)
+        return {
+            "before": before,
+            "after": after,
+            "steps": self.step,
+            "wall_s": time.perf_counter() - started,
+            "run_id": self.tracker.run_id,
+            "history": history,
+            "pairs": stats,
+            "final_policy": self.save_final(),
+        }

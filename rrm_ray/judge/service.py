@@ -1,0 +1,489 @@
+"""The judge as a service: pairs in, verdicts out, every voting wave ONE engine batch.
+
+Pure logic around an engine callable, so the same code runs inside the Ray judge actor (a vLLM
+engine) and in unit tests (a scripted fake):
+
+    generate(prompts, n) -> for each prompt, n sampled texts, or None when its batch deadline hit
+
+    service = JudgeService(generate, tokenizer, JudgeSettings(votes=3))
+    service.compare([JudgePair(query, a, b), ...])    # PairJudgment per pair, with reasoning traces
+    service.rank([(query, [r0, r1, ...]), ...])        # knockout / round-robin tournaments, rewards
+    service.best_of_n([(query, responses), ...])       # index of the best response per query
+
+How a batch of pairs is judged (``compare``):
+
+1. identical responses need no judge (a tie); the cache answers pairs judged before; a pair that
+   occurs twice in one batch is judged once;
+2. each remaining pair is shown in a canonical orientation: the response with the smaller sha256
+   first. The cache and the traces then do not depend on the order the caller listed the pair in,
+   and with one vote the judge's position bias falls on a pseudo-random side per pair instead of
+   always on the caller's first response;
+3. voting follows ``rrm_ray.judge.voting.PairVote`` (vote i is shown swapped when i is odd); each
+   wave gathers the presentations ALL pairs still need into one ``generate`` call;
+4. a vote whose text has no parseable verdict, or that timed out, is no vote for either side;
+   results with a time-out are not cached (a time-out says nothing about the pair).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rrm_ray.judge.cache import CachedComparison, ComparisonCache
+from rrm_ray.judge.prompts import JudgePrompt, PromptTooLongError, fit_pair_to_context
+from rrm_ray.judge.ranking_rewards import elo_rewards, knockout_rewards
+from rrm_ray.judge.tournament import Knockout, Match, RoundRobin, Tournament, run_many
+from rrm_ray.judge.verdict import parse_verdict
+from rrm_ray.judge.voting import PairVote, Presentation, translate
+
+Side = Literal["a", "b"]
+GenerateFn = Callable[[list[str], int], list[list[str] | None]]
+_FLIP: dict[Side | None, Side | None] = {"a": "b", "b": "a", None: None}
+
+
+class JudgeInputError(ValueError):
+    """A pair or ranking item that is not made of strings, or an empty response list."""
+
+
+@dataclass(frozen=True)
+class JudgePair:
+    query: str
+    response_a: str
+    response_b: str
+
+
+@dataclass(frozen=True)
+class JudgeTrace:
+    """One judgment. ``order`` "ab" showed response a as Assistant 1; ``verdict`` is what the judge
+    wrote (1/2, None if unparseable or timed out); ``winner`` is that verdict in pair terms."""
+
+    vote: int
+    order: Literal["ab", "ba"]
+    text: str | None  # None: the batch deadline passed before this judgment finished
+    verdict: Literal[1, 2] | None
+    winner: Side | None
+
+
+@dataclass
+class PairJudgment:
+    """The outcome of one pair. ``votes`` counts judge calls made for it in this call (0 when it
+    came from the cache); ``error`` is set when its prompt was rejected as too long."""
+
+    winner: Side | None
+    wins_a: int
+    wins_b: int
+    votes: int
+    calls_saved: int
+    unparseable: int
+    timed_out: int
+    traces: list[JudgeTrace] = field(default_factory=list)
+    from_cache: bool = False
+    truncated: bool = False
+    error: str | None = None
+
+    @property
+    def decided(self) -> bool:
+        """The votes preferred one side; otherwise ``winner`` came from the tie rule (or is None)."""
+        return self.wins_a != self.wins_b
+
+
+@dataclass
+class MatchRecord:
+    """One tournament comparison: responses ``a`` and ``b`` of the query, the outcome the tournament
+    received (None: undecided, resolved by the tournament's own rule) and the full judgment."""
+
+    round: int
+    a: int
+    b: int
+    outcome: Side | None
+    judgment: PairJudgment
+
+
+@dataclass
+class RankResult:
+    """Responses of one query ranked by a tournament. ``scores``: rounds won (knockout) or ratings
+    (elo); ``rewards``: ``knockout_rewards`` / ``elo_rewards``; ``bracket`` (knockout) or
+    ``ratings`` (elo) is set, the other is None."""
+
+    method: str
+    ranking: list[int]
+    winner: int
+    scores: list[float]
+    rewards: list[float]
+    bracket: list[list[dict]] | None
+    ratings: list[float] | None
+    comparisons: list[MatchRecord]
+
+    @property
+    def traces(self) -> list[dict[str, Any]]:
+        """Every judgment of the tournament as flat rows (for MLflow tables)."""
+        return [
+            {"round": m.round, "a": m.a, "b": m.b, **dataclasses.asdict(t)}
+            for m in self.comparisons
+            for t in m.judgment.traces
+        ]
+
+
+@dataclass
+class JudgeStats:
+    """Counters since the last reset. ``judge_calls`` counts sampled judgments, ``waves`` engine
+    batches; ``comparisons`` counts every pair asked for, including cached and identical ones."""
+
+    comparisons: int = 0
+    judge_calls: int = 0
+    waves: int = 0
+    calls_saved: int = 0
+    cache_hits: int = 0
+    unparseable: int = 0
+    timed_out: int = 0
+    rejected: int = 0
+    truncated: int = 0
+    identical: int = 0
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """What the service needs from ``JudgeConfig``; ``cache_key`` names what else changes a verdict
+    (judge model and checkpoint, sampling parameters) and goes into every cache key."""
+
+    mode: Literal["rrm", "direct"] = "rrm"
+    votes: int = 1
+    adaptive_votes: bool = True
+    tie_rule: Literal["random", "first", "none"] = "random"
+    method: Literal["knockout", "elo"] = "knockout"
+    rating: Literal["bradley_terry", "elo"] = "bradley_terry"
+    k_factor: float = 32.0
+    max_prompt_tokens: int = 4096
+    over_length: Literal["truncate", "reject"] = "truncate"
+    seed: int = 0
+    cache_key: str = ""
+    cache_max_entries: int | None = 100_000
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("mode", ("rrm", "direct")),
+            ("tie_rule", ("random", "first", "none")),
+            ("method", ("knockout", "elo")),
+            ("rating", ("bradley_terry", "elo")),
+            ("over_length", ("truncate", "reject")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"judge settings: {name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.votes, int) or self.votes < 1:
+            raise ValueError(f"judge settings: votes must be an int >= 1, got {self.votes!r}")
+
+    @classmethod
+    def from_config(cls, judge: Any, seed: int, cache_key: str = "") -> JudgeSettings:
+        """From a ``JudgeConfig`` (or a dict of its fields, as sent to an actor)."""
+        get = judge.get if isinstance(judge, dict) else lambda k: getattr(judge, k)
+        names = ("mode", "votes", "adaptive_votes", "tie_rule", "method", "rating", "k_factor")
+        return cls(
+            **{n: get(n) for n in names},
+            max_prompt_tokens=get("max_prompt_tokens"),
+            over_length=get("over_length"),
+            seed=seed,
+            cache_key=cache_key,
+            cache_max_entries=get("cache_max_entries"),
+        )
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_str(value: object, where: str) -> None:
+    if not isinstance(value, str):
+        raise JudgeInputError(f"{where}: expected a string, got {type(value).__name__}")
+
+
+def as_pair(obj: Any, i: int) -> JudgePair:
+    """A ``JudgePair`` from a JudgePair, a (query, a, b) tuple or a dict with those field names."""
+    if isinstance(obj, JudgePair):
+        pair = obj
+    elif isinstance(obj, dict):
+        missing = [k for k in ("query", "response_a", "response_b") if k not in obj]
+        if missing:
+            raise JudgeInputError(f"pair {i}: missing field '{missing[0]}'")
+        pair = JudgePair(obj["query"], obj["response_a"], obj["response_b"])
+    elif isinstance(obj, tuple | list) and len(obj) == 3:
+        pair = JudgePair(*obj)
+    else:
+        raise JudgeInputError(f"pair {i}: expected a JudgePair, (query, a, b) or a dict, got {obj!r:.80}")
+    for name in ("query", "response_a", "response_b"):
+        _check_str(getattr(pair, name), f"pair {i}: field '{name}'")
+    return pair
+
+
+def flip_judgment(j: PairJudgment) -> PairJudgment:
+    """The same judgment seen as (b, a)."""
+    traces = [
+        dataclasses.replace(t, order="ba" if t.order == "ab" else "ab", winner=_FLIP[t.winner])
+        for t in j.traces
+    ]
+    return dataclasses.replace(j, winner=_FLIP[j.winner], wins_a=j.wins_b, wins_b=j.wins_a, traces=traces)
+
+
+class JudgeService:
+    """Pairwise judging, tournaments and best-of-n on top of a batched ``generate`` callable."""
+
+    def __init__(self, generate: GenerateFn, tokenizer: Any, settings: JudgeSettings) -> None:
+        self.generate = generate
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.cache = ComparisonCache(settings.cache_max_entries)
+        self.stats = JudgeStats()
+
+    def reset_stats(self) -> JudgeStats:
+        """Return the counters so far and start new ones."""
+        old, self.stats = self.stats, JudgeStats()
+        return old
+
+    def _settings_key(self, votes: int) -> str:
+        s = self.settings
+        return (
+            f"{s.cache_key}|mode={s.mode}|k={votes}|adaptive={s.adaptive_votes}|tie={s.tie_rule}"
+            f"|prompt<={s.max_prompt_tokens}|{s.over_length}"
+        )
+
+    # -- pairs -------------------------------------------------------------------------------------
+    def compare(
+        self, pairs: Sequence[JudgePair | tuple | dict], votes: int | None = None
+    ) -> list[PairJudgment]:
+        """Judge every pair (see the module docstring); one ``generate`` call per voting wave."""
+        k = self.settings.votes if votes is None else votes
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"compare: votes must be an int >= 1, got {k!r}")
+        pairs = [as_pair(p, i) for i, p in enumerate(pairs)]
+        key = self._settings_key(k)
+        results: list[PairJudgment | None] = [None] * len(pairs)
+        first_of: dict[tuple[str, str, str], int] = {}  # canonical pair -> first index in this batch
+        canon: list[tuple[str, str, bool]] = []  # (first shown, second shown, flipped vs the caller)
+        duplicates: list[int] = []
+        todo: list[int] = []
+        for i, p in enumerate(pairs):
+            self.stats.comparisons += 1
+            flipped = _digest(p.response_b) < _digest(p.response_a)
+            first, second = (p.response_b, p.response_a) if flipped else (p.response_a, p.response_b)
+            canon.append((first, second, flipped))
+            if p.response_a == p.response_b:
+                self.stats.identical += 1
+                winner = PairVote(
+                    k, self.settings.adaptive_votes, self.settings.tie_rule, self.settings.seed, i
+                )
+                results[i] = PairJudgment(winner.winner(), 0, 0, 0, 0, 0, 0)
+                continue
+            ident = (p.query, first, second)
+            if ident in first_of:
+                duplicates.append(i)
+                continue
+            first_of[ident] = i
+            hit = self.cache.get(p.query, first, second, key)
+            if hit is not None:
+                self.stats.cache_hits += 1
+                results[i] = self._from_cache(hit, flipped)
+            else:
+                todo.append(i)
+
+        judged = self._vote(pairs, canon, todo, k)
+        for i, j in judged.items():
+            if j.error is None and j.timed_out == 0:
+                first, second, _ = canon[i]
+                texts = [t.text or "" for t in j.traces]
+                self.cache.put(
+                    pairs[i].query, first, second, key, CachedComparison(j.winner, j.wins_a, j.wins_b, texts)
+                )
+            results[i] = flip_judgment(j) if canon[i][2] else j
+        for i in duplicates:
+            src = first_of[(pairs[i].query, canon[i][0], canon[i][1])]
+            j = results[src]
+            assert j is not None
+            same = canon[i][2] == canon[src][2]
+            copy = j if same else flip_judgment(j)
+            results[i] = dataclasses.replace(copy, votes=0, calls_saved=0, from_cache=True)
+            self.stats.cache_hits += 1
+        missing = [i for i, r in enumerate(results) if r is None]
+        assert not missing, f"compare: no judgment for pairs {missing}"
+        return results  # type: ignore[return-value]
+
+    def _from_cache(self, hit: CachedComparison, flipped: bool) -> PairJudgment:
+        """Rebuild a judgment from the cache (stored in canonical orientation, texts in vote order)."""
+        require_close = self.settings.mode == "rrm"
+        traces = []
+        for v, text in enumerate(hit.traces):
+            p = Presentation(0, v, swapped=v % 2 == 1)
+            verdict = parse_verdict(text, require_think_close=require_close)
+            won = translate(p, verdict)
+            side: Side | None = None if won is None else ("a" if won else "b")
+            traces.append(JudgeTrace(v, "ba" if p.swapped else "ab", text, verdict, side))
+        unparseable = sum(t.verdict is None for t in traces)
+        j = PairJudgment(hit.winner, hit.wins_a, hit.wins_b, 0, 0, unparseable, 0, traces, from_cache=True)
+        return flip_judgment(j) if flipped else j
+
+    def _render(self, i: int, query: str, first: str, second: str) -> JudgePrompt:
+        s = self.settings
+        return fit_pair_to_context(
+            self.tokenizer,
+            query,
+            first,
+            second,
+            s.max_prompt_tokens,
+            s.mode,
+            s.over_length,
+            where=f"pair {i}: ",
+        )
+
+    def _vote(
+        self, pairs: Sequence[JudgePair], canon: list[tuple[str, str, bool]], todo: list[int], k: int
+    ) -> dict[int, PairJudgment]:
+        """Vote on the pairs ``todo`` in canonical orientation; judgments in that orientation."""
+        s = self.settings
+        out: dict[int, PairJudgment] = {}
+        prompts: dict[tuple[int, bool], str] = {}
+        truncated: dict[int, bool] = {}
+        for i in todo:
+            first, second, _ = canon[i]
+            try:
+                shown = self._render(i, pairs[i].query, first, second)
+                swapped = self._render(i, pairs[i].query, second, first) if k > 1 else shown
+            except PromptTooLongError as exc:
+                self.stats.rejected += 1
+                out[i] = PairJudgment(None, 0, 0, 0, 0, 0, 0, error=str(exc))
+                continue
+            prompts[(i, False)], prompts[(i, True)] = shown.text, swapped.text
+            truncated[i] = shown.truncated or swapped.truncated
+            self.stats.truncated += truncated[i]
+        state = {i: PairVote(k, s.adaptive_votes, s.tie_rule, s.seed, pair_index=i) for i in truncated}
+        traces: dict[int, list[JudgeTrace]] = {i: [] for i in state}
+        require_close = s.mode == "rrm"
+        while True:
+            wave = [p for pv in state.values() for p in pv.next_presentations()]
+            if not wave:
+                break
+            texts = self._run_wave([prompts[(p.pair_index, p.swapped)] for p in wave])
+            for p, text in zip(wave, texts, strict=True):
+                verdict = None if text is None else parse_verdict(text, require_think_close=require_close)
+                won = translate(p, verdict)
+                state[p.pair_index].record(p.vote_index, won)
+                side: Side | None = None if won is None else ("a" if won else "b")
+                trace = JudgeTrace(p.vote_index, "ba" if p.swapped else "ab", text, verdict, side)
+                traces[p.pair_index].append(trace)
+                self.stats.timed_out += text is None
+                self.stats.unparseable += text is not None and verdict is None
+        for i, pv in state.items():
+            ts = sorted(traces[i], key=lambda t: t.vote)
+            timed_out = sum(t.text is None for t in ts)
+            self.stats.calls_saved += pv.calls_saved
+            out[i] = PairJudgment(
+                winner=pv.winner(),
+                wins_a=pv.wins_a,
+                wins_b=pv.wins_b,
+                votes=pv.calls_made,
+                calls_saved=pv.calls_saved,
+                unparseable=pv.invalid - timed_out,
+                timed_out=timed_out,
+                traces=ts,
+                truncated=truncated[i],
+            )
+        return out
+
+    def _run_wave(self, prompts: list[str]) -> list[str | None]:
+        """One ``generate`` call for the whole wave. When every distinct prompt is asked the same
+        number of times c (e.g. k votes in both orders), it is sent once with n=c, so the engine
+        shares the prompt's prefill; otherwise every presentation is its own prompt with n=1."""
+        slots: dict[str, list[int]] = {}
+        for pos, text in enumerate(prompts):
+            slots.setdefault(text, []).append(pos)
+        counts = {len(v) for v in slots.values()}
+        if len(counts) == 1 and len(slots) < len(prompts):
+            unique, n = list(slots), counts.pop()
+        else:
+            unique, n = prompts, 1
+        outputs = self.generate(unique, n)
+        self.stats.waves += 1
+        self.stats.judge_calls += len(prompts)
+        if len(outputs) != len(unique):
+            raise ValueError(f"judge generate returned {len(outputs)} results for {len(unique)} prompts")
+        texts: list[str | None] = [None] * len(prompts)
+        for u, (prompt, samples) in enumerate(zip(unique, outputs, strict=True)):
+            if samples is not None and (len(samples) != n or not all(isinstance(t, str) for t in samples)):
+                raise ValueError(
+                    f"judge generate: prompt {u}: expected None or {n} strings, got {samples!r:.200}"
+                )
+            positions = slots[prompt] if n > 1 else [u]
+            for m, pos in enumerate(positions):
+                texts[pos] = None if samples is None else samples[m]
+        return texts
+
+    # -- many responses per query ----------------------------------------------------------------------
+    def rank(
+        self,
+        items: Sequence[tuple[str, Sequence[str]]],
+        method: str | None = None,
+        votes: int | None = None,
+    ) -> list[RankResult]:
+        """Rank each query's responses; all tournaments advance together, one ``compare`` per wave.
+
+        A match the votes leave undecided (split or no parseable verdict) goes to the tournament's
+        own rule: a seeded coin in a knockout ("first" tie rule: response a), half a win each in a
+        round robin. Tournament seeds derive from ``settings.seed`` and the item's position.
+        """
+        s = self.settings
+        method = method or s.method
+        if method not in ("knockout", "elo"):
+            raise ValueError(f"rank: method must be 'knockout' or 'elo', got {method!r}")
+        tournaments: list[Tournament] = []
+        for k, item in enumerate(items):
+            if not isinstance(item, tuple | list) or len(item) != 2:
+                raise JudgeInputError(f"item {k}: expected (query, [responses]), got {type(item).__name__}")
+            query, responses = item
+            _check_str(query, f"item {k}: query")
+            if isinstance(responses, str) or not isinstance(responses, Sequence) or not responses:
+                raise JudgeInputError(
+                    f"item {k}: expected a non-empty list of responses, got {responses!r:.80}"
+                )
+            for r, text in enumerate(responses):
+                _check_str(text, f"item {k}: response {r}")
+            seed = s.seed * 1_000_003 + k
+            if method == "knockout":
+                undecided = "first" if s.tie_rule == "first" else "random"
+                tournaments.append(Knockout(len(responses), seed, undecided=undecided))
+            else:
+                tournaments.append(RoundRobin(len(responses), s.rating, s.k_factor, seed=seed))
+        records: list[list[MatchRecord]] = [[] for _ in tournaments]
+
+        def compare_batch(batch: list[tuple[int, Match]]) -> list[Side | None]:
+            pairs = [JudgePair(items[k][0], items[k][1][m.a], items[k][1][m.b]) for k, m in batch]
+            outcomes = []
+            for (k, m), j in zip(batch, self.compare(pairs, votes), strict=True):
+                outcome = j.winner if j.decided else None
+                records[k].append(MatchRecord(m.round, m.a, m.b, outcome, j))
+                outcomes.append(outcome)
+            return outcomes
+
+        run_many(tournaments, compare_batch)
+        return [_result(t, rec) for t, rec in zip(tournaments, records, strict=True)]
+
+    def best_of_n(
+        self, items: Sequence[tuple[str, Sequence[str]]], method: str | None = None, votes: int | None = None
+    ) -> list[int]:
+        """Index of the chosen response per query (the tournament's winner)."""
+        return [r.winner for r in self.rank(items, method, votes)]
+
+
+def _result(t: Tournament, records: list[MatchRecord]) -> RankResult:
+    if isinstance(t, Knockout):
+        rewards = knockout_rewards(t)
+        won = t.rounds_won
+        ranking = sorted(range(t.n), key=lambda i: (i != t.winner, -rewards[i], -won[i], i))
+        bracket = [[dict(e) for e in rnd] for rnd in t.bracket]
+        return RankResult(
+            "knockout", ranking, t.winner, [float(x) for x in won], rewards, bracket, None, records
+        )
+    assert isinstance(t, RoundRobin)
+    ranking = t.ranking
+    return RankResult("elo", ranking, ranking[0], t.ratings, elo_rewards(t), None, t.ratings, records)

@@ -1,0 +1,124 @@
+"""RRM jobs through the real stack on a tiny random model: judge training with the rule reward
+(issue: train an RRM), and GRPO whose rewards come from the RRM judge's tournaments."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from rrm_ray.config import load_config
+from rrm_ray.driver import GRPOJob
+from tests.integration.conftest import tiny_overrides
+
+pytestmark = pytest.mark.integration
+
+
+def run_job(overrides: list[str]):
+    cfg = load_config(None, overrides)
+    with GRPOJob(cfg) as job:
+        job.start()
+        summary = job.run()
+    return cfg, summary
+
+
+def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model, tmp_path):
+    data = tmp_path / "pairs"
+    cfg, summary = run_job(
+        tiny_overrides(
+            tiny_model,
+            tmp_path,
+            **{
+                "model.max_model_len": 512,
+                "reward.rule": "judge_rrm",
+                "judge.mode": "rrm",
+                "judge.max_prompt_tokens": 400,
+                "judge.max_new_tokens": 16,
+                "judge.max_model_len": 512,
+                "data.format": "preference",
+                "data.synthetic_pairs": 8,
+                "data.train_path": str(data / "train.jsonl"),
+                "data.eval_path": str(data / "eval.jsonl"),
+                "data.eval_max_prompts": 2,
+            },
+        )
+    )
+    assert summary["steps"] == 2
+    for step in summary["history"]:
+        assert set(step) >= {
+            "reward/verdict_correct_rate",
+            "reward/verdict_wrong_rate",
+            "reward/format_fail_rate",
+        }
+        rates = (
+            step["reward/verdict_correct_rate"]
+            + step["reward/verdict_wrong_rate"]
+            + step["reward/format_fail_rate"]
+        )
+        assert rates == pytest.approx(1.0)
+        assert -1.0 <= step["reward/mean"] <= 1.0  # the judge rule pays +1 or -1
+    # held-out pairs are judged in both orders: 2 pairs -> 4 prompts
+    assert "eval/format_fail_rate" in summary["after"]
+    run = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(summary["run_id"])
+    assert "eval_after/accuracy" in run.data.metrics
+
+    # The trained judge loads straight into the RRM-judge actor.
+    from actors.judge import JudgePool
+    from rrm_ray.judge.service import JudgePair
+
+    judge_cfg = load_config(
+        None,
+        tiny_overrides(
+            summary["final_policy"],
+            tmp_path,
+            **{
+                "judge.model_path": summary["final_policy"],
+                "judge.max_new_tokens": 8,
+                "judge.max_model_len": 512,
+                "judge.max_prompt_tokens": 400,
+                "judge.kv_cache_gib": 1,
+                "judge.threads": 1,
+            },
+        ),
+    )
+    pool = JudgePool(judge_cfg)
+    try:
+        [judgment] = pool.compare([JudgePair("What is 2+2?", "4", "5")])
+        assert judgment.votes == 1 and len(judgment.traces) == 1
+    finally:
+        pool.shutdown()
+
+
+def test_grpo_with_rrm_rewards(ray_local, tiny_model, tmp_path):
+    cfg, summary = run_job(
+        tiny_overrides(
+            tiny_model,
+            tmp_path,
+            **{
+                "judge.enabled": True,
+                "judge.model_path": tiny_model,
+                "judge.method": "knockout",
+                "judge.votes": 1,
+                "judge.max_new_tokens": 8,
+                "judge.max_prompt_tokens": 200,
+                "judge.max_model_len": 256,
+                "judge.kv_cache_gib": 1,
+                "judge.threads": 1,
+                "judge.reward_mix": "weighted",
+                "judge.rule_weight": 1.0,
+                "judge.judge_weight": 0.5,
+            },
+        )
+    )
+    assert summary["steps"] == 2
+    n, prompts = cfg.rollout.n_samples, cfg.data.prompts_per_step
+    for step in summary["history"]:
+        # knockout over n samples: n - 1 comparisons per prompt, all of a step in one judge call
+        assert step["judge/comparisons"] == prompts * (n - 1)
+        assert step["judge/judge_calls"] >= 1
+        assert "time/reward_s" in step
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+    tables = [a.path for a in client.list_artifacts(summary["run_id"], "tables")]
+    assert any("judge_traces_step" in t for t in tables)
+    assert any("judge_brackets_step" in t for t in tables)
+    metrics = client.get_run(summary["run_id"]).data.metrics
+    assert {"judge/unparseable", "judge/cache_hits", "judge/calls_saved", "judge/generate_s"} <= set(metrics)

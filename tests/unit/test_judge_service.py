@@ -1,0 +1,294 @@
+"""JudgeService with a scripted engine: batching per wave, cache, both orders, adaptive voting,
+tournaments over many queries, time-outs and unparseable outputs. A real (tiny, offline) tokenizer."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from rrm_ray.judge.service import (
+    JudgeInputError,
+    JudgePair,
+    JudgeService,
+    JudgeSettings,
+    flip_judgment,
+)
+
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+_ANSWER = re.compile(
+    r"\[The Start of Assistant ([12])'s Answer\]\n(.*?)\n\[The End of Assistant \1's Answer\]", re.S
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(["Which assistant's answer is better? Think about the answer."] * 20, trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok)
+    hf.chat_template = TEMPLATE
+    return hf
+
+
+class FakeJudge:
+    """A judge that knows a hidden quality per response ("r<q>...": higher q is better) and writes
+    ``<think>...</think> \\boxed{Assistant k}``. Responses containing GARBAGE get text without a
+    verdict, SLOW ones time out (None), FIRST makes it always pick Assistant 1 (position bias).
+    ``calls`` records every generate call as (number of prompts, n)."""
+
+    def __init__(self, style: str = "rrm") -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.style = style
+
+    @staticmethod
+    def quality(text: str) -> int:
+        m = re.match(r"r(\d+)", text)
+        return int(m.group(1)) if m else 0
+
+    def one(self, prompt: str) -> str | None:
+        shown = dict(_ANSWER.findall(prompt))
+        first, second = shown["1"], shown["2"]
+        if "SLOW" in first + second:
+            return None
+        if "GARBAGE" in first + second:
+            return "I cannot decide </think> maybe both"
+        pick = 1 if "FIRST" in first + second or self.quality(first) > self.quality(second) else 2
+        verdict = f"\\boxed{{Assistant {pick}}}"
+        return verdict if self.style == "direct" else f"Let me compare them.</think> {verdict}"
+
+    def __call__(self, prompts: list[str], n: int) -> list[list[str] | None]:
+        self.calls.append((len(prompts), n))
+        out = []
+        for p in prompts:
+            text = self.one(p)
+            out.append(None if text is None else [text] * n)
+        return out
+
+
+def service(tokenizer, judge=None, **settings) -> tuple[JudgeService, FakeJudge]:
+    judge = judge or FakeJudge()
+    return JudgeService(judge, tokenizer, JudgeSettings(**settings)), judge
+
+
+def pair(qa: int, qb: int, q: str = "Which is better?", tag: str = "") -> JudgePair:
+    return JudgePair(q, f"r{qa} answer{tag}", f"r{qb} answer{tag}")
+
+
+# ---- compare ------------------------------------------------------------------------------------
+def test_all_pairs_go_into_one_generate_call_per_wave(tokenizer):
+    svc, judge = service(tokenizer, votes=1)
+    pairs = [pair(3, 1), pair(1, 4), pair(5, 9, q="Another question?")]
+    out = svc.compare(pairs)
+    assert [j.winner for j in out] == ["a", "b", "b"]
+    assert judge.calls == [(3, 1)]
+    assert all(j.votes == 1 and len(j.traces) == 1 and not j.from_cache for j in out)
+    assert svc.stats.judge_calls == 3 and svc.stats.waves == 1 and svc.stats.comparisons == 3
+
+
+@pytest.mark.parametrize(
+    "votes, adaptive, calls, saved",
+    [(2, True, [(6, 1)], 0), (4, False, [(6, 2)], 0), (5, True, [(9, 1)], 2), (5, False, [(15, 1)], 0)],
+)
+def test_votes_show_both_orders_and_adaptive_stops_early(tokenizer, votes, adaptive, calls, saved):
+    svc, judge = service(tokenizer, votes=votes, adaptive_votes=adaptive)
+    out = svc.compare([pair(2, 7), pair(8, 1), pair(4, 6, q="Third?")])
+    assert [j.winner for j in out] == ["b", "a", "b"]
+    assert judge.calls == calls  # k=4: each order's prompt sent once with n=2
+    for j in out:
+        assert {t.order for t in j.traces} == {"ab", "ba"}
+        assert j.calls_saved == saved and j.votes == votes - saved
+        assert j.wins_a + j.wins_b == j.votes and j.decided
+        # Every trace says who won in pair terms, whatever order it was shown in.
+        assert {t.winner for t in j.traces} == {j.winner}
+        assert all(t.verdict == (1 if (t.order == "ab") == (t.winner == "a") else 2) for t in j.traces)
+    assert svc.stats.calls_saved == 3 * saved
+
+
+def test_split_votes_need_another_wave(tokenizer):
+    # A fully position-biased judge: each order wins once, so k=3 needs a third (tie-breaking) vote.
+    svc, judge = service(tokenizer, votes=3, adaptive_votes=True)
+    (j,) = svc.compare([JudgePair("q", "r1 FIRST a", "r2 FIRST b")])
+    assert judge.calls == [(2, 1), (1, 1)]
+    assert sorted((j.wins_a, j.wins_b)) == [1, 2] and (j.votes, j.calls_saved) == (3, 0)
+    assert [t.order for t in j.traces] == ["ab", "ba", "ab"] or [t.order for t in j.traces] == [
+        "ba",
+        "ab",
+        "ba",
+    ]
+
+
+def test_cache_answers_repeats_in_either_order(tokenizer):
+    svc, judge = service(tokenizer, votes=2)
+    first = svc.compare([pair(1, 2), pair(6, 3)])
+    again = svc.compare([pair(1, 2), JudgePair("Which is better?", "r3 answer", "r6 answer")])
+    assert len(judge.calls) == 1  # the second batch made no judge call
+    assert [j.winner for j in again] == ["b", "b"] and all(j.from_cache and j.votes == 0 for j in again)
+    assert again[0].traces == first[0].traces  # reasoning texts and orders survive the cache
+    assert again[1] == dataclasses.replace(flip_judgment(first[1]), votes=0, from_cache=True)
+    assert svc.stats.cache_hits == 2
+    svc.compare([pair(1, 2)], votes=4)  # other settings: a new key, a new judgment
+    assert len(judge.calls) == 2
+
+
+def test_a_pair_twice_in_one_batch_is_judged_once(tokenizer):
+    svc, judge = service(tokenizer, votes=1)
+    out = svc.compare([pair(1, 2), JudgePair("Which is better?", "r2 answer", "r1 answer"), pair(1, 2)])
+    assert judge.calls == [(1, 1)]
+    assert [j.winner for j in out] == ["b", "a", "b"]
+    assert [j.from_cache for j in out] == [False, True, True]
+
+
+@pytest.mark.parametrize("tie_rule, winner", [("first", "a"), ("none", None)])
+def test_identical_responses_need_no_judge(tokenizer, tie_rule, winner):
+    svc, judge = service(tokenizer, tie_rule=tie_rule)
+    (j,) = svc.compare([JudgePair("q", "same", "same")])
+    assert judge.calls == [] and j.winner == winner and j.votes == 0 and not j.decided
+    assert svc.stats.identical == 1
+
+
+@pytest.mark.parametrize("tie_rule, winner", [("first", "a"), ("none", None)])
+def test_unparseable_outputs_are_no_votes(tokenizer, tie_rule, winner):
+    svc, _ = service(tokenizer, votes=2, tie_rule=tie_rule)
+    (j,) = svc.compare([JudgePair("q", "r1 GARBAGE", "r2 GARBAGE")])
+    assert (j.winner, j.unparseable, j.timed_out, j.wins_a, j.wins_b) == (winner, 2, 0, 0, 0)
+    assert all(t.verdict is None and t.text for t in j.traces)
+    assert svc.stats.unparseable == 2
+
+
+def test_time_outs_are_counted_and_not_cached(tokenizer):
+    svc, judge = service(tokenizer, votes=1, tie_rule="none")
+    out = svc.compare([JudgePair("q", "r1 SLOW", "r2 SLOW"), pair(1, 2)])
+    assert (out[0].winner, out[0].timed_out, out[0].unparseable) == (None, 1, 0)
+    assert out[0].traces[0].text is None and out[1].winner == "b"
+    assert svc.stats.timed_out == 1
+    svc.compare([JudgePair("q", "r1 SLOW", "r2 SLOW"), pair(1, 2)])
+    assert judge.calls == [(2, 1), (1, 1)]  # the timed-out pair is asked again, the other is cached
+
+
+def test_rrm_mode_needs_the_thinking_block(tokenizer):
+    direct_out = FakeJudge(style="direct")
+    svc, _ = service(tokenizer, judge=direct_out, mode="rrm", votes=1)
+    assert svc.compare([pair(1, 2)])[0].unparseable == 1
+    svc, _ = service(tokenizer, judge=FakeJudge(style="direct"), mode="direct", votes=1)
+    assert svc.compare([pair(1, 2)])[0].winner == "b"
+
+
+def test_over_long_pairs_are_truncated_or_rejected(tokenizer):
+    long = "r9 " + " ".join(f"word{i}" for i in range(400))
+    svc, judge = service(tokenizer, max_prompt_tokens=1500, over_length="truncate")
+    (j,) = svc.compare([JudgePair("q", long, "r1 short")])
+    assert j.truncated and j.winner == "a" and svc.stats.truncated == 1
+    svc, judge = service(tokenizer, max_prompt_tokens=1500, over_length="reject", tie_rule="first")
+    out = svc.compare([JudgePair("q", long, "r1 short"), pair(1, 2)])
+    assert out[0].winner is None and "max_prompt_tokens" in out[0].error and out[1].winner == "b"
+    assert judge.calls == [(1, 1)] and svc.stats.rejected == 1
+
+
+def test_stats_reset(tokenizer):
+    svc, _ = service(tokenizer)
+    svc.compare([pair(1, 2)])
+    old = svc.reset_stats()
+    assert old.comparisons == 1 and svc.stats.comparisons == 0 and svc.stats.judge_calls == 0
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (JudgePair("q", 3, "x"), "pair 0: field 'response_a': expected a string, got int"),  # type: ignore[arg-type]
+        ({"query": "q", "response_a": "x"}, "pair 0: missing field 'response_b'"),
+    ],
+)
+def test_bad_pairs_name_index_and_field(tokenizer, bad, match):
+    svc, _ = service(tokenizer)
+    with pytest.raises(JudgeInputError, match=match):
+        svc.compare([bad])
+
+
+def test_generate_must_answer_every_prompt(tokenizer):
+    svc = JudgeService(lambda prompts, n: [], tokenizer, JudgeSettings())
+    with pytest.raises(ValueError, match="returned 0 results for 1 prompts"):
+        svc.compare([pair(1, 2)])
+
+
+# ---- rank / best_of_n -----------------------------------------------------------------------------
+def responses(qualities: list[int], tag: str) -> list[str]:
+    return [f"r{q} {tag} response {i}" for i, q in enumerate(qualities)]
+
+
+def test_knockout_over_many_queries_one_batch_per_round(tokenizer):
+    svc, judge = service(tokenizer, votes=1, method="knockout")
+    items = [
+        ("q8", responses([3, 9, 1, 7, 5, 2, 8, 4], "a")),
+        ("q5", responses([2, 6, 4, 1, 3], "b")),
+        ("q2", responses([1, 2], "c")),
+        ("q1", responses([4], "d")),
+    ]
+    results = svc.rank(items)
+    assert [r.winner for r in results] == [1, 1, 1, 0]
+    assert len(judge.calls) == 3  # ceil(log2 8) rounds; every query's matches share each wave
+    assert judge.calls[0][0] == 4 + 2 + 1
+    for (_, resp), r in zip(items, results, strict=True):
+        n = len(resp)
+        assert len(r.comparisons) == n - 1 and sorted(r.ranking) == list(range(n))
+        assert r.ranking[0] == r.winner and r.rewards[r.winner] == 1.0 and r.bracket is not None
+    assert results[3].rewards == [1.0] and results[3].comparisons == []
+    assert {"round", "a", "b", "order", "text", "verdict"} <= set(results[0].traces[0])
+
+
+@pytest.mark.parametrize("rating", ["bradley_terry", "elo"])
+def test_round_robin_recovers_the_hidden_order(tokenizer, rating):
+    svc, judge = service(tokenizer, votes=1, method="elo", rating=rating)
+    quality = [4, 9, 1, 6, 2]
+    (r,) = svc.rank([("q", responses(quality, "x"))])
+    assert r.ranking == sorted(range(5), key=lambda i: -quality[i])
+    assert judge.calls == [(10, 1)] and r.ratings is not None and r.bracket is None
+    assert math.isclose(sum(r.rewards), 0.0, abs_tol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["knockout", "elo"])
+def test_best_of_n_small_groups(tokenizer, method):
+    svc, judge = service(tokenizer, votes=2)
+    picks = svc.best_of_n([("one", ["r1 only"]), ("two", ["r1 worse", "r5 better"])], method=method)
+    assert picks == [0, 1]
+    assert judge.calls == [(2, 1)]
+
+
+def test_rank_rejects_empty_groups(tokenizer):
+    svc, _ = service(tokenizer)
+    with pytest.raises(JudgeInputError, match="item 1: expected a non-empty list of responses"):
+        svc.rank([("q", ["a", "b"]), ("q2", [])])
+    with pytest.raises(ValueError, match="method must be 'knockout' or 'elo'"):
+        svc.rank([("q", ["a"])], method="swiss")
+
+
+def test_settings_from_config_and_validation():
+    from rrm_ray.config import JudgeConfig
+
+    s = JudgeSettings.from_config(JudgeConfig(votes=3, mode="direct"), seed=7, cache_key="m|t=0.6")
+    assert (s.votes, s.mode, s.seed, s.cache_key, s.max_prompt_tokens) == (3, "direct", 7, "m|t=0.6", 4096)
+    with pytest.raises(ValueError, match="tie_rule must be one of"):
+        JudgeSettings(tie_rule="coin")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "wins_a, wins_b, good_is_a, expected",
+    [(1, 0, True, 1.0), (1, 0, False, 0.0), (0, 2, False, 1.0), (0, 0, True, 0.5), (2, 2, False, 0.5)],
+)
+def test_eval_credit_follows_the_votes_not_the_tie_rule(wins_a, wins_b, good_is_a, expected):
+    from rrm_ray.judge.service import PairJudgment
+    from rrm_ray.judge_cli import credit
+
+    judgment = PairJudgment("a", wins_a, wins_b, wins_a + wins_b, 0, 0, 0)  # "a" may be a tie-rule coin
+    assert credit(judgment, good_is_a) == expected
