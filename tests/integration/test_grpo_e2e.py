@@ -45,11 +45,11 @@ def test_engine_holds_the_learners_weights_after_sync(job_run):
     engine, learner, initial = job_run["engine"], job_run["learner"], job_run["initial"]
     assert len(engine) == len(learner) > 5
     # Same weights -> same log-probs on the same tokens (fp32 on both sides; kernels differ slightly).
-    assert max(abs(a - b) for a, b in zip(engine, learner, strict=True)) < 2e-3
+    assert max(abs(a - b) for a, b in zip(engine, learner, strict=True)) < 1e-4
     # ... and training moved them: the engine no longer computes with the initial weights.
     assert max(abs(a - b) for a, b in zip(engine, initial, strict=True)) > 1e-2
-    # Parameters vLLM keeps unpacked (embedding, norms) are checksummed per layer.
-    assert {"embed", "norm"} <= set(job_run["engine_params"])
+    # The engine's own parameters are checksummed per layer (fused q/k/v and gate/up included).
+    assert {"embed", "norm", "layer0", "layer1"} <= set(job_run["engine_params"])
 
 
 def test_training_ran_every_phase_and_logged_to_mlflow(job_run):

@@ -50,7 +50,8 @@ def cluster():
     if was_up:
         ray.shutdown()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    os.environ.pop("RAY_AUTH_MODE", None)
+    # RAY_AUTH_MODE stays as it is: after a token-mode session in this process, a cluster started without
+    # it would disagree with this driver's cached auth config, and Ray then cancels every actor creation.
     node = dict(num_cpus=CPUS_PER_NODE, num_gpus=GPUS_PER_NODE, object_store_memory=200 * 2**20)
     sim = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     sim.add_node(**node)
