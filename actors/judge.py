@@ -142,13 +142,12 @@ class JudgePool:
             call_timeout_s=c.call_timeout_s,
             pg=pg,
         )
+        self.group.call_all("ping")  # engines loaded: later timings measure judging, not start-up
 
     def _sharded(self, call: str, items: Sequence[Any], **kwargs: Any) -> list[Any]:
         shards = _chunks(items, len(self.group))
         refs = [
-            getattr(a, call).remote(s, **kwargs)
-            for a, s in zip(self.group.actors, shards, strict=True)
-            if s
+            getattr(a, call).remote(s, **kwargs) for a, s in zip(self.group.actors, shards, strict=True) if s
         ]
         return [x for part in self.group.get(refs, what=call) for x in part]
 

@@ -68,6 +68,9 @@ class RolloutConfig:
 @dataclass
 class LearnerConfig:
     backend: str = "fsdp2"  # fsdp2 | deepspeed
+    zero_stage: int = 3  # deepspeed: ZeRO stage 2 or 3
+    offload_optimizer: bool = False  # deepspeed on cuda: optimizer state in CPU memory
+    offload_params: bool = False  # deepspeed ZeRO-3 on cuda: parameters in CPU memory
     num_ranks: int = 2
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 1.0
@@ -296,6 +299,15 @@ def validate(cfg: JobConfig) -> None:
     _one_of(cfg.model.dtype, "model.dtype", ("auto", "float32", "bfloat16", "float16"))
     _one_of(lr.backend, "learner.backend", ("fsdp2", "deepspeed"))
     _one_of(lr.lr_schedule, "learner.lr_schedule", ("constant", "cosine", "linear"))
+    _one_of(lr.zero_stage, "learner.zero_stage", (2, 3))
+    _require(
+        not lr.offload_params or lr.zero_stage == 3, "learner.offload_params", "needs learner.zero_stage=3"
+    )
+    _require(
+        c.device == "cuda" or not (lr.offload_params or lr.offload_optimizer),
+        "learner.offload_optimizer",
+        "offloading only applies with cluster.device=cuda (on cpu everything is in CPU memory already)",
+    )
     _one_of(a.name, "algorithm.name", ("grpo",))
     for key, strategy in (("rollout.strategy", r.strategy), ("learner.strategy", lr.strategy)):
         _one_of(strategy, key, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))

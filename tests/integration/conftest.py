@@ -7,6 +7,12 @@ costs ~30 s here, so tests share what they can.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -60,3 +66,99 @@ def tiny_overrides(model: str, tmp: Path, **extra: object) -> list[str]:
     }
     base.update({k: v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen, log: Path, log_line: str = "") -> None:
+    """Until `url` answers and `log_line` is in the process's log (or the process dies: its log)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if log_line not in log.read_text():
+            time.sleep(0.5)
+            continue
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (a 401 from a token-protected dashboard counts)
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:g}s:\n{log.read_text()[-3000:]}")
+
+
+def mlflow_server_cmd(store: Path, port: int) -> list[str]:
+    """A real tracking server on loopback over a sqlite store, artifacts beside it."""
+    return [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{store}",
+        "--artifacts-destination",
+        str(store.parent / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stop a process this module started, with the children in its session (server workers, raylet)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` in its own session, so teardown stops exactly this cluster."""
+    tmp = tmp_path_factory.mktemp("rayhead")
+    port, dash, client, agent = (free_port() for _ in range(4))
+    # Token authentication, as on a real cluster: the head and the submitting client both run with
+    # RAY_AUTH_MODE=token and find the token in the default file (~/.ray/auth_token). Ray 2.60's job
+    # SDK sends no token unless the client's own mode says token.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token"}
+    # The job's entrypoint runs `python -m rrm_ray.cli`: the venv's python, as on a cluster node.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
+    log = tmp / "head.log"
+    cmd = [
+        ray_bin,
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        f"--dashboard-port={dash}",
+        "--dashboard-host=127.0.0.1",
+        f"--ray-client-server-port={client}",
+        # Not the default 52365: another Ray on this machine holds it, and then no job agent starts.
+        f"--dashboard-agent-listen-port={agent}",
+        "--num-cpus=8",
+        f"--temp-dir={tmp}",
+        "--disable-usage-stats",
+    ]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # The dashboard answers before the head's job agent does, and jobs need the agent.
+        wait_http(f"http://127.0.0.1:{dash}/api/version", 180, proc, log, "Ray runtime started")
+        wait_http(f"http://127.0.0.1:{agent}/", 180, proc, log)
+        yield {"address": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        stop_process_group(proc)

@@ -99,8 +99,8 @@ def test_grpo_with_rrm_rewards(ray_local, tiny_model, tmp_path):
                 "judge.method": "knockout",
                 "judge.votes": 1,
                 "judge.max_new_tokens": 8,
-                "judge.max_prompt_tokens": 200,
-                "judge.max_model_len": 256,
+                "judge.max_prompt_tokens": 400,  # the judge's instructions alone take ~250 tokens
+                "judge.max_model_len": 512,
                 "judge.kv_cache_gib": 1,
                 "judge.threads": 1,
                 "judge.reward_mix": "weighted",
@@ -114,6 +114,7 @@ def test_grpo_with_rrm_rewards(ray_local, tiny_model, tmp_path):
     for step in summary["history"]:
         # knockout over n samples: n - 1 comparisons per prompt, all of a step in one judge call
         assert step["judge/comparisons"] == prompts * (n - 1)
+        assert step["judge/rejected"] == 0
         assert step["judge/judge_calls"] >= 1
         assert "time/reward_s" in step
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)

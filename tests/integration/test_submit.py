@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -19,61 +12,10 @@ from tests.integration.conftest import REPO, tiny_overrides
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A head node started the way users start one; token auth is Ray 2.60's default."""
-    ray_bin = Path(sys.executable).with_name("ray")
-    # The job runs `python -m rrm_ray.cli`: on this cluster that must be the venv's python.
-    path = os.pathsep.join([str(ray_bin.parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": path}
-    env.pop("RAY_AUTH_MODE", None)
-    temp_dir = tmp_path_factory.mktemp("raytmp")
-    port, dash = _free_port(), _free_port()
-    # --block keeps `ray start` in the foreground, in its own process group: the teardown stops exactly
-    # this cluster (`ray stop` would kill every Ray instance on the machine, other tests' included).
-    head = subprocess.Popen(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            f"--dashboard-port={dash}",
-            "--num-cpus=8",
-            "--dashboard-host=127.0.0.1",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dash}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=5)
-            break
-        except urllib.error.HTTPError:  # answering (auth refused the anonymous request): up
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        os.killpg(head.pid, signal.SIGKILL)
-        raise RuntimeError("the Ray head did not start")
-    yield {"address": address, "env": env}
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+def cluster(ray_head):
+    """A head started the way users start one (`ray start --head`), token authentication on."""
+    return ray_head
 
 
 def rrm_ray(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
