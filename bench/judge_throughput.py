@@ -4,10 +4,11 @@ vLLM `LLM.generate` on the SAME prompts, in the same actor process and engine, i
     python bench/judge_throughput.py --pairs 16 --max-new-tokens 128 [--model smollm2] [--repeats 2]
 
 Decoding is greedy by default so both paths generate the same tokens and comparisons/s compare like
-with like. The prompts of the bare path are the ones the service actually sent (recorded in the
-actor). Timings are driver-side wall clock around one Ray call each, so both pay the same call
-overhead; the paths alternate (actor, bare, bare, actor, ...) to spread any drift. The last line is
-the ratio actor / bare (goal: >= 0.95).
+with like; vLLM's prefix cache is reset before every run, so no run reuses another's prefill. The
+prompts of the bare path are the ones the service actually sent (recorded in the actor). Timings
+are driver-side wall clock around one Ray call each, so both pay the same call overhead; the paths
+alternate (actor, bare, bare, actor, ...) to spread any drift. The last line is the ratio
+actor / bare (goal: >= 0.95).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class BenchJudge(JudgeWorker):
 
     def recorded(self) -> list[str]:
         return self.last_prompts
+
+    def reset_prefix_cache(self) -> None:
+        self.llm.reset_prefix_cache()
 
     def bare(self, prompts: list[str]) -> int:
         """One plain `LLM.generate` over the prompts; returns the generated token count."""
@@ -85,6 +89,7 @@ def main() -> None:
                     pool.compare(pairs)  # the prompts the service sends, recorded
                     prompts = ray.get(actor.recorded.remote())
                     pool.stats(reset=True)
+                ray.get(actor.reset_prefix_cache.remote())  # every run pays its prefill, as real judging does
                 start = time.perf_counter()
                 if path == "actor":
                     pool.clear_cache()
