@@ -20,6 +20,7 @@ import ray
 from actors.rollout import VLLMEngine, engine_env
 from rrm_ray.actor_group import ActorGroup, RoleSpec
 from rrm_ray.config import JobConfig, resolved_dtype
+from rrm_ray.judge.prompts import choice_token_ids
 from rrm_ray.judge.service import JudgePair, JudgeService, JudgeSettings, PairJudgment, RankResult
 from rrm_ray.models import resolve_model_path
 from rrm_ray.weight_sync import TensorMeta
@@ -50,6 +51,8 @@ class JudgeWorker(VLLMEngine):
         self.top_p = float(judge["top_p"])
         self.max_new_tokens = int(judge["max_new_tokens"])
         self.batch_timeout_s = float(judge["batch_timeout_s"])
+        # A forced choice generates one token, "1" or "2" (see rrm_ray.judge.prompts.CHOICE_PREFIX).
+        self.choice_ids = choice_token_ids(self.tokenizer) if judge.get("verdict") == "choice" else None
         # Everything outside JudgeSettings that changes a verdict; weights changes clear the cache.
         cache_key = f"{model_path}|t={self.temperature:g}|p={self.top_p:g}|max={self.max_new_tokens}"
         self.service = JudgeService(
@@ -59,7 +62,13 @@ class JudgeWorker(VLLMEngine):
 
     def _generate(self, prompts: list[str], n: int) -> list[list[str] | None]:
         batch = self.generate_texts(
-            prompts, n, self.temperature, self.top_p, self.max_new_tokens, self.batch_timeout_s
+            prompts,
+            n,
+            self.temperature,
+            self.top_p,
+            1 if self.choice_ids else self.max_new_tokens,
+            self.batch_timeout_s,
+            allowed_token_ids=self.choice_ids,
         )
         self._engine_stats["generated_tokens"] += batch.generated_tokens
         self._engine_stats["generate_s"] += batch.seconds

@@ -184,7 +184,14 @@ class VLLMEngine(Worker):
         self.llm.wake_up()
 
     def generate_texts(
-        self, prompts: list[str], n: int, temperature: float, top_p: float, max_tokens: int, timeout_s: float
+        self,
+        prompts: list[str],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        timeout_s: float,
+        allowed_token_ids: list[int] | None = None,
     ) -> TextBatch:
         """n samples per prompt, but never longer than ``timeout_s``: the engine is stepped by hand and
         requests still unfinished at the deadline are aborted (their KV blocks freed) and returned as None.
@@ -196,7 +203,13 @@ class VLLMEngine(Worker):
 
         engine = self.llm.llm_engine
         start = time.perf_counter()
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        params = SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            allowed_token_ids=allowed_token_ids,
+        )
         ids = self.llm.enqueue(prompts, params, use_tqdm=False)
         # enqueue names request i "<counter>-<random suffix>"; finished outputs carry "<counter>".
         index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}

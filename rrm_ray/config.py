@@ -118,6 +118,9 @@ class JudgeConfig:
     enabled: bool = False  # GRPO with RRM rewards (and the judge/eval/best-of-n commands) use it
     model_path: str = "smollm2"  # HF directory or "smollm2"; the RRM paper used DeepSeek-R1-Distill-Qwen
     mode: str = "rrm"  # rrm: think, then verdict | direct: verdict only (the DirectJudge baseline)
+    # generate: the verdict is free text, parsed | choice (direct only): the engine may only pick the
+    # token "1" or "2" after "\\boxed{Assistant ", so every vote counts (for small, untrained judges)
+    verdict: str = "generate"
     num_engines: int = 1
     cpus_per_engine: float = 1.0
     gpus_per_engine: float = 1.0
@@ -418,6 +421,12 @@ def validate_dpo(cfg: JobConfig) -> None:
 
 def validate_judge(j: JudgeConfig) -> None:
     _one_of(j.mode, "judge.mode", ("rrm", "direct"))
+    _one_of(j.verdict, "judge.verdict", ("generate", "choice"))
+    _require(
+        j.verdict != "choice" or j.mode == "direct",
+        "judge.verdict",
+        f"'choice' needs judge.mode=direct (an RRM reasons before its verdict), got judge.mode={j.mode}",
+    )
     _one_of(j.over_length, "judge.over_length", ("truncate", "reject"))
     _one_of(j.tie_rule, "judge.tie_rule", ("random", "first", "none"))
     _one_of(j.method, "judge.method", ("knockout", "elo"))

@@ -278,6 +278,8 @@ class GRPOJob:
         state = read_driver_state(directory)
         self.learner.call_all("load_checkpoint", str(directory / "learner"))
         self.step, self.stream.position = state.step, state.data_position
+        for name, count in state.extra.get("faults", {}).items():  # counters stay cumulative over resumes
+            self.faults[name] = max(self.faults.get(name, 0), int(count))
         self.sync_weights()
 
     def _recover_learner(self, error: Exception) -> None:
@@ -292,6 +294,15 @@ class GRPOJob:
         self.learner.shutdown()
         self._start_learner(role_specs(self.cfg)["learner"])
         self._restore(latest)
+
+    def train_step_or_recover(self) -> dict[str, float]:
+        """`train_step`, but a dead learner rank rolls back to the last checkpoint and trains on from there
+        (engines retry inside `generate`); a second failure beyond `cluster.max_actor_restarts` raises."""
+        while True:
+            try:
+                return self.train_step()
+            except ray.exceptions.RayActorError as exc:
+                self._recover_learner(exc)
 
     # -- phases ------------------------------------------------------------------------------------------
     def render(self, rows: list[PromptRow]) -> list[str]:
@@ -606,11 +617,7 @@ class GRPOJob:
         history = []
         with printer:
             while self.step < cfg.trainer.total_steps:
-                try:
-                    metrics = self.train_step()
-                except ray.exceptions.RayActorError as exc:  # a dead learner rank (engines retry inside)
-                    self._recover_learner(exc)
-                    continue
+                metrics = self.train_step_or_recover()
                 history.append(metrics)
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.save_checkpoint()

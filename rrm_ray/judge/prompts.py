@@ -58,6 +58,34 @@ _FINAL_INSTRUCTION = {
 }
 
 
+# judge.verdict=choice (direct mode only): the prompt ends inside the verdict and the engine may emit
+# exactly one of two tokens, so every vote is decided. This is the likelihood comparison p("1") vs
+# p("2") that small or untrained judges need (their free text is rarely a parseable box).
+CHOICE_PREFIX = "\\boxed{Assistant "
+CHOICES = ("1", "2")
+
+
+def choice_token_ids(tokenizer: ChatTokenizer) -> list[int]:
+    """The token ids of "1" and "2" as they follow ``CHOICE_PREFIX``; each must be one token."""
+    base = _encode(tokenizer, CHOICE_PREFIX)
+    ids = []
+    for choice in CHOICES:
+        full = _encode(tokenizer, CHOICE_PREFIX + choice)
+        extra = full[len(base) :]
+        if full[: len(base)] != base or len(extra) != 1:
+            raise ValueError(
+                f"judge.verdict=choice needs {choice!r} to be one token after {CHOICE_PREFIX!r} in this "
+                f"tokenizer, got {len(extra)} tokens; use judge.verdict=generate"
+            )
+        ids.append(extra[0])
+    return ids
+
+
+def complete_choice(generated: str) -> str:
+    """The verdict text a forced choice stands for, e.g. "2" -> "\\boxed{Assistant 2}"."""
+    return f"{CHOICE_PREFIX}{generated.strip()}}}"
+
+
 class ChatTokenizer(Protocol):
     """The part of a Hugging Face tokenizer this module uses."""
 

@@ -33,7 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rrm_ray.judge.cache import CachedComparison, ComparisonCache
-from rrm_ray.judge.prompts import JudgePrompt, PromptTooLongError, fit_pair_to_context
+from rrm_ray.judge.prompts import (
+    CHOICE_PREFIX,
+    JudgePrompt,
+    PromptTooLongError,
+    complete_choice,
+    fit_pair_to_context,
+)
 from rrm_ray.judge.ranking_rewards import elo_rewards, knockout_rewards
 from rrm_ray.judge.tournament import Knockout, Match, RoundRobin, Tournament, run_many
 from rrm_ray.judge.verdict import parse_verdict
@@ -150,6 +156,7 @@ class JudgeSettings:
     (judge model and checkpoint, sampling parameters) and goes into every cache key."""
 
     mode: Literal["rrm", "direct"] = "rrm"
+    verdict: Literal["generate", "choice"] = "generate"
     votes: int = 1
     adaptive_votes: bool = True
     tie_rule: Literal["random", "first", "none"] = "random"
@@ -165,6 +172,7 @@ class JudgeSettings:
     def __post_init__(self) -> None:
         for name, allowed in (
             ("mode", ("rrm", "direct")),
+            ("verdict", ("generate", "choice")),
             ("tie_rule", ("random", "first", "none")),
             ("method", ("knockout", "elo")),
             ("rating", ("bradley_terry", "elo")),
@@ -176,12 +184,14 @@ class JudgeSettings:
                 )
         if not isinstance(self.votes, int) or self.votes < 1:
             raise ValueError(f"judge settings: votes must be an int >= 1, got {self.votes!r}")
+        if self.verdict == "choice" and self.mode != "direct":
+            raise ValueError("judge settings: verdict 'choice' needs mode 'direct' (an RRM reasons first)")
 
     @classmethod
     def from_config(cls, judge: Any, seed: int, cache_key: str = "") -> JudgeSettings:
         """From a ``JudgeConfig`` (or a dict of its fields, as sent to an actor)."""
         get = judge.get if isinstance(judge, dict) else lambda k: getattr(judge, k)
-        names = ("mode", "votes", "adaptive_votes", "tie_rule", "method", "rating", "k_factor")
+        names = ("mode", "verdict", "votes", "adaptive_votes", "tie_rule", "method", "rating", "k_factor")
         return cls(
             **{n: get(n) for n in names},
             max_prompt_tokens=get("max_prompt_tokens"),
@@ -246,7 +256,7 @@ class JudgeService:
     def _settings_key(self, votes: int) -> str:
         s = self.settings
         return (
-            f"{s.cache_key}|mode={s.mode}|k={votes}|adaptive={s.adaptive_votes}|tie={s.tie_rule}"
+            f"{s.cache_key}|mode={s.mode}|verdict={s.verdict}|k={votes}|adaptive={s.adaptive_votes}|tie={s.tie_rule}"
             f"|prompt<={s.max_prompt_tokens}|{s.over_length}"
         )
 
@@ -312,11 +322,10 @@ class JudgeService:
 
     def _from_cache(self, hit: CachedComparison, flipped: bool) -> PairJudgment:
         """Rebuild a judgment from the cache (stored in canonical orientation, texts in vote order)."""
-        require_close = self.settings.mode == "rrm"
         traces = []
         for v, text in enumerate(hit.traces):
             p = Presentation(0, v, swapped=v % 2 == 1)
-            verdict = parse_verdict(text, require_think_close=require_close)
+            verdict = self._parse(text)
             won = translate(p, verdict)
             side: Side | None = None if won is None else ("a" if won else "b")
             traces.append(JudgeTrace(v, "ba" if p.swapped else "ab", text, verdict, side))
@@ -326,16 +335,25 @@ class JudgeService:
 
     def _render(self, i: int, query: str, first: str, second: str) -> JudgePrompt:
         s = self.settings
-        return fit_pair_to_context(
+        prefix = CHOICE_PREFIX if s.verdict == "choice" else ""
+        reserved = len(self.tokenizer.encode(prefix, add_special_tokens=False)) if prefix else 0
+        prompt = fit_pair_to_context(
             self.tokenizer,
             query,
             first,
             second,
-            s.max_prompt_tokens,
+            s.max_prompt_tokens - reserved,
             s.mode,
             s.over_length,
             where=f"pair {i}: ",
         )
+        return dataclasses.replace(prompt, text=prompt.text + prefix, num_tokens=prompt.num_tokens + reserved)
+
+    def _parse(self, text: str) -> Literal[1, 2] | None:
+        """The verdict of one judge output (a forced choice is first completed to its box)."""
+        if self.settings.verdict == "choice":
+            text = complete_choice(text)
+        return parse_verdict(text, require_think_close=self.settings.mode == "rrm")
 
     def _vote(
         self, pairs: Sequence[JudgePair], canon: list[tuple[str, str, bool]], todo: list[int], k: int
@@ -359,14 +377,13 @@ class JudgeService:
             self.stats.truncated += truncated[i]
         state = {i: PairVote(k, s.adaptive_votes, s.tie_rule, s.seed, pair_index=i) for i in truncated}
         traces: dict[int, list[JudgeTrace]] = {i: [] for i in state}
-        require_close = s.mode == "rrm"
         while True:
             wave = [p for pv in state.values() for p in pv.next_presentations()]
             if not wave:
                 break
             texts = self._run_wave([prompts[(p.pair_index, p.swapped)] for p in wave])
             for p, text in zip(wave, texts, strict=True):
-                verdict = None if text is None else parse_verdict(text, require_think_close=require_close)
+                verdict = None if text is None else self._parse(text)
                 won = translate(p, verdict)
                 state[p.pair_index].record(p.vote_index, won)
                 side: Side | None = None if won is None else ("a" if won else "b")

@@ -11,6 +11,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from rrm_ray.judge.prompts import CHOICE_PREFIX, choice_token_ids, complete_choice
 from rrm_ray.judge.service import (
     JudgeInputError,
     JudgePair,
@@ -183,6 +184,43 @@ def test_rrm_mode_needs_the_thinking_block(tokenizer):
     assert svc.compare([pair(1, 2)])[0].unparseable == 1
     svc, _ = service(tokenizer, judge=FakeJudge(style="direct"), mode="direct", votes=1)
     assert svc.compare([pair(1, 2)])[0].winner == "b"
+
+
+class ChoiceJudge(FakeJudge):
+    """A forced-choice engine: it sees the prompt end inside the box and emits only "1" or "2"."""
+
+    def one(self, prompt: str) -> str | None:
+        assert prompt.endswith(CHOICE_PREFIX)
+        text = super().one(prompt.removesuffix(CHOICE_PREFIX))
+        return None if text is None else text.removeprefix(CHOICE_PREFIX).removesuffix("}")
+
+
+def test_forced_choice_completes_the_box_and_reserves_its_tokens(tokenizer):
+    svc, _ = service(
+        tokenizer, judge=ChoiceJudge(style="direct"), mode="direct", verdict="choice", votes=2
+    )
+    (j,) = svc.compare([pair(1, 2)])
+    assert j.winner == "b" and j.wins_b == 2 and j.unparseable == 0
+    assert {t.verdict for t in j.traces} == {1, 2}  # both orders, one decided verdict each
+    # The verdict prefix counts against max_prompt_tokens: a pair that fits exactly without it is cut.
+    plain, _ = service(tokenizer, judge=FakeJudge(style="direct"), mode="direct")
+    size = plain._render(0, "q", "r1 a b c d e f g h", "r2 i j k l m n o p").num_tokens
+    tight, _ = service(
+        tokenizer, judge=ChoiceJudge(style="direct"), mode="direct", verdict="choice", max_prompt_tokens=size
+    )
+    prompt = tight._render(0, "q", "r1 a b c d e f g h", "r2 i j k l m n o p")
+    assert prompt.truncated and prompt.num_tokens <= size and prompt.text.endswith(CHOICE_PREFIX)
+
+
+def test_forced_choice_needs_direct_mode():
+    with pytest.raises(ValueError, match="verdict 'choice' needs mode 'direct'"):
+        JudgeSettings(mode="rrm", verdict="choice")
+
+
+def test_choice_tokens_are_single_tokens(tokenizer):
+    ids = choice_token_ids(tokenizer)
+    assert len(ids) == 2 and ids[0] != ids[1]
+    assert complete_choice(" 2") == "\\boxed{Assistant 2}"
 
 
 def test_over_long_pairs_are_truncated_or_rejected(tokenizer):
