@@ -54,8 +54,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         rate = agreement["pairs_agree"] / agreement["pairs_total"]
         print(
             f"RRM vs verifier: agreed on {agreement['pairs_agree']}/{agreement['pairs_total']} comparisons "
-            f"({rate:.0%}) where exactly one response was correct; its pick was correct for "
-            f"{agreement['picks_correct']}/{agreement['picks_total']} prompts that had a correct sample"
+            f"({rate:.0%}) whose two responses the verifier scored apart; its pick was one the verifier "
+            f"scored best for {agreement['picks_correct']}/{agreement['picks_total']} prompts"
         )
     if summary.get("final_policy"):
         print(f"final policy (HF format): {summary['final_policy']}")

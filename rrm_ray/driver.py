@@ -508,7 +508,7 @@ class GRPOJob:
             "sync/mb": sync["bytes"] / 2**20,
         }
         if judged:
-            metrics.update(self._judge_metrics(judged, scored.correct, n))
+            metrics.update(self._judge_metrics(judged, scored.rewards, n))
         if cfg.data.format == "preference":
             metrics.update(self._verdict_breakdown("reward", rows, completions))
         self.tracker.log_metrics(metrics, step=self.step)
@@ -529,15 +529,15 @@ class GRPOJob:
             f"{prefix}/format_fail_rate": sum(not r.format_ok for r in results) / total,
         }
 
-    def _judge_metrics(self, judged: dict, correct: list[bool | None], n: int) -> dict[str, float]:
+    def _judge_metrics(self, judged: dict, rule_rewards: list[float | None], n: int) -> dict[str, float]:
         """Judge counters, agreement with the verifier, and sampled traces/brackets as MLflow tables."""
         stats = self.judge.stats(reset=True)
         out = {f"judge/{k}": float(v) for k, v in stats.items()}
-        verifiable = {p: r for p, r in judged.items() if correct[p * n] is not None}
+        verifiable = {p: r for p, r in judged.items() if rule_rewards[p * n] is not None}
         agreement = verifier_agreement(
             {p: [(m.a, m.b, m.outcome) for m in r.comparisons] for p, r in verifiable.items()},
             {p: r.winner for p, r in verifiable.items()},
-            [bool(c) for c in correct],
+            [0.0 if r is None else r for r in rule_rewards],
             n,
         )
         self.agreement.add(agreement)

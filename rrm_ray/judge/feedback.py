@@ -46,8 +46,8 @@ def sample_rewards(
 
 @dataclass
 class Agreement:
-    """Judge vs verifier on the comparisons where exactly one side is correct (the others say nothing),
-    and whether each judged prompt's winner is correct when some sample is."""
+    """Judge vs verifier on the comparisons whose two samples the verifier scores apart (the others say
+    nothing), and whether each judged prompt's winner is one the verifier scores best."""
 
     pairs_agree: int = 0
     pairs_total: int = 0
@@ -72,18 +72,21 @@ class Agreement:
 def verifier_agreement(
     matches_by_prompt: dict[int, Sequence[tuple[int, int, str | None]]],
     winners: dict[int, int],
-    correct: Sequence[bool],
+    scores: Sequence[float],
     n: int,
 ) -> Agreement:
-    """`matches_by_prompt[p]`: (a, b, outcome "a"/"b"/None) per comparison; `winners[p]`: the pick."""
+    """How often the judge prefers what the verifier prefers. `scores` are the verifier's rule rewards
+    (correctness as 1/0 is the special case); a comparison counts when its two samples score apart, and
+    a prompt's pick counts when its samples do not all score the same (agreeing: the pick scores the
+    best). `matches_by_prompt[p]`: (a, b, outcome "a"/"b"/None) per comparison; `winners[p]`: the pick."""
     out = Agreement()
     for p, matches in matches_by_prompt.items():
-        ok = correct[p * n : (p + 1) * n]
+        group = scores[p * n : (p + 1) * n]
         for a, b, outcome in matches:
-            if ok[a] != ok[b] and outcome is not None:
+            if group[a] != group[b] and outcome is not None:
                 out.pairs_total += 1
-                out.pairs_agree += (outcome == "a") == ok[a]
-        if any(ok):
+                out.pairs_agree += (outcome == "a") == (group[a] > group[b])
+        if max(group) != min(group):
             out.picks_total += 1
-            out.picks_correct += ok[winners[p]]
+            out.picks_correct += group[winners[p]] == max(group)
     return out

@@ -41,14 +41,24 @@ def test_sample_rewards_weighted_mix():
 
 def test_verifier_agreement_counts_only_informative_pairs():
     # n = 4; correct samples of prompt 0: 1 and 3
-    correct = [False, True, False, True]
+    correct = [0.0, 1.0, 0.0, 1.0]
     matches = {0: [(0, 1, "b"), (2, 3, "a"), (1, 3, "a")]}  # agree, disagree, both correct (ignored)
     agreement = verifier_agreement(matches, {0: 1}, correct, n=4)
     assert (agreement.pairs_agree, agreement.pairs_total) == (1, 2)
     assert (agreement.picks_correct, agreement.picks_total) == (1, 1)
     assert agreement.pair_rate == 0.5
-    none_correct = verifier_agreement({0: [(0, 1, "a")]}, {0: 0}, [False] * 4, n=4)
+    none_correct = verifier_agreement({0: [(0, 1, "a")]}, {0: 0}, [0.0] * 4, n=4)
     assert none_correct.pick_rate is None and none_correct.pair_rate is None
+
+
+def test_verifier_agreement_follows_graded_rule_rewards():
+    # A format-only reward (0.5) still ranks above nothing; the best (1.5) is the one to pick.
+    scores = [0.0, 0.5, 1.5, 0.5]
+    matches = {0: [(0, 1, "b"), (2, 3, "b"), (1, 3, "a"), (1, 2, "b")]}  # agree, disagree, tie, agree
+    agreement = verifier_agreement(matches, {0: 2}, scores, n=4)
+    assert (agreement.pairs_agree, agreement.pairs_total) == (2, 3)
+    assert (agreement.picks_correct, agreement.picks_total) == (1, 1)
+    assert verifier_agreement(matches, {0: 1}, scores, n=4).picks_correct == 0
 
 
 def test_dpo_layout_keeps_pairs_whole_on_each_rank():

@@ -196,9 +196,7 @@ class ChoiceJudge(FakeJudge):
 
 
 def test_forced_choice_completes_the_box_and_reserves_its_tokens(tokenizer):
-    svc, _ = service(
-        tokenizer, judge=ChoiceJudge(style="direct"), mode="direct", verdict="choice", votes=2
-    )
+    svc, _ = service(tokenizer, judge=ChoiceJudge(style="direct"), mode="direct", verdict="choice", votes=2)
     (j,) = svc.compare([pair(1, 2)])
     assert j.winner == "b" and j.wins_b == 2 and j.unparseable == 0
     assert {t.verdict for t in j.traces} == {1, 2}  # both orders, one decided verdict each
