@@ -51,13 +51,14 @@ class JudgeWorker(VLLMEngine):
         self.top_p = float(judge["top_p"])
         self.max_new_tokens = int(judge["max_new_tokens"])
         self.batch_timeout_s = float(judge["batch_timeout_s"])
-        # A forced choice generates one token, "1" or "2" (see rrm_ray.judge.prompts.CHOICE_PREFIX).
-        self.choice_ids = choice_token_ids(self.tokenizer) if judge.get("verdict") == "choice" else None
         # Everything outside JudgeSettings that changes a verdict; weights changes clear the cache.
         cache_key = f"{model_path}|t={self.temperature:g}|p={self.top_p:g}|max={self.max_new_tokens}"
         self.service = JudgeService(
             self._generate, self.tokenizer, JudgeSettings.from_config(judge, seed, cache_key)
         )
+        # A forced choice generates one token, "1" or "2" (see rrm_ray.judge.prompts.CHOICE_PREFIX).
+        choice = self.service.settings.verdict == "choice"
+        self.choice_ids = choice_token_ids(self.tokenizer) if choice else None
         self._engine_stats = {"generated_tokens": 0, "generate_s": 0.0}
 
     def _generate(self, prompts: list[str], n: int) -> list[list[str] | None]:

@@ -144,7 +144,9 @@ def build_judge_messages(
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def render_judge_prompt(tokenizer: ChatTokenizer, messages: list[dict[str, str]], mode: JudgeMode) -> str:
+def render_judge_prompt(
+    tokenizer: ChatTokenizer, messages: list[dict[str, str]], mode: JudgeMode, verdict: str = "generate"
+) -> str:
     """Render messages into the prompt string given to the engine.
 
     With a chat template: ``apply_chat_template(..., add_generation_prompt=True)``. Without one
@@ -156,6 +158,7 @@ def render_judge_prompt(tokenizer: ChatTokenizer, messages: list[dict[str, str]]
     then fail the ``</think>`` requirement of the verdict parser and the format reward. Adding it
     only when missing keeps it exactly once. "direct" mode appends nothing (but an R1 template
     still adds its own ``<think>\\n``; that is the model's format, not ours to remove).
+    ``verdict="choice"`` ends the prompt with ``CHOICE_PREFIX``, so the next token is the verdict.
     """
     _check_mode(mode)
     if getattr(tokenizer, "chat_template", None):
@@ -165,6 +168,8 @@ def render_judge_prompt(tokenizer: ChatTokenizer, messages: list[dict[str, str]]
         text = "".join(parts) + "Assistant:\n"
     if mode == "rrm" and not text.endswith(THINK_PREFIX):
         text += "\n" if text.endswith(THINK_PREFIX.rstrip("\n")) else THINK_PREFIX
+    if verdict == "choice":
+        text += CHOICE_PREFIX
     return text
 
 
@@ -210,6 +215,7 @@ def fit_pair_to_context(
     mode: JudgeMode = "rrm",
     policy: OverflowPolicy = "truncate",
     where: str = "",
+    verdict: str = "generate",
 ) -> JudgePrompt:
     """Render the judge prompt so that it has at most ``max_prompt_tokens`` tokens.
 
@@ -234,7 +240,7 @@ def fit_pair_to_context(
         raise ValueError(f"{where}judge.max_prompt_tokens must be a positive int, got {max_prompt_tokens!r}")
 
     def render(q: str, r1: str, r2: str) -> str:
-        return render_judge_prompt(tokenizer, build_judge_messages(q, r1, r2, mode), mode)
+        return render_judge_prompt(tokenizer, build_judge_messages(q, r1, r2, mode), mode, verdict)
 
     text = render(query, response_1, response_2)
     n = len(_encode(tokenizer, text))

@@ -33,13 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rrm_ray.judge.cache import CachedComparison, ComparisonCache
-from rrm_ray.judge.prompts import (
-    CHOICE_PREFIX,
-    JudgePrompt,
-    PromptTooLongError,
-    complete_choice,
-    fit_pair_to_context,
-)
+from rrm_ray.judge.prompts import JudgePrompt, PromptTooLongError, complete_choice, fit_pair_to_context
 from rrm_ray.judge.ranking_rewards import elo_rewards, knockout_rewards
 from rrm_ray.judge.tournament import Knockout, Match, RoundRobin, Tournament, run_many
 from rrm_ray.judge.verdict import parse_verdict
@@ -256,8 +250,8 @@ class JudgeService:
     def _settings_key(self, votes: int) -> str:
         s = self.settings
         return (
-            f"{s.cache_key}|mode={s.mode}|verdict={s.verdict}|k={votes}|adaptive={s.adaptive_votes}|tie={s.tie_rule}"
-            f"|prompt<={s.max_prompt_tokens}|{s.over_length}"
+            f"{s.cache_key}|mode={s.mode}|verdict={s.verdict}|k={votes}|adaptive={s.adaptive_votes}"
+            f"|tie={s.tie_rule}|prompt<={s.max_prompt_tokens}|{s.over_length}"
         )
 
     # -- pairs -------------------------------------------------------------------------------------
@@ -335,19 +329,17 @@ class JudgeService:
 
     def _render(self, i: int, query: str, first: str, second: str) -> JudgePrompt:
         s = self.settings
-        prefix = CHOICE_PREFIX if s.verdict == "choice" else ""
-        reserved = len(self.tokenizer.encode(prefix, add_special_tokens=False)) if prefix else 0
-        prompt = fit_pair_to_context(
+        return fit_pair_to_context(
             self.tokenizer,
             query,
             first,
             second,
-            s.max_prompt_tokens - reserved,
+            s.max_prompt_tokens,
             s.mode,
             s.over_length,
             where=f"pair {i}: ",
+            verdict=s.verdict,
         )
-        return dataclasses.replace(prompt, text=prompt.text + prefix, num_tokens=prompt.num_tokens + reserved)
 
     def _parse(self, text: str) -> Literal[1, 2] | None:
         """The verdict of one judge output (a forced choice is first completed to its box)."""
