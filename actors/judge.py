@@ -51,8 +51,12 @@ class JudgeWorker(VLLMEngine):
         self.top_p = float(judge["top_p"])
         self.max_new_tokens = int(judge["max_new_tokens"])
         self.batch_timeout_s = float(judge["batch_timeout_s"])
+        self.think_budget = int(judge["think_budget"])
         # Everything outside JudgeSettings that changes a verdict; weights changes clear the cache.
-        cache_key = f"{model_path}|t={self.temperature:g}|p={self.top_p:g}|max={self.max_new_tokens}"
+        cache_key = (
+            f"{model_path}|t={self.temperature:g}|p={self.top_p:g}|max={self.max_new_tokens}"
+            f"|think={self.think_budget}"
+        )
         self.service = JudgeService(
             self._generate, self.tokenizer, JudgeSettings.from_config(judge, seed, cache_key)
         )
@@ -70,6 +74,7 @@ class JudgeWorker(VLLMEngine):
             1 if self.choice_ids else self.max_new_tokens,
             self.batch_timeout_s,
             allowed_token_ids=self.choice_ids,
+            think_budget=self.think_budget,
         )
         self._engine_stats["generated_tokens"] += batch.generated_tokens
         self._engine_stats["generate_s"] += batch.seconds

@@ -11,6 +11,13 @@ import ray
 import torch
 
 from rrm_ray.actor_group import Worker
+from rrm_ray.judge.budget import (
+    FORCED_CLOSE,
+    THINK_CLOSE,
+    close_thinking,
+    close_thinking_text,
+    verdict_allowance,
+)
 from rrm_ray.weight_sync import TensorMeta
 
 
@@ -35,6 +42,15 @@ class Completion:
     response_logprobs: list[float]  # vLLM's log-probs of the sampled tokens (for the TIS correction)
     text: str
     finish_reason: str
+    # Judge training with a thinking budget: 0 on tokens the engine appended (loss-masked), else None
+    response_mask: list[int] | None = None
+    forced_close: bool = False
+
+
+def _sampled_logprobs(sample: Any) -> list[float]:
+    """The log-prob of each sampled token (vLLM returns a dict per position)."""
+    steps = sample.logprobs or []
+    return [float(s[tok].logprob) for tok, s in zip(sample.token_ids, steps, strict=True)]
 
 
 def engine_env(device: str, kv_cache_gib: float, threads: int) -> dict[str, str]:
@@ -105,12 +121,14 @@ class VLLMEngine(Worker):
         max_tokens: int,
         seed: int | None = None,
         prompt_offset: int = 0,
+        think_budget: int = 0,
     ) -> list[Completion]:
         """n samples for each prompt; greedy when temperature == 0. Returns a flat list, prompt-major.
 
         `seed` makes request i sample with seed + i (reproducible, e.g. across a resume). vLLM's CPU
         sampler cannot keep per-request seeds through a chunked prefill, so on CPU seeds are used only
         when the whole batch's prefill fits into one scheduler step.
+        ``think_budget`` > 0: budget forcing for a thinking judge (see ``_generate_with_budget``).
         """
         from vllm import SamplingParams
 
@@ -119,6 +137,10 @@ class VLLMEngine(Worker):
             if prefill > self.max_num_batched_tokens:
                 seed = None
 
+        if think_budget > 0:
+            return self._generate_with_budget(
+                prompts, n, temperature, top_p, max_tokens, seed, prompt_offset, think_budget
+            )
         params = [
             SamplingParams(
                 n=n,
@@ -134,18 +156,83 @@ class VLLMEngine(Worker):
         completions = []
         for i, out in enumerate(outputs):
             for sample in out.outputs:
-                steps = sample.logprobs or []
-                logprobs = [float(s[tok].logprob) for tok, s in zip(sample.token_ids, steps, strict=True)]
                 completions.append(
                     Completion(
                         prompt_index=prompt_offset + i,
                         prompt_ids=list(out.prompt_token_ids),
                         response_ids=list(sample.token_ids),
-                        response_logprobs=logprobs,
+                        response_logprobs=_sampled_logprobs(sample),
                         text=sample.text,
                         finish_reason=str(sample.finish_reason),
                     )
                 )
+        return completions
+
+    def _generate_with_budget(
+        self,
+        prompts: list[str],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        seed: int | None,
+        prompt_offset: int,
+        think_budget: int,
+    ) -> list[Completion]:
+        """Budget forcing (``rrm_ray.judge.budget``): think for at most ``think_budget`` tokens, close
+        the thought if the model did not, then decide with the rest of ``max_tokens``."""
+        from vllm import SamplingParams, TokensPrompt
+
+        def sampling(tokens: int, stop: list[str] | None, request: int | None) -> SamplingParams:
+            return SamplingParams(
+                n=1 if stop is None else n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=tokens,
+                logprobs=0,
+                stop=stop,
+                include_stop_str_in_output=True,
+                seed=None if seed is None or request is None else seed + request,
+            )
+
+        think = self.llm.generate(
+            prompts,
+            [sampling(min(think_budget, max_tokens), [THINK_CLOSE], i) for i in range(len(prompts))],
+            use_tqdm=False,
+        )
+        close_ids = self.tokenizer.encode(FORCED_CLOSE, add_special_tokens=False)
+        eos = {self.tokenizer.eos_token_id} - {None}
+        prefixes, inputs, params = [], [], []
+        for i, out in enumerate(think):
+            for sample in out.outputs:
+                thought = close_thinking(
+                    sample.text, sample.token_ids, _sampled_logprobs(sample), close_ids, eos
+                )
+                prefixes.append((i, list(out.prompt_token_ids), thought))
+                inputs.append(TokensPrompt(prompt_token_ids=list(out.prompt_token_ids) + thought.token_ids))
+                allowance = verdict_allowance(max_tokens, thought.num_tokens)
+                params.append(sampling(allowance, None, 1_000_003 + len(params)))
+        prefill = sum(len(p["prompt_token_ids"]) for p in inputs)
+        if self.device_kind == "cpu" and prefill > self.max_num_batched_tokens:  # as in `generate`
+            for p in params:
+                p.seed = None
+        decide = self.llm.generate(inputs, params, use_tqdm=False)
+        completions = []
+        for (i, prompt_ids, thought), out in zip(prefixes, decide, strict=True):
+            sample = out.outputs[0]
+            tokens = list(sample.token_ids)
+            completions.append(
+                Completion(
+                    prompt_index=prompt_offset + i,
+                    prompt_ids=prompt_ids,
+                    response_ids=thought.token_ids + tokens,
+                    response_logprobs=thought.logprobs + _sampled_logprobs(sample),
+                    text=thought.text + sample.text,
+                    finish_reason=str(sample.finish_reason),
+                    response_mask=thought.mask + [1] * len(tokens),
+                    forced_close=thought.forced,
+                )
+            )
         return completions
 
     def update_weights(self, manifest: list[TensorMeta], bucket_refs: list[ray.ObjectRef]) -> dict[str, int]:
@@ -192,42 +279,83 @@ class VLLMEngine(Worker):
         max_tokens: int,
         timeout_s: float,
         allowed_token_ids: list[int] | None = None,
+        think_budget: int = 0,
     ) -> TextBatch:
         """n samples per prompt, but never longer than ``timeout_s``: the engine is stepped by hand and
         requests still unfinished at the deadline are aborted (their KV blocks freed) and returned as None.
 
         No per-request seeds: vLLM's CPU sampler loses them across a chunked prefill; the engine's own
-        seed keeps runs reproducible.
+        seed keeps runs reproducible. ``think_budget`` > 0: budget forcing (``rrm_ray.judge.budget``);
+        both phases share the one deadline.
         """
         from vllm import SamplingParams
 
-        engine = self.llm.llm_engine
         start = time.perf_counter()
-        params = SamplingParams(
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_tokens,
-            allowed_token_ids=allowed_token_ids,
+        deadline = start + timeout_s
+
+        def params(count: int, tokens: int, stop: list[str] | None = None) -> SamplingParams:
+            return SamplingParams(
+                n=count,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=tokens,
+                allowed_token_ids=allowed_token_ids,
+                stop=stop,
+                include_stop_str_in_output=True,
+            )
+
+        if think_budget <= 0:
+            outs = self._run_until(prompts, [params(n, max_tokens)] * len(prompts), deadline)
+            texts = [None if o is None else [t for t, _ in o] for o in outs]
+            tokens = sum(k for o in outs if o for _, k in o)
+            return TextBatch(texts, tokens, texts.count(None), time.perf_counter() - start)
+
+        thoughts = self._run_until(
+            prompts, [params(n, min(think_budget, max_tokens), [THINK_CLOSE])] * len(prompts), deadline
         )
+        close_tokens = len(self.tokenizer.encode(FORCED_CLOSE, add_special_tokens=False))
+        follow, follow_params, owner = [], [], []
+        for i, samples in enumerate(thoughts):
+            for text, k in samples or []:
+                closed = close_thinking_text(text)
+                used = k + (0 if closed == text else close_tokens)
+                follow.append(prompts[i] + closed)
+                follow_params.append(params(1, verdict_allowance(max_tokens, used)))
+                owner.append((i, closed, k))
+        verdicts = self._run_until(follow, follow_params, deadline) if follow else []
+        texts: list[list[str] | None] = [None if t is None else [] for t in thoughts]
+        tokens = 0
+        for (i, closed, k), out in zip(owner, verdicts, strict=True):
+            if out is None or texts[i] is None:
+                texts[i] = None  # one unfinished vote leaves the prompt undecided, as without a budget
+                continue
+            texts[i].append(closed + out[0][0])
+            tokens += k + out[0][1]
+        return TextBatch(texts, tokens, texts.count(None), time.perf_counter() - start)
+
+    def _run_until(
+        self, prompts: list[str], params: list[Any], deadline: float
+    ) -> list[list[tuple[str, int]] | None]:
+        """Step the engine until every request finished or the deadline passed; per prompt, its
+        samples as (text, generated tokens), or None if it did not finish (aborted)."""
+        engine = self.llm.llm_engine
         ids = self.llm.enqueue(prompts, params, use_tqdm=False)
         # enqueue names request i "<counter>-<random suffix>"; finished outputs carry "<counter>".
         index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}
-        texts: list[list[str] | None] = [None] * len(prompts)
-        pending, tokens = set(range(len(prompts))), 0
+        results: list[list[tuple[str, int]] | None] = [None] * len(prompts)
+        pending = set(range(len(prompts)))
         try:
-            while pending and time.perf_counter() - start < timeout_s and engine.has_unfinished_requests():
+            while pending and time.perf_counter() < deadline and engine.has_unfinished_requests():
                 for out in engine.step():
                     i = index.get(out.request_id)
                     if i is None or not out.finished:
                         continue
-                    texts[i] = [o.text for o in out.outputs]
-                    tokens += sum(len(o.token_ids) for o in out.outputs)
+                    results[i] = [(o.text, len(o.token_ids)) for o in out.outputs]
                     pending.discard(i)
         finally:
             if pending:
                 engine.abort_request([ids[i] for i in pending], internal=True)
-        return TextBatch(texts, tokens, len(pending), time.perf_counter() - start)
+        return results
 
 
 class RolloutWorker(VLLMEngine):

@@ -81,6 +81,22 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 # advantages
 
 
+def informative_sequences(rewards: Tensor, group_size: int) -> list[int]:
+    """Indices of the sequences whose group's rewards are not all equal (DAPO's group filter).
+
+    A group that is all right or all wrong has zero advantage everywhere; without a KL term its
+    sequences add nothing to the gradient, only to the update's compute.
+    """
+    _check(rewards.dim() == 1, f"informative_sequences: rewards must be 1-D [N], got {tuple(rewards.shape)}")
+    _check(
+        group_size >= 1 and rewards.numel() % group_size == 0,
+        f"informative_sequences: {rewards.numel()} rewards do not split into groups of {group_size}",
+    )
+    groups = rewards.view(-1, group_size)
+    flat = (groups == groups[:, :1]).all(dim=1)
+    return [g * group_size + k for g in range(len(groups)) if not flat[g] for k in range(group_size)]
+
+
 def group_advantages(
     rewards: Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
 ) -> Tensor:

@@ -59,8 +59,13 @@ def build_batch(
     rollout_logprobs: Sequence[Sequence[float]],
     advantages: Sequence[float],
     pad_id: int,
+    response_masks: Sequence[Sequence[int] | None] | None = None,
 ) -> TrainBatch:
-    """Concatenate prompt and response per sequence and pad on the right."""
+    """Concatenate prompt and response per sequence and pad on the right.
+
+    ``response_masks[i]`` (optional, one 0/1 per response token) leaves out of the loss the tokens
+    the policy did not sample, e.g. a ``</think>`` the engine appended (``rrm_ray.judge.budget``).
+    """
     n = len(prompt_ids)
     if not (len(response_ids) == len(rollout_logprobs) == len(advantages) == n):
         raise ValueError(
@@ -81,7 +86,15 @@ def build_batch(
         input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention[i, : len(seq)] = 1
         start = len(p) - 1  # position predicting the first response token
-        loss_mask[i, start : start + len(r)] = 1.0
+        mask = None if response_masks is None else response_masks[i]
+        if mask is None:
+            loss_mask[i, start : start + len(r)] = 1.0
+        elif len(mask) != len(r) or any(m not in (0, 1) for m in mask):
+            raise ValueError(
+                f"build_batch: sequence {i} needs a 0/1 response mask of {len(r)} tokens, got {list(mask)}"
+            )
+        else:
+            loss_mask[i, start : start + len(r)] = torch.tensor(mask, dtype=torch.float32)
         rollout_lp[i, start : start + len(r)] = torch.tensor(lp, dtype=torch.float32)
     return TrainBatch(
         input_ids, attention, loss_mask, rollout_lp, torch.tensor(advantages, dtype=torch.float32)

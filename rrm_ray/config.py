@@ -98,6 +98,10 @@ class AlgorithmConfig:
     kl_coef: float = 0.0  # > 0 adds a k3 KL penalty to a frozen reference copy
     tis_cap: float | None = 2.0  # truncated importance weight for vLLM-vs-learner log-prob drift; null: off
     mini_batches: int = 1  # optimizer steps per batch (>1 needs old log-probs before updating)
+    # Train only on groups whose rewards differ (DAPO's filter, without re-sampling): the others have
+    # zero advantage, so with kl_coef=0 skipping them saves compute and changes no gradient direction
+    # (the token-mean is then taken over the informative tokens only). No such group: no update.
+    filter_flat_groups: bool = False
 
 
 @dataclass
@@ -121,6 +125,12 @@ class JudgeConfig:
     # generate: the verdict is free text, parsed | choice (direct only): the engine may only pick the
     # token "1" or "2" after "\\boxed{Assistant ", so every vote counts (for small, untrained judges)
     verdict: str = "generate"
+    prompt_style: str = (
+        "full"  # full: the paper-style prompt | compact: short, with a reply example (small judges)
+    )
+    # rrm mode, > 0: budget forcing. Thinking stops after this many tokens; the engine then writes
+    # "</think>" itself (masked out of the loss in judge training) and the judge goes on to its verdict.
+    think_budget: int = 0
     num_engines: int = 1
     cpus_per_engine: float = 1.0
     gpus_per_engine: float = 1.0
@@ -164,6 +174,7 @@ class DataConfig:
     preference_format: str = "generic"  # generic | skywork | tulu | hh_rlhf
     on_error: str = "raise"  # raise | skip (skipped rows are counted and reported)
     synthetic_pairs: int = 0  # > 0: if train_path is missing, write that many generated pairs (+1/4 held out)
+    synthetic_difficulty: str = "medium"  # easy (about two-digit numbers) | medium | hard
     difficulty_filter_k: int = 0  # > 0: drop pairs the starting model already gets right k times out of k
     arithmetic_max_operand: int = 9  # operands of the generated task are drawn from 1..this
 
@@ -344,6 +355,7 @@ def validate(cfg: JobConfig) -> None:
     _one_of(d.format, "data.format", ("prompts", "preference"))
     _one_of(d.preference_format, "data.preference_format", ("generic", "skywork", "tulu", "hh_rlhf"))
     _one_of(d.on_error, "data.on_error", ("raise", "skip"))
+    _one_of(d.synthetic_difficulty, "data.synthetic_difficulty", ("easy", "medium", "hard"))
     if d.format == "preference":
         expected = f"judge_{cfg.judge.mode}"
         _require(
@@ -351,6 +363,13 @@ def validate(cfg: JobConfig) -> None:
             "reward.rule",
             f"judge training (data.format=preference, judge.mode={cfg.judge.mode}) needs the rule {expected}"
             f" (optionally {expected}(correct=1,wrong=-1,format_fail=-1)), got {cfg.reward.rule!r}",
+        )
+        _require(
+            cfg.judge.think_budget < min(r.max_new_tokens, r.eval_max_new_tokens),
+            "judge.think_budget",
+            f"judge training generates rollout.max_new_tokens={r.max_new_tokens} / eval_max_new_tokens="
+            f"{r.eval_max_new_tokens} tokens per judgment; the thinking budget {cfg.judge.think_budget} must "
+            "leave room for the verdict",
         )
     _validate_rules(cfg.reward)
 
@@ -366,6 +385,17 @@ def validate(cfg: JobConfig) -> None:
         per_rank % a.mini_batches == 0,
         "algorithm.mini_batches",
         f"{per_rank} sequences per rank must split into {a.mini_batches} equal mini-batches",
+    )
+    _require(
+        not a.filter_flat_groups or a.kl_coef == 0,
+        "algorithm.filter_flat_groups",
+        "needs algorithm.kl_coef=0 (with a KL term a flat group still has a gradient)",
+    )
+    _require(
+        not a.filter_flat_groups or r.n_samples % (lr.num_ranks * a.mini_batches) == 0,
+        "algorithm.filter_flat_groups",
+        f"keeps whole groups, so rollout.n_samples={r.n_samples} must divide over learner.num_ranks x "
+        f"algorithm.mini_batches = {lr.num_ranks * a.mini_batches}",
     )
     if c.device == "cuda":
         asked = r.num_engines * r.gpus_per_engine + lr.num_ranks * lr.gpus_per_rank
@@ -426,6 +456,18 @@ def validate_judge(j: JudgeConfig) -> None:
         j.verdict != "choice" or j.mode == "direct",
         "judge.verdict",
         f"'choice' needs judge.mode=direct (an RRM reasons before its verdict), got judge.mode={j.mode}",
+    )
+    _one_of(j.prompt_style, "judge.prompt_style", ("full", "compact"))
+    _require(
+        j.think_budget == 0 or j.mode == "rrm",
+        "judge.think_budget",
+        f"a thinking budget needs judge.mode=rrm (a DirectJudge does not think), got judge.mode={j.mode}",
+    )
+    _require(
+        0 <= j.think_budget < j.max_new_tokens,
+        "judge.think_budget",
+        f"must be 0 (off) or below judge.max_new_tokens={j.max_new_tokens} (room for the verdict), "
+        f"got {j.think_budget}",
     )
     _one_of(j.over_length, "judge.over_length", ("truncate", "reject"))
     _one_of(j.tie_rule, "judge.tie_rule", ("random", "first", "none"))

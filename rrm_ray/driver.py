@@ -144,6 +144,8 @@ class GRPOJob:
         self.faults: dict[str, int] = {"rollout_restarts": 0, "learner_recoveries": 0}
         self.judge: JudgePool | None = None
         self.agreement = Agreement()  # judge vs verifier over the whole run
+        # Judge training (the policy is the judge) with budget forcing: see rrm_ray.judge.budget.
+        self.think_budget = cfg.judge.think_budget if cfg.data.format == "preference" else 0
 
     # -- set-up ------------------------------------------------------------------------------------------
     def _make_tracker(self) -> Tracker:
@@ -357,7 +359,14 @@ class GRPOJob:
             if part:
                 refs.append(
                     self.rollout.actors[e].generate.remote(
-                        part, n, temperature, self.cfg.rollout.top_p, max_tokens, seed, e * chunk
+                        part,
+                        n,
+                        temperature,
+                        self.cfg.rollout.top_p,
+                        max_tokens,
+                        seed,
+                        e * chunk,
+                        self.think_budget,
                     )
                 )
         return [c for out in self.rollout.get(refs, "generate") for c in out]
@@ -448,12 +457,57 @@ class GRPOJob:
             dtype=torch.float32,
         )
         advantages = algo.group_advantages(rewards, n, scale_by_std=cfg.algorithm.scale_by_std)
+        used = list(range(len(completions)))
+        if cfg.algorithm.filter_flat_groups:
+            used = algo.informative_sequences(rewards, n)
+        if used:
+            stats, sync, trained_tokens = self._update(
+                [completions[i] for i in used], advantages[used], timer
+            )
+        else:  # every group flat: nothing to learn from this batch, and the weights stay as they are
+            stats, sync, trained_tokens = {}, {"buckets": 0, "bytes": 0}, 0
+        self.step += 1
+
+        lengths = [len(c.response_ids) for c in completions]
+        total = sum(timer.seconds.values())
+        metrics = {
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            **_accuracy("reward/accuracy", scored.correct),
+            "reward/timeouts": scored.timeouts,
+            "reward/errors": scored.errors,
+            "response/length_mean": sum(lengths) / len(lengths),
+            "response/clipped_fraction": sum(c.finish_reason == "length" for c in completions)
+            / len(completions),
+            "train/groups_trained": len(used) // n,
+            **{f"train/{k}": v for k, v in stats.items()},
+            **{f"time/{k}_s": v for k, v in timer.seconds.items()},
+            "time/step_s": total,
+            "perf/generated_tokens_per_s": sum(lengths) / max(timer.seconds["generate"], 1e-9),
+            "perf/trained_tokens_per_s": trained_tokens / max(timer.seconds.get("update", 0.0), 1e-9),
+            "sync/buckets": sync["buckets"],
+            "sync/mb": sync["bytes"] / 2**20,
+        }
+        if judged:
+            metrics.update(self._judge_metrics(judged, scored.rewards, n))
+        if cfg.data.format == "preference":
+            metrics.update(self._verdict_breakdown("reward", rows, completions))
+        self.tracker.log_metrics(metrics, step=self.step)
+        self._log_samples(rows, completions, rewards.tolist())
+        return metrics
+
+    def _update(
+        self, completions: list[Completion], advantages: torch.Tensor, timer: PhaseTimer
+    ) -> tuple[dict[str, float], dict[str, int], int]:
+        """Learner update on these sequences, then weights to the engines: (stats, sync report, tokens)."""
+        cfg = self.cfg
         batch = build_batch(
             [c.prompt_ids for c in completions],
             [c.response_ids for c in completions],
             [c.response_logprobs for c in completions],
             advantages.tolist(),
             pad_id=self.tokenizer.pad_token_id or 0,
+            response_masks=[c.response_mask for c in completions],
         )
         ranks = len(self.learner)
         shards = shard(permute(batch, interleave_for_balance(len(batch), ranks)), ranks)
@@ -486,34 +540,7 @@ class GRPOJob:
             stats = self.learner.get(refs, "train_step")[0]
         with timer.phase("weight_sync"):
             sync = self.sync_weights()
-        self.step += 1
-
-        lengths = [len(c.response_ids) for c in completions]
-        total = sum(timer.seconds.values())
-        metrics = {
-            "reward/mean": float(rewards.mean()),
-            "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-            **_accuracy("reward/accuracy", scored.correct),
-            "reward/timeouts": scored.timeouts,
-            "reward/errors": scored.errors,
-            "response/length_mean": sum(lengths) / len(lengths),
-            "response/clipped_fraction": sum(c.finish_reason == "length" for c in completions)
-            / len(completions),
-            **{f"train/{k}": v for k, v in stats.items()},
-            **{f"time/{k}_s": v for k, v in timer.seconds.items()},
-            "time/step_s": total,
-            "perf/generated_tokens_per_s": sum(lengths) / max(timer.seconds["generate"], 1e-9),
-            "perf/trained_tokens_per_s": batch.num_tokens / max(timer.seconds["update"], 1e-9),
-            "sync/buckets": sync["buckets"],
-            "sync/mb": sync["bytes"] / 2**20,
-        }
-        if judged:
-            metrics.update(self._judge_metrics(judged, scored.rewards, n))
-        if cfg.data.format == "preference":
-            metrics.update(self._verdict_breakdown("reward", rows, completions))
-        self.tracker.log_metrics(metrics, step=self.step)
-        self._log_samples(rows, completions, rewards.tolist())
-        return metrics
+        return stats, sync, batch.num_tokens
 
     def _verdict_breakdown(self, prefix: str, rows: list[PromptRow], completions: list[Completion]):
         """Judge training: right, wrong and malformed verdicts counted apart (format vs judgment)."""
@@ -523,10 +550,15 @@ class GRPOJob:
             for c in completions
         ]
         total = max(len(results), 1)
+        budget = {f"{prefix}/think_forced_close_rate": sum(c.forced_close for c in completions) / total}
         return {
+            **(budget if self.think_budget else {}),
             f"{prefix}/verdict_correct_rate": sum(r.correct for r in results) / total,
             f"{prefix}/verdict_wrong_rate": sum(r.format_ok and not r.correct for r in results) / total,
             f"{prefix}/format_fail_rate": sum(not r.format_ok for r in results) / total,
+            # position bias: labels are balanced, so an unbiased judge names Assistant 1 about half the time
+            f"{prefix}/verdict_first_rate": sum(r.format_ok and r.verdict == 1 for r in results)
+            / max(sum(r.format_ok for r in results), 1),
         }
 
     def _judge_metrics(self, judged: dict, rule_rewards: list[float | None], n: int) -> dict[str, float]:

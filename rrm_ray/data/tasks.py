@@ -52,7 +52,11 @@ def _preference_rows(
     if d.synthetic_pairs and not Path(d.train_path).is_file():
         from rrm_ray.data.synthetic_pairs import make_synthetic_pairs, write_jsonl
 
-        pairs = make_synthetic_pairs(d.synthetic_pairs + d.synthetic_pairs // 4, seed=cfg.trainer.seed)
+        pairs = make_synthetic_pairs(
+            d.synthetic_pairs + d.synthetic_pairs // 4,
+            seed=cfg.trainer.seed,
+            difficulty=d.synthetic_difficulty,
+        )
         write_jsonl(pairs[: d.synthetic_pairs], d.train_path)
         if d.eval_path:
             write_jsonl(pairs[d.synthetic_pairs :], d.eval_path)
@@ -86,6 +90,14 @@ def judge_prompt_text(
 
     j = cfg.judge
     fitted = fit_pair_to_context(
-        tokenizer, query, first, second, j.max_prompt_tokens, mode=j.mode, policy=j.over_length, where=where
+        tokenizer,
+        query,
+        first,
+        second,
+        j.max_prompt_tokens,
+        mode=j.mode,
+        policy=j.over_length,
+        where=where,
+        style=j.prompt_style,
     )
     return fitted.text

@@ -16,9 +16,11 @@ from typing import Any, Literal, Protocol
 
 JudgeMode = Literal["rrm", "direct"]
 OverflowPolicy = Literal["truncate", "reject"]
+PromptStyle = Literal["full", "compact"]
 
 _MODES = ("rrm", "direct")
 _POLICIES = ("truncate", "reject")
+PROMPT_STYLES = ("full", "compact")
 
 THINK_PREFIX = "<think>\n"
 CUT_MARK = "[...]"
@@ -49,6 +51,19 @@ DIRECT_SYSTEM_PROMPT = (
     "\\boxed{Assistant 1} if the first answer is better, or exactly \\boxed{Assistant 2} if the "
     "second answer is better, and nothing else."
 )
+
+# prompt_style=compact: for small judges on a small budget (SmolLM2 on CPU). A third of the full
+# prompt's tokens, and a literal example of the reply, which a 135M model follows far more often
+# than a description of it (measured: well-formed replies 2/128 -> 12/128 in RRM mode with a
+# thinking budget, 8/128 -> 23/128 in direct mode; SmolLM2-135M, temperature 1).
+COMPACT_SYSTEM_PROMPTS = {
+    "rrm": "You judge which of two answers to a question is better. Check the work of each, briefly, "
+    "then close your thoughts and give the verdict. Your reply must look like this:\n"
+    "Assistant 1 says 7 + 5 = 12, right. Assistant 2 says 7 + 5 = 11, wrong.\n</think>\n"
+    "\\boxed{Assistant 1}",
+    "direct": "You judge which of two answers to a question is better. Your reply must be only the "
+    "verdict, like this:\n\\boxed{Assistant 1}",
+}
 
 _FINAL_INSTRUCTION = {
     "rrm": "Which assistant's answer is better? After thinking, answer with \\boxed{Assistant 1} or "
@@ -123,14 +138,17 @@ def _check_mode(mode: str) -> None:
 
 
 def build_judge_messages(
-    query: str, response_1: str, response_2: str, mode: JudgeMode = "rrm"
+    query: str, response_1: str, response_2: str, mode: JudgeMode = "rrm", style: PromptStyle = "full"
 ) -> list[dict[str, str]]:
     """System + user message for one pairwise comparison; response_1 is shown as "Assistant 1".
 
     The answers are fenced by explicit start/end lines so that an answer which itself contains
     headings or the word "Assistant" cannot blur where one answer ends and the next begins.
+    ``style="compact"`` swaps in the short system prompt (``COMPACT_SYSTEM_PROMPTS``).
     """
     _check_mode(mode)
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"judge prompt_style must be one of {PROMPT_STYLES}, got {style!r}")
     for name, value in (("query", query), ("response_1", response_1), ("response_2", response_2)):
         if not isinstance(value, str):
             raise TypeError(f"build_judge_messages: {name} must be str, got {type(value).__name__}")
@@ -140,7 +158,10 @@ def build_judge_messages(
         f"[The Start of Assistant 2's Answer]\n{response_2}\n[The End of Assistant 2's Answer]\n\n"
         f"{_FINAL_INSTRUCTION[mode]}"
     )
-    system = JUDGE_SYSTEM_PROMPT if mode == "rrm" else DIRECT_SYSTEM_PROMPT
+    if style == "compact":
+        system = COMPACT_SYSTEM_PROMPTS[mode]
+    else:
+        system = JUDGE_SYSTEM_PROMPT if mode == "rrm" else DIRECT_SYSTEM_PROMPT
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -216,6 +237,7 @@ def fit_pair_to_context(
     policy: OverflowPolicy = "truncate",
     where: str = "",
     verdict: str = "generate",
+    style: PromptStyle = "full",
 ) -> JudgePrompt:
     """Render the judge prompt so that it has at most ``max_prompt_tokens`` tokens.
 
@@ -240,7 +262,7 @@ def fit_pair_to_context(
         raise ValueError(f"{where}judge.max_prompt_tokens must be a positive int, got {max_prompt_tokens!r}")
 
     def render(q: str, r1: str, r2: str) -> str:
-        return render_judge_prompt(tokenizer, build_judge_messages(q, r1, r2, mode), mode, verdict)
+        return render_judge_prompt(tokenizer, build_judge_messages(q, r1, r2, mode, style), mode, verdict)
 
     text = render(query, response_1, response_2)
     n = len(_encode(tokenizer, text))

@@ -151,6 +151,7 @@ class JudgeSettings:
 
     mode: Literal["rrm", "direct"] = "rrm"
     verdict: Literal["generate", "choice"] = "generate"
+    prompt_style: Literal["full", "compact"] = "full"
     votes: int = 1
     adaptive_votes: bool = True
     tie_rule: Literal["random", "first", "none"] = "random"
@@ -167,6 +168,7 @@ class JudgeSettings:
         for name, allowed in (
             ("mode", ("rrm", "direct")),
             ("verdict", ("generate", "choice")),
+            ("prompt_style", ("full", "compact")),
             ("tie_rule", ("random", "first", "none")),
             ("method", ("knockout", "elo")),
             ("rating", ("bradley_terry", "elo")),
@@ -185,7 +187,17 @@ class JudgeSettings:
     def from_config(cls, judge: Any, seed: int, cache_key: str = "") -> JudgeSettings:
         """From a ``JudgeConfig`` (or a dict of its fields, as sent to an actor)."""
         get = judge.get if isinstance(judge, dict) else lambda k: getattr(judge, k)
-        names = ("mode", "verdict", "votes", "adaptive_votes", "tie_rule", "method", "rating", "k_factor")
+        names = (
+            "mode",
+            "verdict",
+            "prompt_style",
+            "votes",
+            "adaptive_votes",
+            "tie_rule",
+            "method",
+            "rating",
+            "k_factor",
+        )
         return cls(
             **{n: get(n) for n in names},
             max_prompt_tokens=get("max_prompt_tokens"),
@@ -339,6 +351,7 @@ class JudgeService:
             s.over_length,
             where=f"pair {i}: ",
             verdict=s.verdict,
+            style=s.prompt_style,
         )
 
     def _parse(self, text: str) -> Literal[1, 2] | None:

@@ -8,9 +8,11 @@ import math
 
 import mlflow
 import pytest
+import ray
 
 from rrm_ray.config import load_config
 from rrm_ray.driver import GRPOJob
+from rrm_ray.judge.budget import FORCED_CLOSE
 from tests.integration.conftest import tiny_overrides
 
 pytestmark = pytest.mark.integration
@@ -25,8 +27,10 @@ def run_job(overrides: list[str]):
 
 
 def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model, tmp_path):
+    """Two steps of judge training with a thinking budget (budget forcing, compact prompt)."""
     data = tmp_path / "pairs"
-    cfg, summary = run_job(
+    cfg = load_config(
+        None,
         tiny_overrides(
             tiny_model,
             tmp_path,
@@ -34,6 +38,9 @@ def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model,
                 "model.max_model_len": 512,
                 "reward.rule": "judge_rrm",
                 "judge.mode": "rrm",
+                "judge.prompt_style": "compact",
+                "judge.think_budget": 6,
+                "algorithm.filter_flat_groups": "true",
                 "judge.max_prompt_tokens": 400,
                 "judge.max_new_tokens": 16,
                 "judge.max_model_len": 512,
@@ -43,8 +50,25 @@ def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model,
                 "data.eval_path": str(data / "eval.jsonl"),
                 "data.eval_max_prompts": 2,
             },
-        )
+        ),
     )
+    with GRPOJob(cfg) as job:
+        job.start()
+        summary = job.run()
+        # The engine's own tokens (the forced "</think>") are marked so the loss skips them.
+        prompt = job.render(job.eval_rows[:1])
+        completions = ray.get(job.rollout.actors[0].generate.remote(prompt, 3, 1.0, 1.0, 12, None, 0, 6))
+    close_ids = job.tokenizer.encode(FORCED_CLOSE, add_special_tokens=False)
+    for c in completions:
+        assert len(c.response_mask) == len(c.response_ids) == len(c.response_logprobs)
+        appended = [t for t, m in zip(c.response_ids, c.response_mask, strict=True) if m == 0]
+        assert appended == (close_ids if c.forced_close else [])
+        assert FORCED_CLOSE in c.text or "</think>" in c.text
+    assert any(c.forced_close for c in completions)  # a random model does not close its thoughts
+    assert all(0.0 <= s["reward/think_forced_close_rate"] <= 1.0 for s in summary["history"])
+    for step in summary["history"]:  # flat groups (all -1 from a random judge) are not trained on
+        assert step["train/groups_trained"] in (0, 1, 2)
+        assert (step["train/groups_trained"] == 0) == ("train/loss" not in step)
     assert summary["steps"] == 2
     for step in summary["history"]:
         assert set(step) >= {
@@ -80,6 +104,8 @@ def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model,
                 "judge.max_prompt_tokens": 400,
                 "judge.kv_cache_gib": 1,
                 "judge.threads": 1,
+                "judge.prompt_style": "compact",
+                "judge.think_budget": 4,
             },
         ),
     )
@@ -87,6 +113,7 @@ def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model,
     try:
         [judgment] = pool.compare([JudgePair("What is 2+2?", "4", "5")])
         assert judgment.votes == 1 and len(judgment.traces) == 1
+        assert "</think>" in judgment.traces[0].text  # the budget closed the thought
     finally:
         pool.shutdown()
 

@@ -13,6 +13,7 @@ from rrm_ray.algo import (
     entropy_from_logits,
     gather_logprobs,
     group_advantages,
+    informative_sequences,
     kl_k3,
     lr_at,
     masked_mean,
@@ -417,3 +418,15 @@ def test_lr_at_no_warmup_and_bad_input():
         lr_at(0, 1.0, 0, 10, "exp")  # type: ignore[arg-type]
     with pytest.raises(AlgoInputError, match=r"warmup_steps must be in \[0, total_steps=10\], got 11"):
         lr_at(0, 1.0, 11, 10, "cosine")
+
+
+def test_informative_sequences_keeps_whole_groups_whose_rewards_differ():
+    rewards = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 0.5, 0.0, 2.0])
+    assert informative_sequences(rewards, 3) == [6, 7, 8]
+    assert informative_sequences(rewards[:6], 3) == []
+    assert informative_sequences(torch.tensor([1.0, -1.0, -1.0, -1.0]), 2) == [0, 1]
+
+
+def test_informative_sequences_rejects_ragged_groups():
+    with pytest.raises(AlgoInputError, match="do not split into groups of 4"):
+        informative_sequences(torch.tensor([1.0, 2.0, 3.0]), 4)

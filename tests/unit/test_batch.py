@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from rrm_ray.batch import build_batch, interleave_for_balance, mini_batch_tokens, permute, shard
@@ -13,6 +14,21 @@ def test_layout_aligns_masks_with_next_token_positions():
     assert b.loss_mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 0]]
     assert torch.allclose(b.rollout_logprobs[0], torch.tensor([0, 0, -0.5, -0.6]))
     assert b.num_tokens == 5
+
+
+def test_response_mask_leaves_appended_tokens_out_of_the_loss():
+    # seq 0: response tokens 5 (sampled), 6 (appended by the engine), 7 (sampled); seq 1: no mask
+    b = build_batch(
+        [[1, 2], [3]], [[5, 6, 7], [8]], [[-0.1, 0.0, -0.3], [-0.2]], [1.0, 1.0], 0, [[1, 0, 1], None]
+    )
+    assert b.loss_mask.tolist() == [[0, 1, 0, 1], [1, 0, 0, 0]]
+    assert b.num_tokens == 3
+
+
+@pytest.mark.parametrize("mask", [[1, 1], [1, 2, 0]])
+def test_response_mask_must_match_the_response(mask):
+    with pytest.raises(ValueError, match="sequence 0 needs a 0/1 response mask of 3 tokens"):
+        build_batch([[1]], [[5, 6, 7]], [[0.0] * 3], [0.0], 0, [mask])
 
 
 def test_trim_drops_unused_padding():

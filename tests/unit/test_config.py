@@ -40,6 +40,18 @@ def test_defaults_and_overrides_are_typed():
         (["judge.max_model_len=100"], "judge.max_model_len"),
         (["cluster.local_num_cpus=2"], "asks for 3.5 logical CPUs but the local Ray declares 2"),
         (["algorithm.mini_batches=3"], "algorithm.mini_batches"),
+        (["judge.prompt_style=tiny"], "judge.prompt_style: got 'tiny', allowed: full, compact"),
+        (["judge.mode=direct", "judge.think_budget=8"], "a thinking budget needs judge.mode=rrm"),
+        (["judge.max_new_tokens=64", "judge.think_budget=64"], "room for the verdict"),
+        (
+            ["data.format=preference", "reward.rule=judge_rrm", "judge.think_budget=200"],
+            "the thinking budget 200 must leave room for the verdict",
+        ),
+        (["algorithm.filter_flat_groups=true", "algorithm.kl_coef=0.1"], "needs algorithm.kl_coef=0"),
+        (
+            ["algorithm.filter_flat_groups=true", "rollout.n_samples=3", "data.prompts_per_step=2"],
+            "rollout.n_samples=3 must divide over learner.num_ranks",
+        ),
         (["lr=1"], "unknown config key 'lr'"),
         (["learner.lr"], "not of the form key=value"),
     ],

@@ -7,6 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from rrm_ray.judge.prompts import (
+    COMPACT_SYSTEM_PROMPTS,
     CUT_MARK,
     DIRECT_SYSTEM_PROMPT,
     JUDGE_SYSTEM_PROMPT,
@@ -85,9 +86,17 @@ def test_system_prompts_cover_criteria_and_verdict_format():
     assert "do not explain" in DIRECT_SYSTEM_PROMPT.lower()
 
 
-@pytest.mark.parametrize("mode, system", [("rrm", JUDGE_SYSTEM_PROMPT), ("direct", DIRECT_SYSTEM_PROMPT)])
-def test_build_judge_messages_layout(mode, system):
-    msgs = build_judge_messages("What is 2+2?", "It is 4.", "It is 5.", mode=mode)
+@pytest.mark.parametrize(
+    "mode, style, system",
+    [
+        ("rrm", "full", JUDGE_SYSTEM_PROMPT),
+        ("direct", "full", DIRECT_SYSTEM_PROMPT),
+        ("rrm", "compact", COMPACT_SYSTEM_PROMPTS["rrm"]),
+        ("direct", "compact", COMPACT_SYSTEM_PROMPTS["direct"]),
+    ],
+)
+def test_build_judge_messages_layout(mode, style, system):
+    msgs = build_judge_messages("What is 2+2?", "It is 4.", "It is 5.", mode=mode, style=style)
     assert [m["role"] for m in msgs] == ["system", "user"]
     assert msgs[0]["content"] == system
     user = msgs[1]["content"]
@@ -96,6 +105,22 @@ def test_build_judge_messages_layout(mode, system):
     assert "[The End of Assistant 1's Answer]" in user and "[The End of Assistant 2's Answer]" in user
     assert user.rstrip().endswith("\\boxed{Assistant 2}.")
     assert "\\boxed{Assistant 1}" in user.splitlines()[-1]
+
+
+def test_compact_prompts_show_the_reply_they_want():
+    rrm, direct = COMPACT_SYSTEM_PROMPTS["rrm"], COMPACT_SYSTEM_PROMPTS["direct"]
+    assert rrm.endswith("</think>\n\\boxed{Assistant 1}") and "<think>" not in rrm
+    assert direct.endswith("\n\\boxed{Assistant 1}") and "think" not in direct
+    assert len(rrm) < len(JUDGE_SYSTEM_PROMPT) / 2 and len(direct) < len(DIRECT_SYSTEM_PROMPT) / 2
+    with pytest.raises(ValueError, match="prompt_style must be one of"):
+        build_judge_messages("q", "a", "b", style="tiny")
+
+
+def test_fit_uses_the_style(make_tokenizer):
+    tok = make_tokenizer(PLAIN_TEMPLATE)
+    full = fit_pair_to_context(tok, "q", "a", "b", 4096, mode="rrm")
+    compact = fit_pair_to_context(tok, "q", "a", "b", 4096, mode="rrm", style="compact")
+    assert COMPACT_SYSTEM_PROMPTS["rrm"] in compact.text and compact.num_tokens < full.num_tokens
 
 
 def test_build_judge_messages_rejects_bad_input():
