@@ -653,7 +653,8 @@ class GRPOJob:
                 history.append(metrics)
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.save_checkpoint()
-                if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0:
+                last = self.step == cfg.trainer.total_steps  # the final evaluation below covers it
+                if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0 and not last:
                     ev = self.evaluate()
                     self.tracker.log_metrics(ev, step=self.step)
                     metrics.update(ev)

@@ -36,7 +36,7 @@ class StepPrinter:
             f"reward {m.get('reward/mean', 0):.3f}",
             f"acc {m.get('reward/accuracy', 0):.2f}",
             f"len {m.get('response/length_mean', 0):.0f}",
-            f"kl {m['train/approx_kl']:.4f}  gnorm {m['train/grad_norm']:.2f}"
+            f"kl {m.get('train/approx_kl', 0):.4f}  gnorm {m['train/grad_norm']:.2f}"
             if "train/grad_norm" in m
             else "no update (every group's rewards were equal)",
             f"{m.get('time/step_s', 0):.1f}s",

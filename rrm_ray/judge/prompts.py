@@ -52,10 +52,11 @@ DIRECT_SYSTEM_PROMPT = (
     "second answer is better, and nothing else."
 )
 
-# prompt_style=compact: for small judges on a small budget (SmolLM2 on CPU). A third of the full
-# prompt's tokens, and a literal example of the reply, which a 135M model follows far more often
-# than a description of it (measured: well-formed replies 2/128 -> 12/128 in RRM mode with a
-# thinking budget, 8/128 -> 23/128 in direct mode; SmolLM2-135M, temperature 1).
+# prompt_style=compact: for small judges on a small budget (SmolLM2 on CPU). 84 / 33 system tokens
+# instead of 198 / 182 (SmolLM2 tokenizer), and a literal example of the reply, which a 135M model
+# follows far more often than a description of it (measured against the same short prompt without
+# the example, SmolLM2-135M, temperature 1: well-formed replies 2/128 -> 12/128 in RRM mode with a
+# thinking budget, 8/128 -> 23/128 in direct mode).
 COMPACT_SYSTEM_PROMPTS = {
     "rrm": "You judge which of two answers to a question is better. Check the work of each, briefly, "
     "then close your thoughts and give the verdict. Your reply must look like this:\n"

@@ -41,6 +41,7 @@ def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model,
                 "judge.prompt_style": "compact",
                 "judge.think_budget": 6,
                 "algorithm.filter_flat_groups": "true",
+                "trainer.eval_every": 1,
                 "judge.max_prompt_tokens": 400,
                 "judge.max_new_tokens": 16,
                 "judge.max_model_len": 512,
@@ -85,8 +86,11 @@ def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model,
         assert -1.0 <= step["reward/mean"] <= 1.0  # the judge rule pays +1 or -1
     # held-out pairs are judged in both orders: 2 pairs -> 4 prompts
     assert "eval/format_fail_rate" in summary["after"]
-    run = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(summary["run_id"])
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+    run = client.get_run(summary["run_id"])
     assert "eval_after/accuracy" in run.data.metrics
+    # before, after step 1 (eval_every=1), and the final one: step 2 is not evaluated twice
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")] == [0, 1, 2]
 
     # The trained judge loads straight into the RRM-judge actor.
     from actors.judge import JudgePool
