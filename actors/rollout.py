@@ -108,6 +108,8 @@ class VLLMEngine(Worker):
         self.max_num_batched_tokens = max(max_num_batched_tokens, max_model_len)
         self.device_kind = device
         self.tokenizer = self.llm.get_tokenizer()
+        # What budget forcing appends (rrm_ray.judge.budget), tokenised once per engine.
+        self.forced_close_ids = self.tokenizer.encode(FORCED_CLOSE, add_special_tokens=False)
         self.tied_embeddings = bool(
             getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False)
         )
@@ -200,13 +202,12 @@ class VLLMEngine(Worker):
             [sampling(min(think_budget, max_tokens), [THINK_CLOSE], i) for i in range(len(prompts))],
             use_tqdm=False,
         )
-        close_ids = self.tokenizer.encode(FORCED_CLOSE, add_special_tokens=False)
         eos = {self.tokenizer.eos_token_id} - {None}
         prefixes, inputs, params = [], [], []
         for i, out in enumerate(think):
             for sample in out.outputs:
                 thought = close_thinking(
-                    sample.text, sample.token_ids, _sampled_logprobs(sample), close_ids, eos
+                    sample.text, sample.token_ids, _sampled_logprobs(sample), self.forced_close_ids, eos
                 )
                 prefixes.append((i, list(out.prompt_token_ids), thought))
                 inputs.append(TokensPrompt(prompt_token_ids=list(out.prompt_token_ids) + thought.token_ids))
@@ -313,12 +314,11 @@ class VLLMEngine(Worker):
         thoughts = self._run_until(
             prompts, [params(n, min(think_budget, max_tokens), [THINK_CLOSE])] * len(prompts), deadline
         )
-        close_tokens = len(self.tokenizer.encode(FORCED_CLOSE, add_special_tokens=False))
         follow, follow_params, owner = [], [], []
         for i, samples in enumerate(thoughts):
             for text, k in samples or []:
                 closed = close_thinking_text(text)
-                used = k + (0 if closed == text else close_tokens)
+                used = k + (0 if closed == text else len(self.forced_close_ids))
                 follow.append(prompts[i] + closed)
                 follow_params.append(params(1, verdict_allowance(max_tokens, used)))
                 owner.append((i, closed, k))
