@@ -27,7 +27,9 @@ demo: install
 	$(VENV)/bin/rrm-ray train configs/demo_rrm.yaml --summary-json runs/demo_rrm/summary.json
 
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
+# tests/integration/test_mlflow_ui.py opens MLflow's run page in Debian's headless chromium.
 test: install
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	$(VENV)/bin/ruff check rrm_ray actors tests bench
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc

@@ -12,10 +12,9 @@ queries into contiguous shards, one per engine, and gathers the results in order
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any
-
-import ray
 
 from actors.rollout import VLLMEngine, engine_env
 from rrm_ray.actor_group import ActorGroup, RoleSpec
@@ -23,7 +22,7 @@ from rrm_ray.config import JobConfig, resolved_dtype
 from rrm_ray.judge.prompts import choice_token_ids
 from rrm_ray.judge.service import JudgePair, JudgeService, JudgeSettings, PairJudgment, RankResult
 from rrm_ray.models import resolve_model_path
-from rrm_ray.weight_sync import TensorMeta
+from rrm_ray.placement import own_spec, shares_bundles
 
 
 class JudgeWorker(VLLMEngine):
@@ -37,6 +36,7 @@ class JudgeWorker(VLLMEngine):
         seed: int,
         device: str = "cpu",
         max_num_batched_tokens: int = 16384,
+        enable_sleep_mode: bool = False,
     ) -> None:
         super().__init__(
             model_path,
@@ -45,7 +45,9 @@ class JudgeWorker(VLLMEngine):
             seed,
             device,
             gpu_memory_utilization=judge["gpu_memory_utilization"],
+            enable_sleep_mode=enable_sleep_mode,
             max_num_batched_tokens=max_num_batched_tokens,
+            tensor_parallel_size=judge["tensor_parallel_size"],
         )
         self.temperature = float(judge["temperature"])
         self.top_p = float(judge["top_p"])
@@ -112,17 +114,24 @@ class JudgeWorker(VLLMEngine):
     def clear_cache(self) -> None:
         self.service.cache.clear()
 
-    def update_weights(self, manifest: list[TensorMeta], bucket_refs: list[ray.ObjectRef]) -> dict[str, int]:
+    def wake_up(self) -> bool:
+        """After a level-2 sleep the judge's weights are read again from `judge.model_path` (vLLM's
+        in-place reload), so the caller never has to supply them: returns False."""
+        if self.awake or self.sleep_level != 2:
+            return super().wake_up()
+        self.llm.wake_up(tags=["weights"])  # weights first: the reload needs only their memory
+        self.llm.collective_rpc("reload_weights")
+        self.llm.wake_up(tags=["kv_cache"])
+        self.llm.reset_prefix_cache()
+        self.awake = True
+        self.sleep_events.append(("wake", self.sleep_level, time.time()))
+        return False
+
+    def finish_weight_update(self) -> dict[str, int]:
         """New judge weights make every cached verdict stale."""
-        report = super().update_weights(manifest, bucket_refs)
+        report = super().finish_weight_update()
         self.service.cache.clear()
         return report
-
-
-def judge_role_spec(cfg: JobConfig) -> RoleSpec:
-    j = cfg.judge
-    gpus = j.gpus_per_engine if cfg.cluster.device == "cuda" else 0.0
-    return RoleSpec("judge", j.num_engines, j.cpus_per_engine, gpus, j.strategy)
 
 
 def _chunks(items: Sequence[Any], parts: int) -> list[list[Any]]:
@@ -144,7 +153,7 @@ class JudgePool:
         self.model_path = resolve_model_path(j.model_path)
         self.group = ActorGroup(
             worker_cls,
-            spec or judge_role_spec(cfg),
+            spec or own_spec(cfg, "judge"),  # the judge alone (rrm-ray judge / eval / best-of-n)
             init_args=(
                 self.model_path,
                 resolved_dtype(cfg),
@@ -152,9 +161,12 @@ class JudgePool:
                 cfg.trainer.seed,
                 c.device,
             ),
+            # engines that share GPUs with another role sleep while it works (rrm_ray.colocation)
+            init_kwargs={"enable_sleep_mode": shares_bundles(cfg, "judge")},
             env={**engine_env(c.device, j.kv_cache_gib, j.threads), **c.env},
             placement_timeout_s=c.placement_timeout_s,
             call_timeout_s=c.call_timeout_s,
+            max_restarts=c.max_actor_restarts,  # a dead engine comes back; callers retry (rrm_ray.recovery)
             pg=pg,
         )
         self.group.call_all("ping")  # engines loaded: later timings measure judging, not start-up

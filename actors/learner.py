@@ -9,7 +9,8 @@ The loss math lives in `rrm_ray.algo`; which library shards the model lives in `
 Checkpoints (`save_checkpoint(dir)`, all ranks): the backend's files (see `actors.backends`), plus
 
     dir/rng_rank{rank:05d}.pt   each rank: torch CPU (and CUDA) RNG state and the step counter
-    dir/learner_meta.json       rank 0, written last: backend, world_size, step, dtype, zero_stage
+    dir/learner_meta.json       rank 0, written last: backend, world_size, step, dtype, master_dtype,
+                                zero_stage
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ import ray
 import torch
 import torch.distributed as dist
 
-from actors.backends import DTYPES, META_FILE, CheckpointError, build_backend, read_meta, write_hf
+from actors.backends import (
+    DTYPES,
+    META_FILE,
+    CheckpointError,
+    StepOutcome,
+    build_backend,
+    read_meta,
+    write_hf,
+)
 from rrm_ray import algo
 from rrm_ray.actor_group import Worker
 from rrm_ray.batch import TrainBatch
@@ -55,6 +64,7 @@ class LearnerWorker(Worker):
         if device == "cpu":
             torch.set_num_threads(int(learner["threads"]))
         self.step = 0
+        self.transfer: Any = None  # the vLLM trainer-side weight-transfer engine (init_weight_transfer)
 
     # -- setup -----------------------------------------------------------------------------------------
     def init_process_group(self, master_addr: str, master_port: int) -> None:
@@ -84,16 +94,19 @@ class LearnerWorker(Worker):
     def _token_logprobs(
         self, model: Any, mb: TrainBatch, with_entropy: bool = False, temperature: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs [B, L-1] of the tokens that follow each position (default: the sampling temperature)."""
-        input_ids = mb.input_ids.to(self.device)
-        logits = model(input_ids=input_ids, attention_mask=mb.attention_mask.to(self.device)).logits
-        logits = logits[:, :-1].float() / (self.temperature if temperature is None else temperature)
-        logprobs = algo.gather_logprobs(logits, input_ids[:, 1:], chunk_size=self.cfg["logprob_chunk"])
-        entropy = None
-        if with_entropy:
-            with torch.no_grad():
-                entropy = algo.entropy_from_logits(logits.detach(), chunk_size=self.cfg["logprob_chunk"])
-        return logprobs, entropy
+        """Log-probs [B, L-1] of the tokens that follow each position (default: the sampling temperature),
+        fp32, and the (detached) entropy [B, L-1] if asked.
+
+        Straight from the hidden states, `learner.logprob_chunk` positions at a time
+        (`actors.backends.install_logprob_forward`): no [B, L, V] logits, fp32 or otherwise, exist.
+        """
+        return model(
+            input_ids=mb.input_ids.to(self.device),
+            attention_mask=mb.attention_mask.to(self.device),
+            logprob_temperature=self.temperature if temperature is None else temperature,
+            logprob_chunk=self.cfg["logprob_chunk"],
+            logprob_entropy=with_entropy,
+        )
 
     def _frozen_or_policy(self, reference: bool) -> Any:
         if not reference:
@@ -136,7 +149,7 @@ class LearnerWorker(Worker):
         self,
         batch: TrainBatch,
         mini_batch_tokens: list[int],
-        lr: float,
+        lr: float | list[float],
         old_logprobs: torch.Tensor | None = None,
         ref_logprobs: torch.Tensor | None = None,
     ) -> dict[str, float]:
@@ -145,19 +158,27 @@ class LearnerWorker(Worker):
         `mini_batch_tokens[m]` is the number of valid response tokens of mini-batch m summed over ALL
         ranks; dividing the summed token losses by it (times world size, as both backends average
         gradients over ranks) makes the loss a true token mean whatever the micro-batch split and rank
-        count.
+        count. `lr`: one learning rate per optimizer step (`algo.step_lrs`; the schedule counts optimizer
+        steps), or one for all of them. A mini-batch whose gradient norm is inf/nan is not applied; the
+        stats count it in `skipped_steps`, and `grad_norm` is the mean over the applied steps.
         """
         a = self.algo_cfg
         mbs = self.cfg["micro_batch_size"]
-        self.policy.set_lr(lr)
+        lrs = [float(lr)] * len(mini_batch_tokens) if isinstance(lr, int | float) else [float(x) for x in lr]
+        if len(lrs) != len(mini_batch_tokens):
+            raise ValueError(
+                f"train_step: {len(lrs)} learning rates for {len(mini_batch_tokens)} mini-batches "
+                "(one per optimizer step expected)"
+            )
         self.policy.model.train()
         sums: dict[str, float] = {}
-        grad_norms = []
+        outcomes = []
         size = len(batch) // len(mini_batch_tokens)
         for m, global_tokens in enumerate(mini_batch_tokens):
             mini = batch.select(slice(m * size, (m + 1) * size))
             old_mini = None if old_logprobs is None else old_logprobs[m * size : (m + 1) * size]
             ref_mini = None if ref_logprobs is None else ref_logprobs[m * size : (m + 1) * size]
+            self.policy.set_lr(lrs[m])
             self.policy.zero_grad()
             for start in range(0, len(mini), mbs):
                 sl = slice(start, start + mbs)
@@ -187,12 +208,11 @@ class LearnerWorker(Worker):
                 for k, v in out.stats.items():
                     _add(sums, k, float(v))
                 _add(sums, "entropy_sum", float(algo.masked_sum(entropy, mask)))
-            grad_norms.append(self.policy.clip_and_step(self.cfg["grad_clip"]))
+            outcomes.append(self.policy.clip_and_step(self.cfg["grad_clip"]))
         self.step += 1
         totals = self._all_reduce_sums(sums)
         stats = algo.stats_to_means(totals)
-        stats["grad_norm"] = sum(grad_norms) / len(grad_norms)
-        stats["lr"] = lr
+        stats.update(_step_stats(outcomes), lr=lrs[-1])
         return stats
 
     def dpo_step(
@@ -233,10 +253,10 @@ class LearnerWorker(Worker):
             _add(sums, "rejected_reward", float(out.rejected_rewards.sum()))
             _add(sums, "reward_margin", float(margin.sum()))
             _add(sums, "accuracy", float((margin > 0).sum()))
-        grad_norm = self.policy.clip_and_step(self.cfg["grad_clip"])
+        outcome = self.policy.clip_and_step(self.cfg["grad_clip"])
         self.step += 1
         stats = {k: v / max(global_pairs, 1) for k, v in self._all_reduce_sums(sums).items()}
-        stats.update(grad_norm=grad_norm, lr=lr, pairs=global_pairs)
+        stats.update(_step_stats([outcome]), lr=lr, pairs=global_pairs)
         return stats
 
     def _all_reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
@@ -246,9 +266,11 @@ class LearnerWorker(Worker):
         return dict(zip(keys, t.tolist(), strict=True))
 
     # -- weights out ----------------------------------------------------------------------------------
-    def _full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Collective: every rank must call it; rank 0 receives the full tensors on CPU."""
-        sd = self.policy.full_state_dict()
+    def _full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Collective: every rank must call it; rank 0 receives the full tensors on CPU, in `dtype`
+        (default: model.dtype, what the engines run and HF exports hold; under mixed precision that is
+        the bf16 rounding of the fp32 masters). `master_weights` gives the masters themselves."""
+        sd = self.policy.full_state_dict(self.dtype if dtype is None else dtype)
         if self.tied:
             sd.pop("lm_head.weight", None)  # the engine ties it to the embedding itself
         return sd
@@ -261,6 +283,46 @@ class LearnerWorker(Worker):
         named = list(sd.items())
         refs = [ray.put(b) for b in buckets(named, bucket_mb * 1024 * 1024)]
         return manifest_of(named), refs
+
+    # -- weights out to the engines: vLLM's weight-transfer protocol (actors.weight_transfer) ----------
+    def init_weight_transfer(
+        self, backend: str, engines: list[Any], workers_per_engine: int, bucket_mb: int, timeout_s: float
+    ) -> None:
+        """Collective: every rank builds its vLLM trainer engine for `backend`; rank 0, the sender, opens
+        the transfer with every engine (nccl/gloo: a group of rank 0 and the engines' workers, with its
+        own TCPStore at rank 0, apart from the learner's process group). Called after start and again
+        after a restart of either side; the previous transfer is dropped first."""
+        from actors import weight_transfer as wt
+
+        if self.transfer is not None:
+            self.transfer.shutdown()
+        if backend == "ipc":  # GPU only: each rank exports handles to full tensors on its own GPU
+            self.weight_source: Any = wt.ShardedParamsSource(self.policy.model, self.dtype)
+        else:
+            device = "cuda" if backend == "nccl" else "cpu"
+            self.weight_source = wt.StateDictSource(self._full_state_dict, self.dtype, device)
+        # Only the sender of a collective opens an endpoint; the other ranks' address is never read.
+        master = (ray.util.get_node_ip_address(), self.free_port()) if self.rank == 0 else ("", 0)
+        world = 1 + len(engines) * workers_per_engine
+        info = wt.trainer_init_info(backend, self.rank, master, world, bucket_mb << 20, timeout_s)
+        self.weight_client = wt.EngineClient(engines, workers_per_engine, timeout_s)
+        self.transfer = wt.trainer_init(info, self.weight_client, self.weight_source)
+
+    def send_weights(self) -> dict[str, int] | None:
+        """Collective: one full sync (vLLM's `send_weights`: start, chunks, finish). Rank 0 returns
+        engine 0's completeness report (every engine checked its own; a failed check raises here)."""
+        from actors.weight_transfer import manifest_from
+
+        if self.transfer is None:
+            raise RuntimeError("send_weights before init_weight_transfer")
+        self.weight_client.manifest = manifest_from(self.weight_source)  # every rank: it may gather
+        self.transfer.send_weights()
+        return self.weight_client.reports[0] if self.rank == 0 else None
+
+    def master_weights(self) -> dict[str, torch.Tensor] | None:
+        """Collective: rank 0 returns the full master weights (fp32 under mixed precision) on CPU."""
+        sd = self.policy.full_state_dict()
+        return sd if self.rank == 0 else None
 
     def save_hf(self, out_dir: str, tokenizer_dir: str) -> str | None:
         """Write the full policy in HF format (safetensors + config + tokenizer) from rank 0."""
@@ -288,11 +350,12 @@ class LearnerWorker(Worker):
         if self.rank != 0:
             return None
         meta = {
-            "format": 1,
+            "format": 2,  # 2: the shards hold master weights in master_dtype (1: in dtype)
             "backend": self.backend_name,
             "world_size": self.world_size,
             "step": self.step,
             "dtype": self.dtype_name,
+            "master_dtype": "float32",
             "zero_stage": int(self.cfg.get("zero_stage", 3)) if self.backend_name == "deepspeed" else None,
             "model_path": self.model_path,
         }
@@ -332,8 +395,10 @@ class LearnerWorker(Worker):
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         """Log-probs (temperature 1) of a fixed sequence: a functional checksum of the weights."""
         ids = torch.tensor([token_ids], device=self.device)
-        logits = self.policy.model(input_ids=ids).logits[:, :-1].float()
-        return algo.gather_logprobs(logits, ids[:, 1:])[0].tolist()
+        lp, _ = self.policy.model(
+            input_ids=ids, logprob_temperature=1.0, logprob_chunk=self.cfg["logprob_chunk"]
+        )
+        return lp[0].tolist()
 
     def close(self) -> None:
         if dist.is_initialized():
@@ -342,3 +407,13 @@ class LearnerWorker(Worker):
 
 def _add(sums: dict[str, float], key: str, value: float) -> None:
     sums[key] = sums.get(key, 0.0) + value
+
+
+def _step_stats(outcomes: list[StepOutcome]) -> dict[str, float]:
+    """grad_norm: mean over the applied optimizer steps (nan if none was); skipped_steps: how many had
+    an inf/nan gradient norm and were dropped (the same on every rank: the norm is all-reduced)."""
+    applied = [o.grad_norm for o in outcomes if o.applied]
+    return {
+        "grad_norm": sum(applied) / len(applied) if applied else float("nan"),
+        "skipped_steps": float(len(outcomes) - len(applied)),
+    }

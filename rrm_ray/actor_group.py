@@ -17,12 +17,13 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rrm_ray.placement import RoleSpec  # re-exported: the bundle shape every group is built from
 
 
 class PlacementError(RuntimeError):
@@ -31,25 +32,6 @@ class PlacementError(RuntimeError):
 
 class RemoteCallTimeout(TimeoutError):
     """A remote call did not answer within the configured timeout."""
-
-
-@dataclass(frozen=True)
-class RoleSpec:
-    """How a role is placed: bundle shape, count and strategy (all from config)."""
-
-    name: str
-    num_workers: int
-    cpus: float
-    gpus: float = 0.0
-    strategy: str = "PACK"
-    resources: dict[str, float] | None = None  # custom resources per bundle
-
-    def bundle(self) -> dict[str, float]:
-        b: dict[str, float] = {"CPU": self.cpus}
-        if self.gpus:
-            b["GPU"] = self.gpus
-        b.update(self.resources or {})
-        return b
 
 
 def reserve(spec: RoleSpec, timeout_s: float) -> PlacementGroup:
@@ -138,6 +120,10 @@ class ActorGroup:
 
     def __len__(self) -> int:
         return len(self.actors)
+
+    def actor_ids(self) -> list[str]:
+        """Hex actor ids in rank order: what `RayActorError.actor_id` names (kept across restarts)."""
+        return [a._actor_id.hex() for a in self.actors]  # the handle's id; Ray has no public getter
 
     # -- dispatch ------------------------------------------------------------------------------------
     def async_call_all(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:

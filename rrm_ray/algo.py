@@ -263,6 +263,132 @@ def entropy_from_logits(logits: Tensor, chunk_size: int = 1024) -> Tensor:
     return _ChunkedEntropy.apply(logits, chunk_size).view(logits.shape[:-1])
 
 
+# ----------------------------------------------------------------------------------------------
+# log-probs straight from the final hidden states (the learner's path)
+#
+# `gather_logprobs` needs the logits [B, T, V] to exist, and at 4k tokens and a 150k vocabulary the
+# model's own logits, their fp32 upcast and their gradients are several GB. `head_logprobs` starts one
+# step earlier, from the hidden states [B, T, H] and the output projection, as a single autograd
+# function: forward projects `chunk` rows at a time and keeps only the hidden states (H << V) plus two
+# numbers per row; backward recomputes each chunk's logits and turns them into that chunk's gradient in
+# place. No [B, T, V] tensor ever exists, and at most two [chunk, V] fp32 blocks at a time.
+
+
+@torch.no_grad()
+def _scaled_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float) -> Tensor:
+    """[n, H] -> [n, V]: the projection in the inputs' dtype (as the model's lm_head), then fp32 / T."""
+    x = torch.nn.functional.linear(hidden, weight, bias)
+    x = x.to(_compute_dtype(x.dtype))
+    return x.div_(temperature) if temperature != 1.0 else x
+
+
+class _HeadLogprob(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, tokens, temperature, chunk, with_entropy):
+        # hidden [R, H], weight [V, H], bias [V] or None, tokens [R] -> log-probs [R], entropy [R] or None
+        cdt = _compute_dtype(hidden.dtype)
+        rows = tokens.shape[0]
+        logprobs = torch.empty(rows, dtype=cdt, device=hidden.device)
+        lse = torch.empty_like(logprobs)
+        mean_x = torch.empty_like(logprobs) if with_entropy else None  # E_p[x], for the entropy
+        with torch.no_grad():
+            for s in range(0, rows, chunk):
+                e = min(s + chunk, rows)
+                x = _scaled_logits(hidden[s:e], weight, bias, temperature)
+                lse[s:e] = torch.logsumexp(x, dim=-1)
+                logprobs[s:e] = x.gather(-1, tokens[s:e, None]).squeeze(-1) - lse[s:e]
+                if with_entropy:
+                    p = (x - lse[s:e, None]).exp_()
+                    mean_x[s:e] = p.mul_(x).sum(-1)
+                del x
+        ctx.save_for_backward(hidden, weight, bias, tokens, lse, mean_x)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        if not with_entropy:
+            return logprobs, None
+        return logprobs, lse - mean_x  # H = lse - E_p[x]
+
+    @staticmethod
+    def backward(ctx, g_lp, g_ent):
+        hidden, weight, bias, tokens, lse, mean_x = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
+        g_lp = torch.zeros_like(lse) if g_lp is None else g_lp.to(lse.dtype)
+        for s in range(0, tokens.shape[0], ctx.chunk):
+            e = min(s + ctx.chunk, tokens.shape[0])
+            with torch.no_grad():
+                x = _scaled_logits(hidden[s:e], weight, bias, ctx.temperature)  # [n, V] fp32
+                g = g_lp[s:e, None]
+                if g_ent is None:  # d logp(tok) / dx = onehot(tok) - p
+                    d = x.sub_(lse[s:e, None]).exp_().mul_(-g)
+                else:  # ... plus g_ent * dH/dx = g_ent * -p (x - E_p[x])
+                    d = (x - lse[s:e, None]).exp_()
+                    t = x.sub_(mean_x[s:e, None]).mul_(g_ent[s:e, None].to(x.dtype)).add_(g)
+                    d.mul_(t).neg_()
+                    del t
+                del x
+                d.scatter_add_(-1, tokens[s:e, None], g)
+                if ctx.temperature != 1.0:
+                    d.div_(ctx.temperature)
+                d = d.to(hidden.dtype)  # the projection's backward in its own dtype, as autograd would
+                if need_h:
+                    grad_h[s:e] = d @ weight
+                if need_w:
+                    grad_w.addmm_(d.t(), hidden[s:e])
+                if grad_b is not None:
+                    grad_b += d.sum(0)
+                del d
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+def head_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    tokens: Tensor,
+    temperature: float = 1.0,
+    chunk_tokens: int = 1024,
+    bias: Tensor | None = None,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs of `tokens` (and the entropy) under softmax((hidden @ weight.T + bias) / temperature).
+
+    hidden: [B, T, H], the final (normed) hidden states, already shifted so hidden[b, t] predicts
+    tokens[b, t]; weight: [V, H], the output projection (lm_head); tokens: [B, T] -> ([B, T], [B, T] or
+    None), in fp32 (fp64 stays fp64). The projection runs in the inputs' dtype (bf16 under mixed
+    precision, as the model's own lm_head would), the softmax in fp32, `chunk_tokens` rows at a time
+    (see the section comment). Gradients flow to hidden, weight and bias; the entropy is detached
+    unless `entropy_grad`.
+    """
+    fn = "head_logprobs"
+    _check(hidden.dim() == 3, f"{fn}: hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
+    _check(
+        weight.dim() == 2 and weight.shape[1] == hidden.shape[-1],
+        f"{fn}: weight must be [V, H={hidden.shape[-1]}], got shape {tuple(weight.shape)}",
+    )
+    _check(
+        tokens.shape == hidden.shape[:-1],
+        f"{fn}: tokens has shape {tuple(tokens.shape)}, expected {tuple(hidden.shape[:-1])} (hidden minus H)",
+    )
+    _check(not tokens.is_floating_point(), f"{fn}: tokens must be integer ids, got {tokens.dtype}")
+    _check(chunk_tokens >= 1, f"{fn}: chunk_tokens must be >= 1, got {chunk_tokens}")
+    _check(temperature > 0, f"{fn}: temperature must be > 0, got {temperature}")
+    vocab = weight.shape[0]
+    if tokens.numel():
+        lo, hi = int(tokens.min()), int(tokens.max())
+        _check(
+            lo >= 0 and hi < vocab, f"{fn}: token ids span [{lo}, {hi}], outside the vocabulary [0, {vocab})"
+        )
+    rows = hidden.reshape(-1, hidden.shape[-1])  # [B*T, H]: a copy of the (small) hidden states at most
+    ids = tokens.reshape(-1).long()
+    lp, ent = _HeadLogprob.apply(rows, weight, bias, ids, float(temperature), chunk_tokens, with_entropy)
+    lp = lp.view(tokens.shape)
+    if not with_entropy:
+        return lp, None
+    return lp, (ent if entropy_grad else ent.detach()).view(tokens.shape)
+
+
 def sequence_logps(token_logprobs: Tensor, mask: Tensor) -> Tensor:
     """Log-probability of each whole response. token_logprobs, mask: [B, T] -> [B] (sum over valid tokens)."""
     _check(
@@ -490,3 +616,27 @@ def lr_at(
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     factor = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return base_lr * (min_lr_ratio + (1.0 - min_lr_ratio) * factor)
+
+
+def step_lrs(
+    step: int,
+    mini_batches: int,
+    base_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    schedule: Schedule,
+    min_lr_ratio: float = 0.0,
+) -> list[float]:
+    """Learning rates of the `mini_batches` optimizer steps of 0-based training step `step`.
+
+    The schedule counts optimizer steps, not training steps: step s's mini-batch m is optimizer step
+    s * mini_batches + m of total_steps * mini_batches, and `warmup_steps` is in optimizer steps too
+    (a training step of 4 mini-batches advances warmup by 4). With mini_batches == 1 this is
+    [lr_at(step, ...)].
+    """
+    _check(mini_batches >= 1, f"step_lrs: mini_batches must be >= 1, got {mini_batches}")
+    total = total_steps * mini_batches
+    return [
+        lr_at(step * mini_batches + m, base_lr, warmup_steps, total, schedule, min_lr_ratio)
+        for m in range(mini_batches)
+    ]

@@ -1,8 +1,13 @@
 """`rrm-ray` command line: train locally or on a cluster, and manage submitted jobs.
 
 rrm-ray train configs/quickstart.yaml trainer.total_steps=5
+rrm-ray dpo configs/dpo_rrm_cpu.yaml
+rrm-ray export runs/quickstart/step_000010 --out hf_model/ --dtype bfloat16
 rrm-ray submit configs/quickstart.yaml --address http://head:8265 -- trainer.total_steps=5
 rrm-ray status JOB | logs JOB [--follow] | list | stop JOB
+rrm-ray plan configs/grpo_gpu_1x8.yaml  # what the job occupies, without starting it
+
+`key=value` config overrides may stand anywhere among the options, or after `--`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from rrm_ray.config import ConfigError, load_config, validate_dpo
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)  # validated before Ray is touched
+    cfg = load_config(args.config, with_verbose(args))  # validated before Ray is touched
+    from rrm_ray.data.tasks import check_data_paths
+
+    check_data_paths(cfg)  # a mistyped data path fails now, not after the model is loaded
     if args.command == "dpo":
         validate_dpo(cfg)
         from rrm_ray.dpo import DPOJob as Job
@@ -75,9 +83,46 @@ def _export(args: argparse.Namespace) -> int:
     from actors.backends import export_checkpoint_to_hf
     from rrm_ray.models import resolve_model_path
 
-    out = export_checkpoint_to_hf(str(checkpoint / "learner"), resolve_model_path(cfg.model.path), args.out)
+    out = export_checkpoint_to_hf(
+        str(checkpoint / "learner"), resolve_model_path(cfg.model.path), args.out, dtype=args.dtype
+    )
     print(f"wrote {out}")
     return 0
+
+
+def with_verbose(args: argparse.Namespace) -> list[str]:
+    """The command's overrides, plus `--verbose` as its config key."""
+    return [*args.overrides, *(["cluster.stream_worker_logs=true"] if args.verbose else [])]
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """What every command that starts actors takes: overrides, and where actor output goes."""
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (anywhere, or after --)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stream actor and engine logs to the console (default: a log file under checkpoint.dir)",
+    )
+
+
+def split_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting `key=value` overrides stand anywhere among the options and after `--`.
+
+    argparse hands a positional `nargs="*"` only the values right after the config; the rest come
+    back as extras, which must all be overrides (anything else is an unrecognised argument)."""
+    args, extras = parser.parse_known_args(argv)
+    extras = [e for e in extras if e != "--"]
+    bad = [e for e in [*getattr(args, "overrides", []), *extras] if not _is_override(e)]
+    if bad or (extras and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extras)}")
+    if extras:
+        args.overrides = [*args.overrides, *extras]
+    return args
+
+
+def _is_override(token: str) -> bool:
+    key, sep, _ = token.partition("=")
+    return bool(sep) and not key.startswith("-") and all(part.isidentifier() for part in key.split("."))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,22 +131,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="run a GRPO job (starts a local Ray unless cluster.address is set)")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    p.add_argument("--summary-json", help="also write the run summary here")
-    p.set_defaults(func=_train)
+    for name, helptext in (
+        ("train", "run a GRPO job (starts a local Ray unless cluster.address is set)"),
+        ("dpo", "run a DPO job whose preference labels come from the RRM judge"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("config")
+        add_run_options(p)
+        p.add_argument("--summary-json", help="also write the run summary here")
+        p.set_defaults(func=_train)
 
-    from rrm_ray import jobs, judge_cli
+    p = sub.add_parser("export", help="a complete checkpoint -> an HF model directory (no Ray needed)")
+    p.add_argument("checkpoint", help="a step_N directory written by checkpoint.every")
+    p.add_argument("--out", required=True, help="the HF directory to write")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="weights' dtype in the export (default: the model's dtype; checkpoints hold fp32 masters)",
+    )
+    p.set_defaults(func=_export)
+
+    from rrm_ray import jobs, judge_cli, plan
 
     jobs.add_commands(sub)
     judge_cli.add_commands(sub)
+    plan.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = split_overrides(parser, argv)
+    if not getattr(args, "verbose", False):
+        from rrm_ray.logs import quiet_driver_loggers
+
+        quiet_driver_loggers()
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

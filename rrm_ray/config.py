@@ -33,8 +33,19 @@ class ClusterConfig:
     gpus_per_node: int = 0
     placement_timeout_s: float = 120.0  # waiting longer than this for resources is an error
     call_timeout_s: float = 1800.0  # every remote call waits at most this long
-    max_actor_restarts: int = 2  # a dead engine is restarted and its batch retried this many times
+    # A dead rollout/judge/reward actor is restarted and its call retried this many times (per actor);
+    # the learner is rebuilt from a checkpoint at most this many times (rrm_ray/recovery.py).
+    max_actor_restarts: int = 2
     env: dict[str, str] = field(default_factory=dict)  # extra env vars for every actor
+    # Roles that share GPUs, e.g. [[rollout, judge]] or [[rollout, judge, learner]]: one placement group
+    # whose every bundle the k roles split (each asks 1/k of its CPU and GPU). On GPU the engines sleep
+    # (rollout.sleep_level, judge.sleep_level) while another role of the group works. Roles in a group
+    # need equal counts, strategies and (cuda) 1 GPU per worker.
+    colocate: list[list[str]] = field(default_factory=list)
+    gpu_memory_gib: float = 80.0  # memory of one GPU, for `rrm-ray plan`'s estimate (H100/A100 80 GB)
+    # false: actor and engine output goes to <checkpoint.dir>/logs/<job>-<time>.log (path printed at
+    # start); true (`--verbose`): streamed to the console as Ray does by default
+    stream_worker_logs: bool = False
 
 
 @dataclass
@@ -61,8 +72,15 @@ class RolloutConfig:
     kv_cache_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE on cpu (whole GiB)
     gpu_memory_utilization: float = 0.5
     threads: int = 2  # torch / OpenMP threads of an engine on cpu
-    weight_bucket_mb: int = 64  # weight sync sends parameters in buckets of at most this size
+    weight_bucket_mb: int = 64  # weight sync sends parameters in chunks of about this size (packed)
+    # learner -> engine weights, through vLLM's weight-transfer engines (rrm_ray.weight_sync):
+    # auto (ipc when the engines share the learner's GPUs, else collective) | collective (NCCL on
+    # cuda, gloo on cpu) | ipc (CUDA IPC, colocated, fsdp2) | object_store (Ray objects: fallback)
+    weight_sync: str = "auto"
     max_num_batched_tokens: int = 16384  # vLLM scheduler budget per step
+    # Colocated on GPU (cluster.colocate): 1 moves the weights to CPU memory while asleep, 2 drops them
+    # (less host memory; the learner's weights are synced again on waking).
+    sleep_level: int = 1
 
 
 @dataclass
@@ -79,13 +97,14 @@ class LearnerConfig:
     micro_batch_size: int = 4  # sequences per forward/backward on one rank
     lr: float = 1e-5
     lr_schedule: str = "constant"  # constant | cosine | linear
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # optimizer steps (a training step makes algorithm.mini_batches of them)
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     grad_clip: float = 1.0
-    logprob_chunk: int = 1024  # rows of the vocabulary projection handled at once
+    # Positions whose [chunk, vocab] logits are built at once (then dropped; recomputed in backward)
+    logprob_chunk: int = 1024
     gradient_checkpointing: bool = False
 
 
@@ -134,8 +153,11 @@ class JudgeConfig:
     num_engines: int = 1
     cpus_per_engine: float = 1.0
     gpus_per_engine: float = 1.0
+    tensor_parallel_size: int = 1  # GPUs one judge engine shards the model over (= gpus_per_engine on cuda)
     strategy: str = "PACK"
-    colocate_with_rollout: bool = False  # share the rollout engines' bundles (GPU: sleep/wake)
+    # Colocated on GPU (cluster.colocate): 1 keeps the weights in CPU memory while asleep, 2 drops them
+    # (reloaded from judge.model_path on waking).
+    sleep_level: int = 1
     temperature: float = 0.6  # paper defaults: 0.6 / 1.0 / 8192
     top_p: float = 1.0
     max_new_tokens: int = 8192
@@ -145,7 +167,10 @@ class JudgeConfig:
     votes: int = 1  # sampled judgments per pair (majority), both presentation orders
     adaptive_votes: bool = True  # stop sampling once the remaining votes cannot change the majority
     tie_rule: str = "random"  # random | first | none
-    method: str = "knockout"  # knockout | elo (round robin)
+    # knockout (n-1 comparisons) | elo (round robin, n(n-1)/2) | swiss (swiss_rounds x floor(n/2));
+    # README "Which tournament" compares them per judge call
+    method: str = "knockout"
+    swiss_rounds: int | None = None  # swiss: rounds per group; null = ceil(log2 n); capped at n-1 (odd n: n)
     rating: str = "bradley_terry"  # for elo: bradley_terry | elo
     k_factor: float = 32.0
     batch_timeout_s: float = 1800.0  # one engine batch; a timed-out batch counts as undecided
@@ -168,12 +193,18 @@ class DataConfig:
     prompts_per_step: int = 4
     eval_max_prompts: int = 64
     shuffle: bool = True
-    generate_arithmetic: bool = True  # write the toy task to train/eval paths if they are missing
+    # Generated data (no download) is written ONLY inside this folder: a train/eval path under it that
+    # does not exist yet is generated (the arithmetic task for data.format=prompts, data.synthetic_pairs
+    # verifiable pairs for preference); a missing path anywhere else is an error naming it, so a typo
+    # in a data path never trains on made-up data. null: nothing is ever generated.
+    generate_dir: str | None = None
     # Judge training (the policy is the judge): preference pairs become judge prompts with a label.
     format: str = "prompts"  # prompts | preference
     preference_format: str = "generic"  # generic | skywork | tulu | hh_rlhf
-    on_error: str = "raise"  # raise | skip (skipped rows are counted and reported)
-    synthetic_pairs: int = 0  # > 0: if train_path is missing, write that many generated pairs (+1/4 held out)
+    # raise | skip: a row that cannot be used (training pair, benchmark item in `rrm-ray eval`) raises
+    # naming file, row and field, or is skipped, counted and reported
+    on_error: str = "raise"
+    synthetic_pairs: int = 0  # pairs generated under data.generate_dir (+1/4 held out); format=preference
     synthetic_difficulty: str = "medium"  # easy (about two-digit numbers) | medium | hard
     difficulty_filter_k: int = 0  # > 0: drop pairs the starting model already gets right k times out of k
     arithmetic_max_operand: int = 9  # operands of the generated task are drawn from 1..this
@@ -201,11 +232,38 @@ class TrainerConfig:
 @dataclass
 class TrackingConfig:
     uri: str = "sqlite:///runs/mlflow.db"
-    experiment: str = "rrm-ray"
-    run_name: str | None = None
+    experiment: str = "rrm-ray"  # created tagged as a model-training experiment (mlflow.experimentKind)
+    run_name: str | None = None  # None: "<job>-<model dir>-<YYYYMMDD-HHMM>", e.g. grpo-SmolLM2-135M-...
     enabled: bool = True
     http_retries: int = 1  # MLflow HTTP retries before a call is buffered locally (server down)
     http_timeout_s: float = 10.0
+    # MLflow system metrics of the driver's machine (CPU, memory, disk, network; GPU with nvidia-ml-py)
+    system_metrics: bool = True
+    system_metrics_interval_s: float = 10.0
+    # The final policy as an MLflow logged model, the run's output: none | path (records the HF
+    # directory's path, no copy) | artifacts (also copies the directory into MLflow's artifact store)
+    log_model: str = "path"
+    registered_model: str | None = None  # a name: the final policy also becomes a version of it
+
+
+def validate_tracking(cfg: JobConfig) -> None:
+    """The `tracking` section (called by `validate`)."""
+    t = cfg.tracking
+    _one_of(t.log_model, "tracking.log_model", ("none", "path", "artifacts"))
+    _require(
+        t.system_metrics_interval_s > 0,
+        "tracking.system_metrics_interval_s",
+        f"must be > 0 seconds, got {t.system_metrics_interval_s}",
+    )
+    _require(t.run_name is None or t.run_name.strip() != "", "tracking.run_name", "must be null or non-empty")
+    if t.registered_model is not None:
+        _require(t.registered_model.strip() != "", "tracking.registered_model", "must be null or a name")
+        _require(
+            t.log_model != "none" and cfg.checkpoint.save_final,
+            "tracking.registered_model",
+            "registers the final policy, so it needs tracking.log_model=path or artifacts and "
+            f"checkpoint.save_final=true (got {t.log_model} and {cfg.checkpoint.save_final})",
+        )
 
 
 @dataclass
@@ -273,11 +331,20 @@ def _open_free_form_dicts(node: DictConfig) -> None:
                 _open_free_form_dicts(child)
 
 
+# Keys that earlier versions documented, and what says the same now.
+REPLACED_KEYS = {
+    "judge.colocate_with_rollout": "use cluster.colocate=[[rollout,judge]] (any roles can share bundles)",
+    "data.generate_arithmetic": "set data.generate_dir=DIR: missing data files under DIR are generated",
+}
+
+
 def _explain(exc: OmegaConfBaseException, origin: str) -> str:
     key = getattr(exc, "full_key", None)
     where = f" {origin}"
     msg = str(exc).splitlines()[0]
     if "Key '" in msg and "not in" in msg:
+        if key in REPLACED_KEYS:
+            return f"config key {key!r}{where} was replaced: {REPLACED_KEYS[key]}"
         known = _known_keys(key)
         return f"unknown config key {key!r}{where}; allowed keys here: {', '.join(known)}"
     return f"bad value for config key {key!r}{where}: {msg}"
@@ -345,17 +412,42 @@ def validate(cfg: JobConfig) -> None:
     _require(a.tis_cap is None or a.tis_cap >= 1, "algorithm.tis_cap", "must be null or >= 1")
     _require(r.temperature > 0, "rollout.temperature", "must be > 0 (use eval for greedy decoding)")
     _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    validate_learner_numerics(cfg)
     _require(cfg.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _require(c.placement_timeout_s > 0, "cluster.placement_timeout_s", "must be > 0")
     _require(c.call_timeout_s > 0, "cluster.call_timeout_s", "must be > 0")
+    _require(  # Ray reads -1 as "restart forever"; the driver counts restarts against this budget
+        c.max_actor_restarts >= 0, "cluster.max_actor_restarts", f"must be >= 0, got {c.max_actor_restarts}"
+    )
     _require(r.n_samples >= 2, "rollout.n_samples", "GRPO needs at least 2 samples per prompt")
     validate_judge(cfg.judge)
+    validate_tracking(cfg)
     _require(cfg.dpo.beta > 0, "dpo.beta", f"must be > 0, got {cfg.dpo.beta}")
     _require(0 <= cfg.dpo.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
     _one_of(d.format, "data.format", ("prompts", "preference"))
     _one_of(d.preference_format, "data.preference_format", ("generic", "skywork", "tulu", "hh_rlhf"))
     _one_of(d.on_error, "data.on_error", ("raise", "skip"))
     _one_of(d.synthetic_difficulty, "data.synthetic_difficulty", ("easy", "medium", "hard"))
+    _require(d.synthetic_pairs >= 0, "data.synthetic_pairs", f"must be >= 0, got {d.synthetic_pairs}")
+    _require(
+        not d.synthetic_pairs or d.format == "preference",
+        "data.synthetic_pairs",
+        f"generated preference pairs are for judge training (data.format=preference), got data.format="
+        f"{d.format}; set data.synthetic_pairs=0",
+    )
+    _require(
+        not d.synthetic_pairs or d.generate_dir is not None,
+        "data.synthetic_pairs",
+        f"{d.synthetic_pairs} pairs to generate, but generated data is written only under "
+        "data.generate_dir, which is not set: set it to the folder of data.train_path (e.g. "
+        f"data.generate_dir={Path(d.train_path).parent}) or set data.synthetic_pairs=0",
+    )
+    _require(
+        d.generate_dir is None or bool(d.generate_dir.strip()),
+        "data.generate_dir",
+        "must be null (generate nothing) or a folder, got an empty string",
+    )
+    _require(d.arithmetic_max_operand >= 1, "data.arithmetic_max_operand", "must be at least 1")
     if d.format == "preference":
         expected = f"judge_{cfg.judge.mode}"
         _require(
@@ -397,31 +489,92 @@ def validate(cfg: JobConfig) -> None:
         f"keeps whole groups, so rollout.n_samples={r.n_samples} must divide over learner.num_ranks x "
         f"algorithm.mini_batches = {lr.num_ranks * a.mini_batches}",
     )
+    for key, level in (("rollout.sleep_level", r.sleep_level), ("judge.sleep_level", cfg.judge.sleep_level)):
+        _one_of(level, key, (1, 2))
+    _validate_colocation(cfg)
+    from rrm_ray.placement import gpus_asked, plan_placement  # Ray-free; imports this module lazily
+
+    groups = plan_placement(cfg).groups
+    weight_sync_method(cfg)  # rollout.weight_sync fits the device, placement and learner backend
     if c.device == "cuda":
-        asked = r.num_engines * r.gpus_per_engine + lr.num_ranks * lr.gpus_per_rank
+        asked, parts = gpus_asked(groups)
         declared = c.num_nodes * c.gpus_per_node
         _require(
             declared == 0 or asked <= declared,
             "cluster.gpus_per_node",
-            f"the job asks for {asked:g} GPUs (rollout {r.num_engines}x{r.gpus_per_engine:g} + learner "
-            f"{lr.num_ranks}x{lr.gpus_per_rank:g}) but the declared cluster has {declared} "
-            f"({c.num_nodes} nodes x {c.gpus_per_node})",
+            f"the job asks for {asked:g} GPUs ({parts}; a bundle that colocated roles share counts once) "
+            f"but the declared cluster has {declared} ({c.num_nodes} nodes x {c.gpus_per_node})",
         )
         _require(lr.gpus_per_rank == 1, "learner.gpus_per_rank", "each learner rank needs exactly 1 GPU")
-        _require(
-            r.gpus_per_engine == r.tensor_parallel_size,
-            "rollout.gpus_per_engine",
-            f"an engine with tensor_parallel_size={r.tensor_parallel_size} needs that many GPUs, "
-            f"got {r.gpus_per_engine:g}",
-        )
+        j = cfg.judge
+        for prefix, gpus, tp in (
+            ("rollout", r.gpus_per_engine, r.tensor_parallel_size),
+            ("judge", j.gpus_per_engine, j.tensor_parallel_size),
+        ):
+            _require(
+                gpus == tp,
+                f"{prefix}.gpus_per_engine",
+                f"an engine with {prefix}.tensor_parallel_size={tp} needs that many GPUs, got {gpus:g}",
+            )
+    _require(c.gpu_memory_gib > 0, "cluster.gpu_memory_gib", f"must be > 0, got {c.gpu_memory_gib:g}")
     if c.address is None and c.device == "cpu":
-        asked_cpu = r.num_engines * r.cpus_per_engine + lr.num_ranks * lr.cpus_per_rank + cfg.reward.cpus
-        if cfg.judge.enabled and not cfg.judge.colocate_with_rollout:
-            asked_cpu += cfg.judge.num_engines * cfg.judge.cpus_per_engine
+        asked_cpu = sum(g.num_workers * g.cpus for g in groups.values())
         _require(
             asked_cpu <= c.local_num_cpus,
             "cluster.local_num_cpus",
             f"the job asks for {asked_cpu:g} logical CPUs but the local Ray declares {c.local_num_cpus}",
+        )
+
+
+_COUNT_KEYS = {"rollout": "rollout.num_engines", "learner": "learner.num_ranks", "judge": "judge.num_engines"}
+_GPU_KEYS = {
+    "rollout": "rollout.gpus_per_engine",
+    "learner": "learner.gpus_per_rank",
+    "judge": "judge.gpus_per_engine",
+}
+
+
+def _validate_colocation(cfg: JobConfig) -> None:
+    """Roles in one `cluster.colocate` group split the same bundles, so their shapes must agree."""
+    from rrm_ray.placement import COLOCATABLE, own_spec
+
+    seen: set[str] = set()
+    for i, group in enumerate(cfg.cluster.colocate):
+        key = f"cluster.colocate[{i}]"
+        _require(len(group) >= 2, key, f"a colocation group names at least 2 roles, got {list(group)}")
+        for role in group:
+            _one_of(role, key, COLOCATABLE)
+            _require(
+                role not in seen, key, f"role {role!r} is listed twice (a role shares one set of bundles)"
+            )
+            seen.add(role)
+        _require(
+            "judge" not in group or cfg.judge.enabled, key, "colocating the judge needs judge.enabled=true"
+        )
+    for i, group in enumerate(cfg.cluster.colocate):
+        key = f"cluster.colocate[{i}]"
+        specs = {role: own_spec(cfg, role) for role in group}
+        for attr, keys, what in (
+            ("num_workers", _COUNT_KEYS, "counts (one worker of each role per shared bundle)"),
+            ("strategy", {role: f"{role}.strategy" for role in group}, "strategies (one placement group)"),
+            ("gpus", _GPU_KEYS, "GPUs per worker (one bundle shape)"),
+        ):
+            values = {role: getattr(spec, attr) for role, spec in specs.items()}
+            _require(
+                len(set(values.values())) == 1,
+                key,
+                f"roles sharing bundles need equal {what}; got "
+                + ", ".join(
+                    f"{keys[role]}={value:g}" if attr == "gpus" else f"{keys[role]}={value}"
+                    for role, value in values.items()
+                ),
+            )
+        gpus = specs[group[0]].gpus
+        _require(
+            cfg.cluster.device != "cuda" or gpus == 1,
+            key,
+            f"colocated roles need 1 GPU per worker on cuda (Ray gives an actor a fraction of ONE GPU, so a "
+            f"shared engine runs with tensor_parallel_size=1); got {_GPU_KEYS[group[0]]}={gpus:g}",
         )
 
 
@@ -436,6 +589,36 @@ def _validate_rules(reward: RewardConfig) -> None:
         resolve_rule(spec)
     except (ValueError, ImportError, AttributeError) as exc:
         raise ConfigError(f"{key}: {exc}") from None
+
+
+def validate_learner_numerics(cfg: JobConfig) -> None:
+    """The learner's numerics: log-prob chunking, precision, LR warmup, importance weights."""
+    lr, a, r = cfg.learner, cfg.algorithm, cfg.rollout
+    _require(lr.logprob_chunk >= 1, "learner.logprob_chunk", f"must be at least 1, got {lr.logprob_chunk}")
+    _require(
+        not (resolved_dtype(cfg) == "float16" and lr.backend == "fsdp2"),
+        "model.dtype",
+        "float16 training needs loss scaling, which the fsdp2 backend does not do; use model.dtype=bfloat16 "
+        "or learner.backend=deepspeed (dynamic loss scaling)",
+    )
+    optimizer_steps = cfg.trainer.total_steps * a.mini_batches
+    _require(
+        0 <= lr.warmup_steps <= optimizer_steps,
+        "learner.warmup_steps",
+        f"counts optimizer steps (trainer.total_steps x algorithm.mini_batches = {optimizer_steps}) and must "
+        f"be in [0, {optimizer_steps}], got {lr.warmup_steps}",
+    )
+    # vLLM reports the log-probs of its processed distribution, after the nucleus (top-p) mask, while the
+    # learner scores the full softmax: with top_p < 1 every kept token's learner probability is smaller,
+    # so exp(learner - rollout) < 1 everywhere and TIS would scale every token's loss down by a bias.
+    _require(
+        r.top_p == 1.0 or a.tis_cap is None,
+        "rollout.top_p",
+        f"rollout.top_p={r.top_p} < 1 cannot be combined with algorithm.tis_cap={a.tis_cap}: vLLM's sampled "
+        "log-probs are renormalised over the top-p nucleus, the learner's are over the full vocabulary, so "
+        "the truncated importance weights would be biased below 1; set rollout.top_p=1.0 or "
+        "algorithm.tis_cap=null",
+    )
 
 
 def validate_dpo(cfg: JobConfig) -> None:
@@ -471,13 +654,19 @@ def validate_judge(j: JudgeConfig) -> None:
     )
     _one_of(j.over_length, "judge.over_length", ("truncate", "reject"))
     _one_of(j.tie_rule, "judge.tie_rule", ("random", "first", "none"))
-    _one_of(j.method, "judge.method", ("knockout", "elo"))
+    _one_of(j.method, "judge.method", ("knockout", "elo", "swiss"))
+    _require(
+        j.swiss_rounds is None or j.swiss_rounds >= 1,
+        "judge.swiss_rounds",
+        f"must be null (ceil(log2 n) rounds) or at least 1, got {j.swiss_rounds}",
+    )
     _one_of(j.rating, "judge.rating", ("bradley_terry", "elo"))
     _one_of(j.reward_mix, "judge.reward_mix", ("judge_if_no_rule", "weighted"))
     _one_of(j.strategy, "judge.strategy", ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
     for key, value in (
         ("judge.votes", j.votes),
         ("judge.num_engines", j.num_engines),
+        ("judge.tensor_parallel_size", j.tensor_parallel_size),
         ("judge.max_new_tokens", j.max_new_tokens),
         ("judge.max_prompt_tokens", j.max_prompt_tokens),
     ):
@@ -498,6 +687,55 @@ def resolved_dtype(cfg: JobConfig) -> str:
     if cfg.model.dtype != "auto":
         return cfg.model.dtype
     return "float32" if cfg.cluster.device == "cpu" else "bfloat16"
+
+
+WEIGHT_SYNC_METHODS = ("auto", "collective", "ipc", "object_store")
+
+
+def resolve_weight_sync(requested: str, device: str, colocated: bool, fsdp2: bool) -> str:
+    """`rollout.weight_sync` made concrete (the engines receive through `vllm_backend` of it).
+
+    auto: engines on other GPUs (or on cpu) -> collective (nccl on cuda, gloo on cpu); engines sharing
+    the learner's GPUs -> ipc, which needs every learner rank to hold full tensors on its own GPU, one
+    parameter at a time (FSDP2's DTensors do; DeepSpeed ZeRO's gather does not fit vLLM's IPC engine),
+    else object_store (NCCL cannot put two ranks of one group on one GPU). object_store is otherwise
+    never chosen: it stays for engines that cannot join a collective with the learner (no NCCL/gloo
+    route between their nodes, e.g. across clusters or firewalls) and for debugging a transfer.
+    """
+    key = "rollout.weight_sync"
+    _one_of(requested, key, WEIGHT_SYNC_METHODS)
+    gpu_shared = device == "cuda" and colocated
+    if requested == "auto":
+        return ("ipc" if fsdp2 else "object_store") if gpu_shared else "collective"
+    _require(
+        requested != "ipc" or (device == "cuda" and fsdp2),
+        key,
+        "ipc (CUDA IPC) needs cluster.device=cuda and learner.backend=fsdp2; use collective or object_store",
+    )
+    _require(
+        requested != "collective" or not gpu_shared,
+        key,
+        "collective: the engines share the learner's GPUs and NCCL cannot hold two ranks on one GPU; "
+        "use ipc (fsdp2) or object_store",
+    )
+    return requested
+
+
+def weight_sync_method(cfg: JobConfig) -> str:
+    """The job's method; colocated = the rollout shares the learner's bundles (`cluster.colocate`)."""
+    from rrm_ray.placement import plan_placement  # Ray-free; imports this module lazily
+
+    colocated = "rollout" in plan_placement(cfg).roles["learner"].peers
+    return resolve_weight_sync(
+        cfg.rollout.weight_sync, cfg.cluster.device, colocated, cfg.learner.backend == "fsdp2"
+    )
+
+
+def vllm_backend(method: str, device: str) -> str:
+    """The method's engine name in vLLM's `WeightTransferEngineFactory` (see actors.weight_transfer)."""
+    if method == "collective":
+        return "nccl" if device == "cuda" else "gloo"
+    return {"ipc": "ipc", "object_store": "rrm_object_store"}[method]
 
 
 def to_flat_dict(cfg: JobConfig) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 pairs      = two policy samples per prompt (rollout group)
 verdicts   = judge.compare(pairs, votes)            # both orders, majority; undecided -> dropped
 ref_logps  = learner.compute_sequence_logps(pairs)  # once, from the starting policy (the reference)
-for epoch, batch:  learner.dpo_step(batch, ref_logps)   # sigmoid DPO loss, beta
-rollout.update_weights(...)                          # so the held-out evaluation sees the new policy
+for epoch, batch:  learner.dpo_step(batch, ref_logps, lr)   # sigmoid DPO loss, beta; lr: dpo_lrs
+learner.send_weights() -> rollout engines            # so the held-out evaluation sees the new policy
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
+from rrm_ray import algo
 from rrm_ray.batch import TrainBatch, build_batch
+from rrm_ray.config import ConfigError, LearnerConfig
 from rrm_ray.driver import GRPOJob, PhaseTimer
 from rrm_ray.judge.feedback import query_text
 from rrm_ray.judge.service import JudgePair
@@ -35,8 +37,27 @@ def shard_pairs(batch: TrainBatch, ranks: int) -> list[TrainBatch]:
     return [batch.select(slice(r * size, (r + 1) * size)) for r in range(ranks)]
 
 
+def dpo_lrs(learner: LearnerConfig, epochs: int, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every DPO optimizer step (one per `dpo_step`), on `learner.lr_schedule`.
+
+    The step count is known only once the judge has decided the pairs, so the warmup is checked here.
+    """
+    total = epochs * steps_per_epoch
+    if learner.warmup_steps > total:
+        raise ConfigError(
+            f"learner.warmup_steps: {learner.warmup_steps} exceeds this DPO run's {total} optimizer steps "
+            f"(dpo.epochs={epochs} x {steps_per_epoch} steps per epoch over the decided pairs); lower it"
+        )
+    return [
+        algo.lr_at(k, learner.lr, learner.warmup_steps, total, learner.lr_schedule, learner.min_lr_ratio)
+        for k in range(total)
+    ]
+
+
 class DPOJob(GRPOJob):
     """Reuses the GRPO job's roles (rollout, learner, reward actor for evaluation, judge)."""
+
+    job_kind = "dpo"
 
     def collect_pairs(self) -> tuple[TrainBatch, dict[str, float], list[dict[str, Any]]]:
         """Sample two responses per prompt, let the RRM choose, keep the decided pairs."""
@@ -49,7 +70,8 @@ class DPOJob(GRPOJob):
             JudgePair(query_text(rows[i].prompt), completions[2 * i].text, completions[2 * i + 1].text)
             for i in range(len(rows))
         ]
-        judgments = self.judge.compare(pairs, votes=cfg.judge.votes)
+        self.share.before("judge")  # roles sharing its GPUs sleep (rrm_ray.colocation)
+        judgments = self._with_restarts("judge", lambda _: self.judge.compare(pairs, votes=cfg.judge.votes))
         chosen, rejected, table = [], [], []
         for i, j in enumerate(judgments):
             a, b = completions[2 * i], completions[2 * i + 1]
@@ -101,10 +123,12 @@ class DPOJob(GRPOJob):
         self.tracker.log_table(table, "dpo_pairs")
         ranks = len(self.learner)
         with timer.phase("reference_logps"):
+            self.share.before("learner")
             ref = torch.cat(self.learner.call_sharded("compute_sequence_logps", shard_pairs(batch, ranks)))
         per_step = min(d.pairs_per_step, len(batch) // 2)  # both multiples of the rank count
         steps_per_epoch = (len(batch) // 2) // per_step
         total = d.epochs * steps_per_epoch
+        lrs = dpo_lrs(cfg.learner, d.epochs, steps_per_epoch)
         history = []
         with StepPrinter(total, before) as printer:
             for epoch in range(d.epochs):
@@ -113,11 +137,12 @@ class DPOJob(GRPOJob):
                     part, part_ref = batch.select(rows), ref[rows]
                     shards = shard_pairs(part, ranks)
                     refs = torch.split(part_ref, [len(x) for x in shards])
+                    lr = lrs[epoch * steps_per_epoch + s]
                     step_timer = PhaseTimer()
                     with step_timer.phase("update"):
                         outs = self.learner.get(
                             [
-                                a.dpo_step.remote(x, r, d.beta, d.label_smoothing, cfg.learner.lr)
+                                a.dpo_step.remote(x, r, d.beta, d.label_smoothing, lr)
                                 for a, x, r in zip(self.learner.actors, shards, refs, strict=True)
                             ],
                             "dpo_step",
@@ -141,6 +166,8 @@ class DPOJob(GRPOJob):
         after = self.evaluate()
         self.tracker.log_metrics({k.replace("eval/", "eval_after/"): v for k, v in after.items()}, self.step)
         self.tracker.log_metrics({f"time/{k}_s": v for k, v in timer.seconds.items()}, self.step)
+        final_dir = self.save_final()
+        self.log_figures()
         return {
             "before": before,
             "after": after,
@@ -149,5 +176,5 @@ class DPOJob(GRPOJob):
             "run_id": self.tracker.run_id,
             "history": history,
             "pairs": stats,
-            "final_policy": self.save_final(),
+            "final_policy": final_dir,
         }

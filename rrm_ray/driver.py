@@ -6,7 +6,7 @@
         rewards   = reward.score(samples)                      # rule actor (timeouts, never hangs)
         adv       = group_advantages(rewards)                  # pure math
         learner.train_step(batch shards, token counts)         # FSDP2 ranks
-        rollout.update_weights(learner.export_weights())       # bucketed, checked for completeness
+        learner.send_weights()  -> rollout engines             # vLLM weight transfer, checked complete
 
 Each phase has a named timer whose seconds go to MLflow next to the step's metrics.
 """
@@ -20,20 +20,21 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from actors.judge import JudgePool
 from actors.learner import LearnerWorker
 from actors.reward import RewardWorker
 from actors.rollout import Completion, RolloutWorker, engine_env
 from rrm_ray import algo
-from rrm_ray.actor_group import ActorGroup, PlacementError, RemoteCallTimeout, RoleSpec
+from rrm_ray.actor_group import ActorGroup, PlacementError, RemoteCallTimeout, reserve
 from rrm_ray.batch import build_batch, interleave_for_balance, mini_batch_tokens, permute, shard
 from rrm_ray.checkpoint import (
     DriverState,
@@ -44,25 +45,38 @@ from rrm_ray.checkpoint import (
     resolve_resume,
     write_driver_state,
 )
-from rrm_ray.config import JobConfig, resolved_dtype, to_flat_dict, to_yaml
+from rrm_ray.colocation import Colocation
+from rrm_ray.config import (
+    JobConfig,
+    resolved_dtype,
+    to_flat_dict,
+    to_yaml,
+    vllm_backend,
+    weight_sync_method,
+)
 from rrm_ray.data.prompts import PromptRow, render_prompt
 from rrm_ray.data.tasks import RENDERED, load_task_rows
 from rrm_ray.judge.feedback import Agreement, prompts_to_judge, query_text, sample_rewards, verifier_agreement
+from rrm_ray.logs import job_log_file, ray_init_kwargs
 from rrm_ray.models import resolve_model_path
-from rrm_ray.placement import missing_resources, role_specs, shared_fraction
+from rrm_ray.placement import PlacementPlan, cannot_hold_message, placement_problems, plan_placement
 from rrm_ray.progress import StepPrinter
+from rrm_ray.recovery import Decision, RecoveryPolicy, RoleFailure, attribute
 from rrm_ray.rewards.judge_reward import judge_reward
-from rrm_ray.tracking import BufferedTracker, MLflowTracker, NullTracker, Tracker
+from rrm_ray.tracking import BufferedTracker, MLflowTracker, NullTracker, Tracker, default_run_name
 
 
 @dataclass
 class PhaseTimer:
     """Seconds per named phase within one step."""
 
+    on_phase: Callable[[str], None] | None = None  # told each phase's name as it starts (the console)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        if self.on_phase is not None:
+            self.on_phase(name)
         start = time.perf_counter()
         try:
             yield
@@ -82,21 +96,28 @@ def ray_submission_id() -> str:
     return ""
 
 
-def connect_ray(cfg: JobConfig) -> None:
-    """Connect to the configured cluster, or start a local one with the declared logical resources."""
+def connect_ray(cfg: JobConfig, job: str = "train") -> Path | None:
+    """Connect to the configured cluster, or start a local one with the declared logical resources.
+
+    Returns the job's log file for actor and engine output (None when they stream to the console:
+    `cluster.stream_worker_logs`); see `rrm_ray.logs`."""
     if ray.is_initialized():
-        return
-    env = {"RAY_DEDUP_LOGS": "0"}
+        return None
+    log_file = None if cfg.cluster.stream_worker_logs else job_log_file(cfg.checkpoint.dir, job)
+    if log_file is not None:
+        print(f"actor and engine logs: {log_file}")
+    kwargs = ray_init_kwargs(log_file)
     if cfg.cluster.address:
-        ray.init(address=cfg.cluster.address, runtime_env={"env_vars": env}, log_to_driver=True)
+        ray.init(address=cfg.cluster.address, **kwargs)
     else:
         ray.init(
             address="local",  # a new local instance, even if other clusters run on this machine
             num_cpus=cfg.cluster.local_num_cpus,
             num_gpus=cfg.cluster.local_num_gpus,
             include_dashboard=False,
-            runtime_env={"env_vars": env},
+            **kwargs,
         )
+    return log_file
 
 
 class PromptStream:
@@ -121,6 +142,37 @@ class PromptStream:
         return out
 
 
+def check_fits(plan: PlacementPlan) -> None:
+    """Fail at once when the live cluster cannot hold the placement groups, naming what is missing
+    (the lines `rrm-ray plan` prints for the same config), instead of waiting out the timeout."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    problems = placement_problems(plan.groups, nodes)
+    if problems:
+        raise PlacementError(cannot_hold_message(problems))
+
+
+def reserve_placement(plan: PlacementPlan, timeout_s: float) -> dict[str, PlacementGroup]:
+    """Every placement group of the plan, before any actor starts (a role that cannot be placed fails
+    before engines spend minutes loading); on failure the groups already reserved are released."""
+    pgs: dict[str, PlacementGroup] = {}
+    try:
+        for name, spec in plan.groups.items():
+            pgs[name] = reserve(spec, timeout_s)
+    except BaseException:
+        for pg in pgs.values():
+            remove_placement_group(pg)
+        raise
+    return pgs
+
+
+def place_role(
+    plan: PlacementPlan, pgs: dict[str, PlacementGroup], role: str, actor_cls: type, **kwargs: Any
+) -> ActorGroup:
+    """The actors of `role` on its placement group, each asking for its share of one bundle."""
+    share = plan.roles[role]
+    return ActorGroup(actor_cls, share.spec, pg=pgs[share.group], **kwargs)
+
+
 class GRPOJob:
     """Owns the Ray roles of a GRPO run and runs the loop; use as a context manager."""
 
@@ -141,13 +193,27 @@ class GRPOJob:
         )
         self.tracker = tracker or self._make_tracker()
         self.groups: list[ActorGroup] = []
-        self.faults: dict[str, int] = {"rollout_restarts": 0, "learner_recoveries": 0}
+        self.plan = plan_placement(cfg)  # placement groups, and each role's share of them
+        self.pgs: dict[str, PlacementGroup] = {}
+        levels = {"rollout": cfg.rollout.sleep_level, "judge": cfg.judge.sleep_level}
+        self.share = Colocation(self.plan, levels, self.sync_weights)  # roles sharing GPUs take turns
+        self.faults: dict[str, int] = {
+            "rollout_restarts": 0,
+            "judge_restarts": 0,
+            "reward_restarts": 0,
+            "learner_recoveries": 0,
+        }
+        self.recovery = RecoveryPolicy(cfg.cluster.max_actor_restarts)  # dead actor -> action, per role
         self.judge: JudgePool | None = None
         self.agreement = Agreement()  # judge vs verifier over the whole run
+        self.before: dict[str, float] = {}  # the held-out baseline, kept across resumes
+        self.on_phase: Callable[[str], None] | None = None
         # Judge training (the policy is the judge) with budget forcing: see rrm_ray.judge.budget.
         self.think_budget = cfg.judge.think_budget if cfg.data.format == "preference" else 0
 
     # -- set-up ------------------------------------------------------------------------------------------
+    job_kind = "grpo"  # the `rrm_ray.job` tag and the first word of the default run name
+
     def _make_tracker(self) -> Tracker:
         t = self.cfg.tracking
         if not t.enabled:
@@ -156,42 +222,54 @@ class GRPOJob:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(t.http_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(t.http_timeout_s)))
         run_id = self.resumed_state.mlflow_run_id if self.resumed_state else None
-        inner = MLflowTracker(t.uri, t.experiment, t.run_name, run_id=run_id)
+        inner = MLflowTracker(
+            t.uri,
+            t.experiment,
+            t.run_name or default_run_name(self.job_kind, self.model_path),
+            run_id=run_id,
+            system_metrics_interval_s=t.system_metrics_interval_s if t.system_metrics else None,
+        )
         tracker = BufferedTracker(inner, Path(self.cfg.checkpoint.dir) / "mlflow_buffer.jsonl")
         if run_id is None:
             tracker.log_params(to_flat_dict(self.cfg))
+            d = self.cfg.data  # the files as read (generated ones exist by now): MLflow dataset inputs
+            for path, context in ((d.train_path, "training"), (d.eval_path, "eval")):
+                if path and Path(path).is_file():
+                    tracker.log_dataset(str(path), context)
         job_id = ray_submission_id() or os.environ.get("RAY_JOB_ID", "")
-        tracker.set_tags({"rrm_ray.job": "grpo", "ray.job_id": job_id})
+        tracker.set_tags({"rrm_ray.job": self.job_kind, "ray.job_id": job_id})
         return tracker
 
     def start(self) -> None:
-        """Connect to Ray, check the job fits, reserve one placement group per role, start the actors."""
+        """Connect to Ray, check the job fits, reserve every placement group, start the actors. Roles
+        that share bundles (`cluster.colocate`) take turns on them: `self.share` puts engines to sleep."""
         cfg = self.cfg
         c, r = cfg.cluster, cfg.rollout
         connect_ray(cfg)
-        specs = role_specs(cfg)
-        missing = missing_resources(specs, ray.cluster_resources())
-        if missing:
-            raise PlacementError("the cluster cannot hold this job:\n  " + "\n  ".join(missing))
+        check_fits(self.plan)
+        self.pgs = reserve_placement(self.plan, c.placement_timeout_s)
         dtype = resolved_dtype(cfg)
         common = dict(placement_timeout_s=c.placement_timeout_s, call_timeout_s=c.call_timeout_s)
         self.rollout = self._group(
             RolloutWorker,
-            specs["rollout"],
+            "rollout",
             init_args=(self.model_path, dtype, cfg.model.max_model_len, cfg.trainer.seed, c.device),
             init_kwargs={
                 "gpu_memory_utilization": r.gpu_memory_utilization,
                 "max_num_batched_tokens": r.max_num_batched_tokens,
                 "tensor_parallel_size": r.tensor_parallel_size,
+                "weight_transfer_backend": vllm_backend(weight_sync_method(cfg), c.device),
+                "enable_sleep_mode": self.plan.roles["rollout"].shared,
             },
             env={**engine_env(c.device, r.kv_cache_gib, r.threads), **c.env},
             max_restarts=c.max_actor_restarts,
             **common,
         )
-        self._start_learner(specs["learner"])
+        self.share.register("rollout", self.rollout)
+        self._start_learner()
         self.reward = self._group(
             RewardWorker,
-            specs["reward"],
+            "reward",
             init_args=(
                 dict(cfg.reward.rule_weights) or cfg.reward.rule,
                 cfg.reward.timeout_s,
@@ -200,19 +278,21 @@ class GRPOJob:
                 cfg.reward.accuracy_rule or next(iter(cfg.reward.rule_weights), cfg.reward.rule),
             ),
             env=dict(c.env),
+            max_restarts=c.max_actor_restarts,
             **common,
         )
-        self.judge = self._start_judge(specs) if cfg.judge.enabled else None
+        self.judge = self._start_judge() if cfg.judge.enabled else None
         self.rollout.call_all("ping")  # engines are up
         self.placement = [p for g in self.groups for p in g.placement()]
         if self.resume_from:
             self._restore(self.resume_from)
 
-    def _start_learner(self, spec: RoleSpec) -> None:
+    def _start_learner(self) -> None:
         cfg, c = self.cfg, self.cfg.cluster
+        self.share.before("learner")  # engines on its GPUs sleep before it takes memory
         self.learner = self._group(
             LearnerWorker,
-            spec,
+            "learner",
             init_args=(
                 self.model_path,
                 resolved_dtype(cfg),
@@ -230,21 +310,20 @@ class GRPOJob:
         master = self.learner.placement()[0]
         port = self.learner.call_rank0("free_port")
         self.learner.call_all("init_process_group", master["ip"], port)
+        self.share.before("weight_transfer")
+        self._init_weight_transfer()  # a rebuilt learner sets the transfer up anew
 
-    def _start_judge(self, specs: dict[str, RoleSpec]) -> JudgePool:
-        """The RRM judge on its own bundles, or sharing the rollout's bundles (each taking half)."""
-        if self.cfg.judge.colocate_with_rollout:
-            spec = shared_fraction(specs["rollout"], 0.5)
-            pool = JudgePool(
-                self.cfg, RoleSpec("judge", spec.num_workers, spec.cpus, spec.gpus), pg=self.rollout.pg
-            )
-        else:
-            pool = JudgePool(self.cfg, specs["judge"])
+    def _start_judge(self) -> JudgePool:
+        """The RRM judge on its bundles: its own, or shared (`cluster.colocate`), each role taking 1/k."""
+        share = self.plan.roles["judge"]
+        self.share.before("judge")  # engines on its bundles sleep before it sizes its KV cache
+        pool = JudgePool(self.cfg, share.spec, pg=self.pgs[share.group])
         self.groups.append(pool.group)
+        self.share.register("judge", pool.group)
         return pool
 
-    def _group(self, actor_cls: type, spec: RoleSpec, **kwargs: Any) -> ActorGroup:
-        group = ActorGroup(actor_cls, spec, **kwargs)
+    def _group(self, actor_cls: type, role: str, **kwargs: Any) -> ActorGroup:
+        group = place_role(self.plan, self.pgs, role, actor_cls, **kwargs)
         self.groups.append(group)
         return group
 
@@ -258,6 +337,10 @@ class GRPOJob:
         for group in reversed(self.groups):
             group.shutdown()
         self.groups = []
+        for pg in self.pgs.values():  # the groups share these, so the job releases them
+            with contextlib.suppress(Exception):
+                remove_placement_group(pg)
+        self.pgs = {}
         self.tracker.close(status)
 
     # -- checkpoints and recovery --------------------------------------------------------------------------
@@ -267,7 +350,10 @@ class GRPOJob:
         partial = begin(root, self.step)
         self.learner.call_all("save_checkpoint", str(partial / "learner"))
         state = DriverState(
-            self.step, self.stream.position, self.tracker.run_id, {"faults": dict(self.faults)}
+            self.step,
+            self.stream.position,
+            self.tracker.run_id,
+            {"faults": dict(self.faults), "eval_before": dict(self.before)},
         )
         write_driver_state(partial, state, to_yaml(self.cfg))
         final = commit(partial, {"step": self.step, "backend": self.cfg.learner.backend})
@@ -284,27 +370,100 @@ class GRPOJob:
             self.faults[name] = max(self.faults.get(name, 0), int(count))
         self.sync_weights()
 
-    def _recover_learner(self, error: Exception) -> None:
+    def _recover_learner(self, error: ray.exceptions.RayActorError) -> None:
         """A learner rank died: rebuild the learner group and continue from the last checkpoint."""
+        decision = self._decide("learner", error)
+        if decision.action == "fail":
+            raise RoleFailure("learner", f"{decision.message}\n  Ray: {str(error)[:500]}") from error
         latest = resolve_resume("auto", self.cfg.checkpoint.dir)
-        if latest is None or self.faults["learner_recoveries"] >= self.cfg.cluster.max_actor_restarts:
-            raise error
-        self.faults["learner_recoveries"] += 1
+        self._count_fault(decision.counter)
         warnings.warn(f"a learner rank failed ({type(error).__name__}); resuming from {latest}", stacklevel=2)
-        self.tracker.log_metrics({"faults/learner_recoveries": self.faults["learner_recoveries"]}, self.step)
         self.groups.remove(self.learner)
         self.learner.shutdown()
-        self._start_learner(role_specs(self.cfg)["learner"])
+        self._start_learner()  # on the same placement group (and bundles) as before
         self._restore(latest)
 
     def train_step_or_recover(self) -> dict[str, float]:
-        """`train_step`, but a dead learner rank rolls back to the last checkpoint and trains on from there
-        (engines retry inside `generate`); a second failure beyond `cluster.max_actor_restarts` raises."""
+        """`train_step`, but a dead learner rank rolls back to the last checkpoint and trains on from there;
+        rollout, judge and reward actors recover inside their own calls (`_with_restarts`), never
+        touching the learner. A failure beyond `cluster.max_actor_restarts` raises `RoleFailure`."""
         while True:
             try:
                 return self.train_step()
             except ray.exceptions.RayActorError as exc:
+                role = self._role_of(exc)
+                if role != "learner":  # the other roles retry inside their calls: this one escaped them
+                    raise RoleFailure(
+                        role, f"a {role or 'unknown'} actor died outside a retried call: {exc}"
+                    ) from exc
                 self._recover_learner(exc)
+
+    def _role_of(self, error: ray.exceptions.RayActorError, default: str | None = None) -> str | None:
+        """The role of the actor `error` is about, by actor id (Ray keeps an actor's id over restarts)."""
+        return attribute(error.actor_id, {g.spec.name: g.actor_ids() for g in self.groups}, default)
+
+    def _decide(self, role: str | None, error: ray.exceptions.RayActorError) -> Decision:
+        has_checkpoint = role == "learner" and resolve_resume("auto", self.cfg.checkpoint.dir) is not None
+        return self.recovery.on_death(
+            role,
+            error.actor_id,
+            gone_for_good=isinstance(error, ray.exceptions.ActorDiedError),
+            weights_trained=self.step > 0 or self.resume_from is not None,
+            has_checkpoint=has_checkpoint,
+            learner_recoveries=self.faults["learner_recoveries"],
+        )
+
+    def _count_fault(self, counter: str) -> None:
+        self.faults[counter] = self.faults.get(counter, 0) + 1
+        self.tracker.log_metrics({f"faults/{counter}": self.faults[counter]}, self.step)
+
+    def _with_restarts(self, role: str, call: Callable[[int], Any], resync: bool = True) -> Any:
+        """`call(attempt)` against the `role` group, retried after one of its actors died and Ray restarted
+        it (`rrm_ray.recovery`): an engine of a trained role first gets the learner's weights again
+        (unless `resync` is False: the call is the sync). An error about another role's actor passes
+        through, e.g. a learner rank dying inside `sync_weights` is the learner's to recover."""
+        group = next(g for g in self.groups if g.spec.name == role)
+        attempt, resync_first = 0, False
+        while True:
+            try:
+                if resync_first:
+                    self.sync_weights()
+                return call(attempt)
+            except ray.exceptions.RayActorError as exc:
+                if self._role_of(exc, default=role) != role:
+                    raise
+                decision = self._decide(role, exc)
+                if decision.action == "fail":
+                    raise RoleFailure(role, f"{decision.message}\n  Ray: {str(exc)[:500]}") from exc
+                self._count_fault(decision.counter)
+                warnings.warn(
+                    f"a {role} actor died ({type(exc).__name__}); Ray restarts it and the call is retried",
+                    stacklevel=3,
+                )
+                self._wait_for_restart(group)
+                resync_first = decision.resync_weights and resync
+                attempt += 1
+
+    def _wait_for_restart(self, group: ActorGroup) -> None:
+        """Until every actor of `group` answers again (a restart re-runs `__init__`: an engine reloads its
+        model). Ray reports an actor unavailable while it restarts, dead once it never will."""
+        role = group.spec.name
+        deadline = time.monotonic() + self.cfg.cluster.call_timeout_s
+        while True:
+            try:
+                group.call_all("ping")
+                return
+            except ray.exceptions.ActorDiedError as exc:
+                raise RoleFailure(
+                    role, f"{self._decide(role, exc).message}\n  Ray: {str(exc)[:500]}"
+                ) from exc
+            except ray.exceptions.RayActorError as exc:
+                if time.monotonic() > deadline:
+                    raise RemoteCallTimeout(
+                        f"the {role} actors did not come back from a restart within "
+                        f"cluster.call_timeout_s={self.cfg.cluster.call_timeout_s:g}s"
+                    ) from exc
+                time.sleep(1.0)
 
     # -- phases ------------------------------------------------------------------------------------------
     def render(self, rows: list[PromptRow]) -> list[str]:
@@ -317,40 +476,17 @@ class GRPOJob:
         ]
 
     def generate(self, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int | None):
-        """`_generate_once`, retried after an engine died: Ray restarts it (cluster.max_actor_restarts),
-        it comes back with the initial weights, so the learner's weights are synced again first."""
-        for attempt in range(self.cfg.cluster.max_actor_restarts + 1):
-            try:
-                return self._generate_once(prompts, n, temperature, max_tokens, seed)
-            except ray.exceptions.RayActorError as exc:
-                if attempt == self.cfg.cluster.max_actor_restarts:
-                    raise
-                self.faults["rollout_restarts"] += 1
-                self.tracker.log_metrics(
-                    {"faults/rollout_restarts": self.faults["rollout_restarts"]}, self.step
-                )
-                warnings.warn(
-                    f"a rollout engine died ({type(exc).__name__}); retrying the batch", stacklevel=2
-                )
-                self._wait_for_engines()
-                if self.step > 0 or self.resume_from:
-                    self.sync_weights()
-        raise AssertionError("unreachable")
-
-    def _wait_for_engines(self) -> None:
-        deadline = time.monotonic() + self.cfg.cluster.call_timeout_s
-        while time.monotonic() < deadline:
-            try:
-                self.rollout.call_all("ping")
-                return
-            except ray.exceptions.RayActorError:
-                time.sleep(2.0)
-        raise RemoteCallTimeout("rollout engines did not come back after a restart")
+        """`_generate_once`; an engine that died is restarted by Ray and the batch retried, after the
+        learner's weights are synced to it again (it comes back with the initial ones)."""
+        return self._with_restarts(
+            "rollout", lambda _: self._generate_once(prompts, n, temperature, max_tokens, seed)
+        )
 
     def _generate_once(
         self, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int | None
     ):
         """Split prompts over the engines (contiguous chunks), gather completions prompt-major."""
+        self.share.before("rollout")
         engines = len(self.rollout)
         chunk = -(-len(prompts) // engines)
         refs = []
@@ -371,8 +507,17 @@ class GRPOJob:
                 )
         return [c for out in self.rollout.get(refs, "generate") for c in out]
 
-    def score(self, completions: list[Completion], rows: list[PromptRow]):
-        return self.reward.get([self.score_async(completions, rows)], "score")[0]
+    def score(
+        self, completions: list[Completion], rows: list[PromptRow], in_flight: ray.ObjectRef | None = None
+    ):
+        """Rule rewards; `in_flight` is this batch's `score_async` ref when it was sent already. A reward
+        actor that died is restarted and asked again: rule scoring is pure, so the retry scores the same."""
+
+        def once(attempt: int):
+            ref = in_flight if attempt == 0 and in_flight is not None else self.score_async(completions, rows)
+            return self.reward.get([ref], "score")[0]
+
+        return self._with_restarts("reward", once)
 
     def score_async(self, completions: list[Completion], rows: list[PromptRow]) -> ray.ObjectRef:
         answers = [rows[c.prompt_index].answer for c in completions]
@@ -384,16 +529,30 @@ class GRPOJob:
         items = [
             (query_text(rows[p].prompt), [c.text for c in completions[p * n : (p + 1) * n]]) for p in judged
         ]
-        results = self.judge.rank(items) if items else []
+        results = self._with_restarts("judge", lambda _: self._rank(items)) if items else []
         return dict(zip(judged, results, strict=True))
 
+    def _rank(self, items: list[tuple[str, list[str]]]) -> list[Any]:
+        self.share.before("judge")
+        return self.judge.rank(items)
+
+    def _init_weight_transfer(self) -> None:
+        """Every learner rank builds its vLLM trainer engine; rank 0 opens the transfer with every engine
+        (rollout.weight_sync; a collective method forms its group here)."""
+        c, r = self.cfg.cluster, self.cfg.rollout
+        backend = vllm_backend(weight_sync_method(self.cfg), c.device)
+        workers = r.tensor_parallel_size if c.device == "cuda" else 1
+        engines, timeout = self.rollout.actors, c.call_timeout_s
+        self.learner.call_all("init_weight_transfer", backend, engines, workers, r.weight_bucket_mb, timeout)
+
     def sync_weights(self) -> dict[str, int]:
-        """Learner -> engines in size-bounded buckets; each engine verifies completeness."""
-        exported = self.learner.call_all("export_weights", self.cfg.rollout.weight_bucket_mb)
-        manifest, refs = exported[0]
-        reports = self.rollout.call_all("update_weights", manifest, refs)
-        del refs
-        return reports[0]
+        """Learner -> engines through vLLM's weight-transfer protocol, the same calls for every method;
+        each engine verifies completeness. An engine that Ray restarted lost its end of the transfer
+        (and a collective group that held it is dead for all), so the transfer is set up again first."""
+        self.share.before("weight_sync")  # the engines that take weights are awake
+        if not all(self.rollout.call_all("weight_transfer_ready")):
+            self._init_weight_transfer()
+        return self.learner.call_all("send_weights")[0]
 
     def filter_solved(self) -> int:
         """Drop training prompts the starting model already solves k out of k times (as the RRM paper
@@ -432,7 +591,7 @@ class GRPOJob:
 
     def train_step(self) -> dict[str, float]:
         """One GRPO step; returns the step's metrics (also logged)."""
-        cfg, timer = self.cfg, PhaseTimer()
+        cfg, timer = self.cfg, PhaseTimer(self.on_phase)
         n = cfg.rollout.n_samples
         rows = self.stream.next()
         with timer.phase("generate"):
@@ -443,7 +602,7 @@ class GRPOJob:
         with timer.phase("reward"):  # the rule actor scores while the judge ranks
             rule_ref = self.score_async(completions, rows)
             judged = self.judge_rewards(rows, completions, n) if self.judge else {}
-            scored = self.reward.get([rule_ref], "score")[0]
+            scored = self.score(completions, rows, in_flight=rule_ref)
         j = cfg.judge
         rewards = torch.tensor(
             sample_rewards(
@@ -513,13 +672,15 @@ class GRPOJob:
         shards = shard(permute(batch, interleave_for_balance(len(batch), ranks)), ranks)
         tokens = mini_batch_tokens(shards, cfg.algorithm.mini_batches)
         old_lp = ref_lp = None
+        self.share.before("learner")  # engines that share the learner's GPUs sleep through the update
         with timer.phase("logprobs"):
             if cfg.algorithm.mini_batches > 1:
                 old_lp = self.learner.call_sharded("compute_logprobs", shards, reference=False)
             if cfg.algorithm.kl_coef > 0:
                 ref_lp = self.learner.call_sharded("compute_logprobs", shards, reference=True)
-        lr = algo.lr_at(
+        lr = algo.step_lrs(  # one per optimizer step: the schedule counts optimizer steps
             self.step,
+            cfg.algorithm.mini_batches,
             cfg.learner.lr,
             cfg.learner.warmup_steps,
             cfg.trainer.total_steps,
@@ -539,7 +700,7 @@ class GRPOJob:
             ]
             stats = self.learner.get(refs, "train_step")[0]
         with timer.phase("weight_sync"):
-            sync = self.sync_weights()
+            sync = self._with_restarts("rollout", lambda _: self.sync_weights(), resync=False)
         return stats, sync, batch.num_tokens
 
     def _verdict_breakdown(self, prefix: str, rows: list[PromptRow], completions: list[Completion]):
@@ -563,7 +724,7 @@ class GRPOJob:
 
     def _judge_metrics(self, judged: dict, rule_rewards: list[float | None], n: int) -> dict[str, float]:
         """Judge counters, agreement with the verifier, and sampled traces/brackets as MLflow tables."""
-        stats = self.judge.stats(reset=True)
+        stats = self._with_restarts("judge", lambda _: self.judge.stats(reset=True))
         out = {f"judge/{k}": float(v) for k, v in stats.items()}
         verifiable = {p: r for p, r in judged.items() if rule_rewards[p * n] is not None}
         agreement = verifier_agreement(
@@ -630,7 +791,22 @@ class GRPOJob:
         self.learner.call_all("save_hf", final_dir, self.model_path)
         Path(final_dir, "rrm_ray_config.yaml").write_text(to_yaml(self.cfg))
         self.tracker.set_tags({"rrm_ray.final_policy": final_dir})
+        t = self.cfg.tracking
+        if t.log_model != "none":  # the run's output: MLflow then lists it as a training run
+            self.tracker.log_model(final_dir, t.log_model, self.step, "policy", t.registered_model)
         return final_dir
+
+    def log_figures(self) -> None:
+        """PNG figures of what MLflow does not draw (rrm_ray.figures), from the run's whole metric
+        history (earlier attempts of a resumed run included), as artifacts under `figures/`."""
+        from rrm_ray import figures
+
+        history = self.tracker.metric_history(("time/", "judge/"))
+        out = Path(self.cfg.checkpoint.dir, "figures")
+        for draw in (figures.phase_seconds, figures.judge_agreement):
+            path = draw(history, out / f"{draw.__name__}.png")
+            if path is not None:
+                self.tracker.log_artifact(str(path), "figures")
 
     # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -641,11 +817,18 @@ class GRPOJob:
             self.tracker.log_metrics({f"data/{k}": v for k, v in self.data_counts.items()}, step=0)
         if cfg.data.difficulty_filter_k and self.step == 0:
             self.filter_solved()
-        before = self.evaluate()
-        self.tracker.log_metrics({k.replace("eval/", "eval_before/"): v for k, v in before.items()}, step=0)
-        if before:
-            self.tracker.log_metrics(before, step=0)
-        printer = StepPrinter(cfg.trainer.total_steps, before)
+        if self.resumed_state is None:
+            self.before = before = self.evaluate()
+            self.tracker.log_metrics(
+                {k.replace("eval/", "eval_before/"): v for k, v in before.items()}, step=0
+            )
+            if before:
+                self.tracker.log_metrics(before, step=0)
+        else:  # the baseline is the original run's, already logged at step 0: never re-evaluated
+            self.before = before = dict(self.resumed_state.extra.get("eval_before", {}))
+            print(f"resumed at step {self.step} from {self.resume_from}")
+        printer = StepPrinter(cfg.trainer.total_steps, before, resumed_at=self.step)
+        self.on_phase = printer.phase
         history = []
         with printer:
             while self.step < cfg.trainer.total_steps:
@@ -668,6 +851,7 @@ class GRPOJob:
                 {k.replace("eval/", "eval_after/"): v for k, v in after.items()}, self.step
             )
         final_dir = self.save_final()
+        self.log_figures()
         return {
             "before": before,
             "after": after,

@@ -10,6 +10,7 @@ default token file; `--token` / `--token-file` set those for this command.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -29,6 +30,14 @@ EXCLUDES = [
     ".pytest_cache",
 ]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# What the job's `python` on the cluster must import (rrm_ray itself travels in the working dir).
+REQUIRED_MODULES = ("ray", "torch", "transformers", "vllm", "omegaconf", "mlflow", "math_verify", "rich")
+PROBE = (
+    "import importlib.util, json, sys; "
+    "missing = [m for m in {modules!r} if importlib.util.find_spec(m) is None]; "
+    "print('RRM_RAY_PROBE ' + json.dumps({{'python': sys.executable, 'missing': missing}})); "
+    "sys.exit(1 if missing else 0)"
+)
 
 
 DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
@@ -59,7 +68,7 @@ def build_entrypoint(config: str, overrides: list[str]) -> str:
 def submit(args: argparse.Namespace) -> int:
     from rrm_ray.config import load_config
 
-    load_config(args.config, args.overrides)  # fail before anything is uploaded
+    cfg = load_config(args.config, args.overrides)  # fail before anything is uploaded
     workdir = Path(args.working_dir).resolve()
     config = Path(args.config).resolve()
     if not config.is_relative_to(workdir):
@@ -75,25 +84,75 @@ def submit(args: argparse.Namespace) -> int:
     if args.pip:
         runtime_env["pip"] = args.pip
     client = _client(args)
+    if not args.skip_probe:
+        modules = [*REQUIRED_MODULES, *(["deepspeed"] if cfg.learner.backend == "deepspeed" else [])]
+        problem = probe_interpreter(
+            client,
+            {k: v for k, v in runtime_env.items() if k not in ("working_dir", "excludes")},
+            modules,
+            args.agent_wait_s,
+        )
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
     submit_kwargs = dict(
         entrypoint=build_entrypoint(str(config.relative_to(workdir)), args.overrides),
         runtime_env=runtime_env,
         submission_id=args.job_id,
         metadata={"rrm_ray": "train", "config": str(config.relative_to(workdir))},
     )
-    deadline = time.monotonic() + args.agent_wait_s
-    while True:
-        try:
-            job_id = client.submit_job(**submit_kwargs)
-            break
-        except RuntimeError as exc:  # a freshly started head answers before its job agent is up
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(2.0)
+    job_id = _submit_when_agent_ready(client, submit_kwargs, args.agent_wait_s)
     print(f"submitted job {job_id} to {args.address}")
     if args.no_follow:
         return 0
     return _follow(client, job_id)
+
+
+def _submit_when_agent_ready(client: Any, submit_kwargs: dict[str, Any], wait_s: float) -> str:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**submit_kwargs)
+        except RuntimeError as exc:  # a freshly started head answers before its job agent is up
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
+
+
+def probe_interpreter(
+    client: Any, runtime_env: dict[str, Any], modules: list[str], wait_s: float, timeout_s: float = 300.0
+) -> str | None:
+    """Run a tiny job with the job's runtime env (no upload) that checks the cluster's `python` can
+    import what rrm-ray needs. Returns what is wrong, as a message for the user, or None."""
+    entrypoint = shlex.join(["python", "-c", PROBE.format(modules=list(modules))])
+    job_id = _submit_when_agent_ready(
+        client,
+        {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": {"rrm_ray": "probe"}},
+        wait_s,
+    )
+    deadline = time.monotonic() + timeout_s
+    while str(client.get_job_status(job_id).value) not in TERMINAL:
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            return f"the interpreter probe job {job_id} did not finish within {timeout_s:g}s"
+        time.sleep(0.5)
+    status, logs = str(client.get_job_status(job_id).value), client.get_job_logs(job_id)
+    if status == "SUCCEEDED":
+        return None
+    fix = (
+        "The job runs `python -m rrm_ray.cli` with the `python` first on the PATH of the Ray node: start "
+        "Ray from the environment where rrm-ray is installed (locally: `.venv/bin/ray start --head ...`, "
+        "or put .venv/bin first on PATH before `ray start`), use a cluster image with rrm-ray's "
+        "requirements installed (cluster/README.md), or pass --pip REQUIREMENT. --skip-probe submits anyway."
+    )
+    for line in logs.splitlines():
+        if line.startswith("RRM_RAY_PROBE "):
+            found = json.loads(line.removeprefix("RRM_RAY_PROBE "))
+            missing = ", ".join(found["missing"])
+            return f"the cluster's python ({found['python']}) cannot import {missing}.\n{fix}"
+    return (
+        f"the cluster could not run `python` for this job (probe {job_id} {status}):\n{logs[-1500:]}\n{fix}"
+    )
 
 
 def _follow(client: Any, job_id: str, poll_s: float = 1.0) -> int:
@@ -148,7 +207,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("submit", help="submit a training job to a Ray cluster and follow its logs")
     p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (anywhere, or after --)")
     common(p)
     p.add_argument("--working-dir", default=".", help="uploaded as the job's working dir")
     p.add_argument("--exclude", action="append", default=[], help="extra paths to leave out of the upload")
@@ -156,6 +215,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pip", action="append", default=[], help="pip requirement installed for the job")
     p.add_argument("--job-id", help="submission id (default: generated)")
     p.add_argument("--no-follow", action="store_true", help="return after submitting")
+    p.add_argument(
+        "--skip-probe",
+        action="store_true",
+        help="do not first check that the cluster's python can import rrm-ray's requirements",
+    )
     p.add_argument("--agent-wait-s", type=float, default=120.0, help="wait this long for the job agent")
     p.set_defaults(func=submit)
 

@@ -17,20 +17,29 @@ import dataclasses
 import hashlib
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rrm_ray.cli import add_run_options, with_verbose
 from rrm_ray.config import JobConfig, load_config, to_flat_dict
 from rrm_ray.data.io import DataFormatError, read_records, require_str
 from rrm_ray.judge.service import JudgePair, PairJudgment
+from rrm_ray.progress import map_in_chunks
 
 TRACE_TEXT_CHARS = 4000  # per trace in the MLflow table; the JSONL outputs keep the whole text
+CHUNK_PER_ENGINE = 32  # items per judge call and engine: the progress bar moves this often
+
+
+def _compare(pool: Any, pairs: list[JudgePair], cfg: JobConfig) -> list[PairJudgment]:
+    """All pairs judged, a chunk at a time behind a progress bar over items."""
+    return map_in_chunks("judging", pairs, pool.compare, CHUNK_PER_ENGINE * cfg.judge.num_engines)
 
 
 @contextlib.contextmanager
-def judge_session(cfg: JobConfig) -> Iterator[Any]:
+def judge_session(cfg: JobConfig, job: str = "judge") -> Iterator[Any]:
     """Ray up (unless already connected), a JudgePool started; both torn down on exit."""
     import ray
 
@@ -38,7 +47,7 @@ def judge_session(cfg: JobConfig) -> Iterator[Any]:
     from rrm_ray.driver import connect_ray
 
     started = not ray.is_initialized()
-    connect_ray(cfg)
+    connect_ray(cfg, job)
     pool = None
     try:
         pool = JudgePool(cfg)
@@ -96,7 +105,7 @@ def _print_stats(stats: dict[str, float], seconds: float) -> None:
 
 # ---------------------------------------------------------------------------------------------- judge
 def _judge(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, with_verbose(args))
     records = list(read_records(args.data))
     pairs = [
         JudgePair(*(require_str(args.data, row, rec, f) for f in ("query", "response_a", "response_b")))
@@ -104,7 +113,7 @@ def _judge(args: argparse.Namespace) -> int:
     ]
     with judge_session(cfg) as pool:
         started = time.perf_counter()  # judging only, not the engine start
-        judgments = pool.compare(pairs)
+        judgments = _compare(pool, pairs, cfg)
         seconds = time.perf_counter() - started
         stats = pool.stats()
     _write_jsonl(
@@ -121,10 +130,17 @@ def _judge(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- eval
 def _tracker(cfg: JobConfig):
-    from rrm_ray.tracking import MLflowTracker, NullTracker
+    from rrm_ray.tracking import MLflowTracker, NullTracker, default_run_name
 
     t = cfg.tracking
-    return MLflowTracker(t.uri, t.experiment, t.run_name) if t.enabled else NullTracker()
+    if not t.enabled:
+        return NullTracker()
+    return MLflowTracker(
+        t.uri,
+        t.experiment,
+        t.run_name or default_run_name("eval", cfg.judge.model_path),
+        system_metrics_interval_s=t.system_metrics_interval_s if t.system_metrics else None,
+    )
 
 
 def _trace_rows(ids: list[Any], judgments: list[PairJudgment], extra: list[dict], limit: int) -> list[dict]:
@@ -159,7 +175,7 @@ def _eval_rewardbench(
         JudgePair(it.prompt, it.chosen, it.rejected) if a else JudgePair(it.prompt, it.rejected, it.chosen)
         for it, a in zip(items, chosen_a, strict=True)
     ]
-    judgments = pool.compare(pairs)
+    judgments = _compare(pool, pairs, cfg)
     credits = [credit(j, a) for j, a in zip(judgments, chosen_a, strict=True)]
     report = score_rewardbench(zip(items, credits, strict=True))
     print(f"\n{'subset':<28}{'n':>6}{'accuracy':>10}")
@@ -196,7 +212,7 @@ def _eval_pandalm(
         else JudgePair(it.query, it.response2, it.response1)
         for it, k in zip(items, keep, strict=True)
     ]
-    judgments = pool.compare(pairs)
+    judgments = _compare(pool, pairs, cfg)
     predictions: list[int | None] = []
     for j, k in zip(judgments, keep, strict=True):
         if not j.decided:
@@ -226,15 +242,18 @@ def _eval_pandalm(
 def _eval(args: argparse.Namespace) -> int:
     extra = [f"judge.mode={args.method}"] if args.method else []
     extra += [f"judge.votes={args.votes}"] if args.votes else []
-    cfg = load_config(args.config, [*args.overrides, *extra])
-    from rrm_ray.judge.benchmarks import load_pandalm, load_rewardbench
+    cfg = load_config(args.config, [*with_verbose(args), *extra])
+    from rrm_ray.judge.benchmarks import load_pandalm, load_rewardbench, read_summary
 
     load, run = (
         (load_rewardbench, _eval_rewardbench)
         if args.benchmark == "rewardbench"
         else (load_pandalm, _eval_pandalm)
     )
-    items = load(args.data)[: args.limit]  # a bad file fails here, before Ray starts
+    data = load(args.data, on_error=cfg.data.on_error)  # a bad file fails here, before Ray starts
+    items = data.items[: args.limit]
+    data_line, data_metrics = read_summary(data, items)  # what was coerced or skipped, never silent
+    print(data_line)
     tracker = _tracker(cfg)
     tracker.log_params(
         {
@@ -245,9 +264,10 @@ def _eval(args: argparse.Namespace) -> int:
         }
     )
     tracker.set_tags({"rrm_ray.job": "eval", "rrm_ray.benchmark": args.benchmark})
+    tracker.log_metrics(data_metrics, step=0)
     status = "FAILED"
     try:
-        with judge_session(cfg) as pool:
+        with judge_session(cfg, "eval") as pool:
             started = time.perf_counter()  # judging only, not the engine start
             metrics, rows = run(args, cfg, items, pool)
             seconds = time.perf_counter() - started
@@ -260,6 +280,13 @@ def _eval(args: argparse.Namespace) -> int:
         metrics["judge/seconds"] = seconds
         tracker.log_metrics(metrics, step=0)
         tracker.log_table(rows, "judge_traces")
+        tracker.log_dataset(args.data, "eval")
+        if args.benchmark == "rewardbench":  # per-subset accuracy and the four section scores, drawn
+            from rrm_ray.figures import rewardbench_scores
+
+            with tempfile.TemporaryDirectory() as tmp:  # logged at once: this tracker is not buffered
+                if png := rewardbench_scores(metrics, Path(tmp, "rewardbench_scores.png")):
+                    tracker.log_artifact(str(png), "figures")
         status = "FINISHED"
     finally:
         tracker.close(status)
@@ -281,7 +308,7 @@ def _best_of_n(args: argparse.Namespace) -> int:
     from rrm_ray.driver import connect_ray
     from rrm_ray.models import resolve_model_path
 
-    overrides = [*args.overrides, *([f"judge.method={args.method}"] if args.method else [])]
+    overrides = [*with_verbose(args), *([f"judge.method={args.method}"] if args.method else [])]
     overrides += [f"judge.votes={args.votes}"] if args.votes else []
     cfg = load_config(args.config, overrides)
     if args.n < 1:
@@ -294,7 +321,7 @@ def _best_of_n(args: argparse.Namespace) -> int:
     prompts = [render_prompt(tokenizer, row.prompt, m.system_prompt, m.use_chat_template) for row in rows]
     started = time.perf_counter()
     ray_started = not ray.is_initialized()
-    connect_ray(cfg)
+    connect_ray(cfg, "best-of-n")
     try:
         # Generate everything first and free the policy engine before the judge starts, so the two
         # never need resources at the same time (one GPU, or a small CPU machine, holds either).
@@ -321,7 +348,9 @@ def _best_of_n(args: argparse.Namespace) -> int:
         ]
         with judge_session(cfg) as pool:
             judge_started = time.perf_counter()
-            results = pool.rank(list(zip(queries, responses, strict=True)))
+            results = map_in_chunks(
+                "judging", list(zip(queries, responses, strict=True)), pool.rank, CHUNK_PER_ENGINE
+            )
             judge_seconds = time.perf_counter() - judge_started
             stats = pool.stats()
     finally:
@@ -383,7 +412,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument(
             "--config", help="YAML config (e.g. configs/judge_cpu.yaml); default: built-in defaults"
         )
-        p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. judge.votes=3")
+        add_run_options(p)
 
     p = sub.add_parser("judge", help="judge pairs from a JSONL file (query, response_a, response_b)")
     p.add_argument("--data", required=True, help="input JSONL: query, response_a, response_b")
@@ -393,7 +422,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="evaluate the judge on RewardBench or PandaLM; logs to MLflow")
     p.add_argument("--benchmark", required=True, choices=("rewardbench", "pandalm"))
-    p.add_argument("--data", required=True, help="the benchmark file (JSON / JSONL / Parquet)")
+    p.add_argument("--data", required=True, help="benchmark file (JSON / JSONL / Parquet) or Parquet shards")
     p.add_argument("--method", choices=("rrm", "direct"), help="judge.mode: think first, or verdict at once")
     p.add_argument("--votes", type=int, help="judge.votes: sampled judgments per pair (both orders)")
     p.add_argument("--limit", type=int, help="only the first N items")
@@ -404,7 +433,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("best-of-n", help="sample n responses per prompt with the policy; the judge picks one")
     p.add_argument("--data", required=True, help="prompts file (data.prompt_field)")
     p.add_argument("--n", type=int, default=8, help="responses per prompt")
-    p.add_argument("--method", choices=("knockout", "elo"), help="judge.method")
+    p.add_argument("--method", choices=("knockout", "elo", "swiss"), help="judge.method")
     p.add_argument("--votes", type=int, help="judge.votes")
     p.add_argument("--out", required=True, help="output JSONL: responses, pick, ranking, rewards, traces")
     common(p)

@@ -1,10 +1,13 @@
-"""Learner -> rollout weight transfer: size-bounded buckets and a completeness check (pure torch).
+"""Learner -> rollout weight transfer, the pure part: which method, buckets, the completeness check.
 
-The learner's rank 0 gathers the full state dict and cuts it into buckets of at most
-`bucket_bytes` (a parameter larger than the bound travels alone). The engine loads each bucket as it
-arrives and records what it saw; `SyncReceipt.verify()` then proves the transfer was complete before
-generation resumes: every parameter of the manifest seen exactly once, with the announced shape and
-dtype, and nothing unexpected.
+`rollout.weight_sync` (auto | collective | ipc | object_store) names the method
+(`rrm_ray.config.resolve_weight_sync` makes it concrete, `vllm_backend` names the vLLM
+weight-transfer engine that carries it; the transport itself is `actors.weight_transfer`). The
+learner's rank 0 sends the full state dict in size-bounded chunks (`rollout.weight_bucket_mb`; a
+parameter larger than the bound travels alone). The engine loads each chunk as it arrives and records
+what it saw; `SyncReceipt.verify()` then proves the transfer was complete before generation resumes:
+every parameter of the manifest seen exactly once, with the announced shape and dtype, and nothing
+unexpected.
 
 Checksums compare the engine's weights with the learner's although the engine fuses some tensors
 (q/k/v into `qkv_proj`, gate/up into `gate_up_proj`): per transformer layer we sum the elements and the

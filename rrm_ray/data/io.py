@@ -1,15 +1,22 @@
 """Read record files (JSON, JSONL, Parquet) into ``(row, dict)`` pairs.
 
-Every reader in the project goes through :func:`read_records` so that a bad file always fails the
-same way: a :class:`DataFormatError` naming the file, the row and, where known, the field. Row
-numbers are 1-based and mean what a user can look up: the line number for JSONL (blank lines are
-skipped but still counted), the position in the list for JSON, the table row for Parquet.
+Every reader in the project goes through :func:`read_records` (or :func:`read_dataset`, which also
+takes a folder of Parquet shards) so that a bad file always fails the same way: a
+:class:`DataFormatError` naming the file, the row and, where known, the field. Row numbers are
+1-based and mean what a user can look up: the line number for JSONL (blank lines are skipped but
+still counted), the position in the list for JSON, the table row for Parquet (per shard).
+
+Published evaluation sets are read as published: :func:`coerce_text` accepts what such files really
+hold where text is expected (empty strings, JSON booleans and numbers, nulls, pandas' NaN) and
+counts every value it had to turn into text, so the caller can report it instead of hiding it.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +134,106 @@ def require_str(
     if not allow_empty and not value.strip():
         raise DataFormatError(file, "expected a non-empty string, got an empty one", row, field)
     return value
+
+
+# Kinds of values :func:`coerce_text` turns into text, in the order they are reported.
+COERCION_KINDS = ("empty_string", "bool", "number", "null", "nan")
+
+
+def coerce_text(
+    file: str | Path,
+    row: int,
+    rec: dict[str, Any],
+    field: str,
+    counts: MutableMapping[str, int],
+    *,
+    optional: bool = False,
+    count_empty: bool = True,
+) -> str:
+    """``rec[field]`` as text, accepting the shapes published files hold, each one counted.
+
+    - a string is kept as it is; an empty or whitespace-only one counts as ``empty_string``
+      (unless ``count_empty=False``: for fields where empty is the normal "nothing here");
+    - a bool becomes ``str(value)`` (``True`` -> ``"True"``, counted ``bool``): these come from
+      spreadsheet tools that parsed a cell holding the text "True" as a boolean, so Python's
+      spelling is the likelier original than JSON's ``true``;
+    - an int or float becomes ``str(value)`` (``42`` -> ``"42"``, ``2.5`` -> ``"2.5"``; ``number``);
+    - null becomes ``""`` (``null``), and a float NaN, pandas' missing cell, becomes ``""`` (``nan``).
+
+    A missing field is an error unless ``optional`` (then ``""``, not counted: the field is absent,
+    nothing was turned into text). Lists, objects and other values are errors naming file, row and
+    field. ``counts[kind]`` is incremented for every coerced value.
+    """
+    if field not in rec:
+        if optional:
+            return ""
+        raise DataFormatError(file, f"missing (row has: {', '.join(sorted(rec)) or 'nothing'})", row, field)
+    value = rec[field]
+    kind: str | None = None
+    if isinstance(value, str):
+        text = value
+        if count_empty and not value.strip():
+            kind = "empty_string"
+    elif isinstance(value, bool):  # before int: bool is an int subclass
+        text, kind = str(value), "bool"
+    elif isinstance(value, float) and math.isnan(value):
+        text, kind = "", "nan"
+    elif isinstance(value, int | float):
+        text, kind = str(value), "number"
+    elif value is None:
+        text, kind = "", "null"
+    else:
+        raise DataFormatError(
+            file,
+            f"expected text (a string; a bool, number or null is turned into text), got "
+            f"{type(value).__name__}",
+            row,
+            field,
+        )
+    if kind is not None:
+        counts[kind] = counts.get(kind, 0) + 1
+    return text
+
+
+def parquet_shards(folder: str | Path) -> list[Path]:
+    """The ``*.parquet`` files of a folder in name order, checked to have the same columns.
+
+    Released datasets split a table over shards named so that name order is row order
+    (``train-00000-of-00002.parquet``, ...). A shard whose columns differ from the first one's is an
+    error naming both shards and the columns, since concatenating them would silently drop or
+    invent fields.
+    """
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    shards = sorted(p for p in folder.glob("*.parquet") if p.is_file())
+    if not shards:
+        raise DataFormatError(folder, "is a folder with no *.parquet shards in it")
+    first_names: list[str] | None = None
+    for shard in shards:
+        try:
+            names = pq.read_schema(shard).names
+        except Exception as e:  # pyarrow raises several unrelated types for a damaged file
+            raise DataFormatError(shard, f"cannot read Parquet: {e}") from e
+        if first_names is None:
+            first_names = names
+        elif set(names) != set(first_names):
+            missing = sorted(set(first_names) - set(names))
+            extra = sorted(set(names) - set(first_names))
+            raise DataFormatError(
+                shard,
+                f"its columns differ from those of {shards[0].name} (missing: {', '.join(missing) or '-'}; "
+                f"extra: {', '.join(extra) or '-'}); all shards of a split must have the same columns",
+            )
+    return shards
+
+
+def read_dataset(path: str | Path) -> list[tuple[str, int, dict]]:
+    """``(file, row, record)`` for a file (see :func:`read_records`) or a folder of Parquet shards.
+
+    ``file`` is the shard a record came from and ``row`` its 1-based row there, so a message about
+    a record names the place a user can open.
+    """
+    p = Path(path)
+    files = parquet_shards(p) if p.is_dir() else [p]
+    return [(str(f), row, rec) for f in files for row, rec in read_records(f)]

@@ -5,6 +5,9 @@ Two kinds of job read data here:
 - judge training (the policy IS the judge): preference pairs become judge prompts, rendered with the
   judge template (the chosen response placed first or second by a seeded coin) and the label "1"/"2"
   as the answer. Held-out pairs are shown in both orders, so held-out accuracy is position-swapped.
+
+Generated data (the arithmetic task, synthetic pairs) is written only inside ``data.generate_dir``;
+a data path that does not exist anywhere else is an error (:func:`ensure_data_files`).
 """
 
 from __future__ import annotations
@@ -12,25 +15,93 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rrm_ray.config import JobConfig
+from rrm_ray.config import ConfigError, JobConfig
 from rrm_ray.data.prompts import PromptRow, load_prompts
 
 RENDERED = "rendered"  # PromptRow.extra flag: the prompt is final text, no chat template to apply
 
 
+class DataPathError(ConfigError):
+    """A data path in the config names no file, and it is not one the config says to generate."""
+
+
 def load_task_rows(cfg: JobConfig, tokenizer: Any) -> tuple[list[PromptRow], list[PromptRow], dict[str, int]]:
-    """(train rows, held-out rows, counts to report such as skipped rows)."""
+    """(train rows, held-out rows, counts to report such as skipped or generated rows)."""
     d = cfg.data
+    generated = ensure_data_files(cfg)
     if d.format == "preference":
-        return _preference_rows(cfg, tokenizer)
-    if d.generate_arithmetic and not Path(d.train_path).is_file():
-        _write_arithmetic(cfg)
+        train, held, counts = _preference_rows(cfg, tokenizer)
+        return train, held, {**generated, **counts}
     train = load_prompts(d.train_path, d.prompt_field, d.answer_field)
     held = load_prompts(d.eval_path, d.prompt_field, d.answer_field) if d.eval_path else []
-    return train, held[: d.eval_max_prompts], {}
+    return train, held[: d.eval_max_prompts], generated
 
 
-def _write_arithmetic(cfg: JobConfig) -> None:
+def _inside(path: str | Path, folder: str | Path) -> bool:
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    return f in p.parents
+
+
+def ensure_data_files(cfg: JobConfig) -> dict[str, int]:
+    """Check that data.train_path / data.eval_path exist; generate the missing ones under data.generate_dir.
+
+    The rule (see ``DataConfig.generate_dir``): generated data is written only inside
+    ``data.generate_dir``. A missing path there is generated (all of the train/eval paths there are
+    written together, so the held-out split stays disjoint from the training one); a missing path
+    anywhere else raises :class:`DataPathError` naming the key and the path, before any file is
+    written, because a typo in a data path must not quietly train on made-up data. Files that
+    exist are read as they are. Returns ``{"generated_rows/<file name>": rows}`` for what it wrote.
+    Pure file-system work: call it before starting Ray to fail fast.
+    """
+    d = cfg.data
+    paths = check_data_paths(cfg)
+    if all(Path(path).is_file() for path in paths.values()):
+        return {}
+    owned = {key: path for key, path in paths.items() if _inside(path, d.generate_dir)}  # type: ignore[arg-type]
+    written = _write_arithmetic(cfg, owned) if d.format == "prompts" else _write_pairs(cfg, owned)
+    for path, n in written.items():
+        kind = "arithmetic problems" if d.format == "prompts" else "synthetic preference pairs"
+        print(f"generated {n} {kind} -> {path} (data.generate_dir={d.generate_dir})")
+    return {f"generated_rows/{Path(path).name}": n for path, n in written.items()}
+
+
+def check_data_paths(cfg: JobConfig) -> dict[str, str]:
+    """The configured data paths ({key: path}); raises `DataPathError` for a missing one that
+    `ensure_data_files` would not generate. Writes nothing: the CLI calls it before anything starts."""
+    d = cfg.data
+    paths = {"data.train_path": d.train_path, **({"data.eval_path": d.eval_path} if d.eval_path else {})}
+    for key, path in paths.items():
+        if Path(path).exists() and not Path(path).is_file():
+            raise DataPathError(f"{key}: {path} is a folder; expected a data file")
+    missing = {key: path for key, path in paths.items() if not Path(path).is_file()}
+    what = (
+        "the arithmetic task"
+        if d.format == "prompts"
+        else "synthetic preference pairs (data.synthetic_pairs says how many)"
+    )
+    for key, path in missing.items():
+        if d.generate_dir is None:
+            raise DataPathError(
+                f"{key}: {path} does not exist, and nothing is generated (data.generate_dir is not set). "
+                f"Point {key} at an existing file, or set data.generate_dir={Path(path).parent} to "
+                f"generate {what} there"
+            )
+        if not _inside(path, d.generate_dir):
+            raise DataPathError(
+                f"{key}: {path} does not exist. Generated data is written only under data.generate_dir="
+                f"{d.generate_dir}, and this path is outside it: point {key} at an existing file, or set "
+                f"data.generate_dir={Path(path).parent} to generate {what} there"
+            )
+        if d.format == "preference" and d.synthetic_pairs < 1:
+            raise DataPathError(
+                f"{key}: {path} does not exist; it is under data.generate_dir={d.generate_dir}, but "
+                "data.synthetic_pairs is 0, so there is nothing to generate: set data.synthetic_pairs=N "
+                "or point the path at an existing file"
+            )
+    return paths
+
+
+def _write_arithmetic(cfg: JobConfig, owned: dict[str, str]) -> dict[str, int]:
     from rrm_ray.data.arithmetic import make_split, write_jsonl
 
     d = cfg.data
@@ -38,9 +109,25 @@ def _write_arithmetic(cfg: JobConfig) -> None:
     distinct = d.arithmetic_max_operand * (d.arithmetic_max_operand + 1) // 2
     n_eval = min(d.eval_max_prompts, distinct // 4)
     train, held_out = make_split(distinct - n_eval, n_eval, seed=0, max_operand=d.arithmetic_max_operand)
-    write_jsonl(train, d.train_path)
-    if d.eval_path:
-        write_jsonl(held_out, d.eval_path)
+    rows = {"data.train_path": train, "data.eval_path": held_out}
+    for key, path in owned.items():
+        write_jsonl(rows[key], path)
+    return {path: len(rows[key]) for key, path in owned.items()}
+
+
+def _write_pairs(cfg: JobConfig, owned: dict[str, str]) -> dict[str, int]:
+    from rrm_ray.data.synthetic_pairs import make_synthetic_pairs, write_jsonl
+
+    d = cfg.data
+    pairs = make_synthetic_pairs(
+        d.synthetic_pairs + d.synthetic_pairs // 4, seed=cfg.trainer.seed, difficulty=d.synthetic_difficulty
+    )
+    rows = {"data.train_path": pairs[: d.synthetic_pairs], "data.eval_path": pairs[d.synthetic_pairs :]}
+    out = {}
+    for key, path in owned.items():
+        write_jsonl(rows[key], path)
+        out[path] = len(rows[key])
+    return out
 
 
 def _preference_rows(
@@ -49,17 +136,6 @@ def _preference_rows(
     from rrm_ray.data.preference import load_preference_pairs, to_judge_examples
 
     d = cfg.data
-    if d.synthetic_pairs and not Path(d.train_path).is_file():
-        from rrm_ray.data.synthetic_pairs import make_synthetic_pairs, write_jsonl
-
-        pairs = make_synthetic_pairs(
-            d.synthetic_pairs + d.synthetic_pairs // 4,
-            seed=cfg.trainer.seed,
-            difficulty=d.synthetic_difficulty,
-        )
-        write_jsonl(pairs[: d.synthetic_pairs], d.train_path)
-        if d.eval_path:
-            write_jsonl(pairs[d.synthetic_pairs :], d.eval_path)
     counts: dict[str, int] = {}
 
     def rows(path: str, both_orders: bool, limit: int | None) -> list[PromptRow]:

@@ -15,6 +15,15 @@ RewardBench scoring follows the leaderboard code (``rewardbench/constants.py`` a
   present, because a mean over fewer sections is not comparable with published numbers.
 
 Scores are fractions in [0, 1] (the leaderboard prints them x100).
+
+Both readers take the files as released: RewardBench's JSON/JSONL or its Parquet split (one file
+or a folder of shards), the PandaLM test set as published (``data/testset-v1.json``, a JSON list).
+Text fields go through ``rrm_ray.data.io.coerce_text``: the published PandaLM file has empty
+responses and instructions and a few responses that are JSON booleans, and the paper scores all
+999 items, so those are read as text and counted (``BenchmarkFile.coerced``), never dropped or
+changed silently. Rows that cannot be scored (a missing field, labels outside 0/1/2, a duplicate
+RewardBench id) follow ``on_error`` (``data.on_error``): raise naming file, row and field, or skip
+and count (``BenchmarkFile.skipped``).
 """
 
 from __future__ import annotations
@@ -23,9 +32,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
-from rrm_ray.data.io import DataFormatError, read_records, require_str
+from rrm_ray.data.io import COERCION_KINDS, DataFormatError, coerce_text, read_dataset, require_str
 
 # Official leaderboard weights (allenai/reward-bench rewardbench/constants.py EXAMPLE_COUNTS).
 REWARDBENCH_WEIGHTS: dict[str, int] = {
@@ -79,12 +88,84 @@ REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+OnError = Literal["raise", "skip"]
+ItemT = TypeVar("ItemT")
+
+
+@dataclass
+class BenchmarkFile(Generic[ItemT]):
+    """What a reader got from a benchmark file: the items and everything it had to do to get them.
+
+    ``coerced``: kind -> values turned into text (``rrm_ray.data.io.COERCION_KINDS``, every kind
+    present, zeros included). ``skipped``: one message (file, row, field, why) per row dropped
+    under ``on_error="skip"``.
+    """
+
+    path: str
+    items: list[ItemT]
+    coerced: dict[str, int]
+    skipped: list[str] = field(default_factory=list)
+
+
+def coercion_counts(items: Iterable[object]) -> dict[str, int]:
+    """Counts by kind over the ``coerced`` tuples of ``items`` (e.g. the first ``--limit`` of a file)."""
+    counts = dict.fromkeys(COERCION_KINDS, 0)
+    for it in items:
+        for entry in it.coerced:  # type: ignore[attr-defined]
+            kind = entry.split(":", 1)[1]
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip' (data.on_error), got {on_error!r}")
+
+
+def _text(file: str, row: int, rec: dict, name: str, notes: list[str], **kwargs: bool) -> str:
+    """coerce_text, noting ``"<field>:<kind>"`` for the item when a value was turned into text."""
+    counts: dict[str, int] = {}
+    text = coerce_text(file, row, rec, name, counts, **kwargs)
+    notes.extend(f"{name}:{kind}" for kind in counts)
+    return text
+
+
+def read_summary(data: BenchmarkFile, evaluated: Sequence[object]) -> tuple[str, dict[str, float]]:
+    """One console line and the ``data/*`` metrics saying what was read and what was coerced.
+
+    Counts of coerced values are over the ``evaluated`` items (a ``--limit`` prefix of
+    ``data.items``), since those are what the scores are made of.
+    """
+    counts = coercion_counts(evaluated)
+    metrics: dict[str, float] = {f"data/coerced_{k}": float(v) for k, v in counts.items()}
+    metrics["data/items_read"] = float(len(data.items))
+    metrics["data/items_evaluated"] = float(len(evaluated))
+    metrics["data/skipped_rows"] = float(len(data.skipped))
+    coerced = ", ".join(f"{k} {v}" for k, v in counts.items())
+    line = (
+        f"data {data.path}: {len(data.items)} items read, {len(data.skipped)} rows skipped, "
+        f"{len(evaluated)} evaluated\n  text coerced in the evaluated items: {coerced}"
+    )
+    if evaluated and isinstance(evaluated[0], PandaLMItem):
+        ties = sum(1 for it in evaluated if it.label == 0)  # type: ignore[attr-defined]
+        metrics["data/ties"] = float(ties)
+        line += (
+            f"\n  ties (majority label 0): {ties}; the judge never says tie, so they count as wrong in "
+            "accuracy and are left out of accuracy excluding ties"
+        )
+    for message in data.skipped[:5]:
+        line += f"\n  skipped: {message}"
+    if len(data.skipped) > 5:
+        line += f"\n  ... and {len(data.skipped) - 5} more skipped rows"
+    return line, metrics
+
+
 # ----------------------------------------------------------------------------- RewardBench
 
 
 @dataclass(frozen=True)
 class RewardBenchItem:
-    """One RewardBench pair; ``row`` is its 1-based position in the file."""
+    """One RewardBench pair; ``row`` is its 1-based position in ``source``."""
 
     id: int | str
     prompt: str
@@ -92,6 +173,8 @@ class RewardBenchItem:
     rejected: str
     subset: str
     row: int
+    source: str = ""  # the file (or Parquet shard) it was read from
+    coerced: tuple[str, ...] = ()  # "<field>:<kind>" for every value turned into text
 
 
 @dataclass
@@ -114,34 +197,40 @@ class RewardBenchReport:
     n_items: int = 0
 
 
-def load_rewardbench(path: str | Path) -> list[RewardBenchItem]:
-    """Read RewardBench as released (fields prompt, chosen, rejected, subset, id).
+def load_rewardbench(path: str | Path, on_error: OnError = "raise") -> BenchmarkFile[RewardBenchItem]:
+    """Read RewardBench as released: JSON / JSONL, or its Parquet split (columns prompt, chosen,
+    chosen_model, rejected, rejected_model, subset, id) as one file or a folder of shards.
 
     Ids must be unique, since results are matched back to items by id. Subsets that are not part
     of RewardBench are allowed here (they are reported apart by :func:`score_rewardbench`).
+    ``prompt``, ``chosen`` and ``rejected`` are read with ``coerce_text`` (counted); ``subset`` must
+    be a non-empty string.
     """
+    _check_on_error(on_error)
     items: list[RewardBenchItem] = []
-    seen: dict[int | str, int] = {}
-    for row, rec in read_records(path):
-        if "id" not in rec:
-            raise DataFormatError(path, "missing", row, "id")
-        rid = rec["id"]
-        if isinstance(rid, bool) or not isinstance(rid, int | str):
-            raise DataFormatError(path, f"expected an int or string, got {type(rid).__name__}", row, "id")
-        if rid in seen:
-            raise DataFormatError(path, f"duplicate id {rid!r} (first seen on row {seen[rid]})", row, "id")
-        seen[rid] = row
-        items.append(
-            RewardBenchItem(
-                id=rid,
-                prompt=require_str(path, row, rec, "prompt"),
-                chosen=require_str(path, row, rec, "chosen"),
-                rejected=require_str(path, row, rec, "rejected"),
-                subset=require_str(path, row, rec, "subset"),
-                row=row,
-            )
-        )
-    return items
+    skipped: list[str] = []
+    seen: dict[int | str, tuple[str, int]] = {}
+    for file, row, rec in read_dataset(path):
+        try:
+            if "id" not in rec:
+                raise DataFormatError(file, "missing", row, "id")
+            rid = rec["id"]
+            if isinstance(rid, bool) or not isinstance(rid, int | str):
+                raise DataFormatError(file, f"expected an int or string, got {type(rid).__name__}", row, "id")
+            if rid in seen:
+                where = f"row {seen[rid][1]}" + ("" if seen[rid][0] == file else f" of {seen[rid][0]}")
+                raise DataFormatError(file, f"duplicate id {rid!r} (first seen on {where})", row, "id")
+            notes: list[str] = []
+            texts = [_text(file, row, rec, f, notes) for f in ("prompt", "chosen", "rejected")]
+            subset = require_str(file, row, rec, "subset")
+        except DataFormatError as exc:
+            if on_error == "raise":
+                raise
+            skipped.append(str(exc))
+            continue
+        seen[rid] = (file, row)
+        items.append(RewardBenchItem(rid, *texts, subset=subset, row=row, source=file, coerced=tuple(notes)))
+    return BenchmarkFile(str(path), items, coercion_counts(items), skipped)
 
 
 def score_rewardbench(items_with_scores: Iterable[tuple[RewardBenchItem, float]]) -> RewardBenchReport:
@@ -207,6 +296,8 @@ class PandaLMItem:
     annotations: tuple[int, int, int]
     label: PandaLMLabel
     row: int
+    source: str = ""  # the file (or Parquet shard) it was read from
+    coerced: tuple[str, ...] = ()  # "<field>:<kind>" for every value turned into text
 
 
 @dataclass(frozen=True)
@@ -254,31 +345,47 @@ def majority_label(annotations: Sequence[int]) -> PandaLMLabel:
     return 0
 
 
-def load_pandalm(path: str | Path) -> list[PandaLMItem]:
-    """Read the PandaLM test set (fields idx, instruction, input, response1, response2,
-    annotator1..3). A missing or null ``input`` is read as empty."""
+def load_pandalm(path: str | Path, on_error: OnError = "raise") -> BenchmarkFile[PandaLMItem]:
+    """Read the PandaLM test set as published (a JSON list of objects with motivation_app, idx,
+    cmp_key, instruction, input, response1, response2, annotator1..3; JSONL and Parquet work too).
+
+    Text fields go through ``coerce_text`` and are counted: the published file has empty
+    responses, a whitespace-only instruction and JSON booleans as responses, its first version NaN
+    for empty cells. An empty ``input`` is the normal "no input" and is not counted; a missing one
+    is read as empty. The query is the instruction, then the input after a blank line, leaving out
+    whichever is empty. A row without the three labels, or with a label outside 0/1/2, follows
+    ``on_error``.
+    """
+    _check_on_error(on_error)
     items: list[PandaLMItem] = []
-    for row, rec in read_records(path):
-        instruction = require_str(path, row, rec, "instruction")
-        inp = rec.get("input")
-        if inp is None:
-            inp = ""
-        if not isinstance(inp, str):
-            raise DataFormatError(path, f"expected a string, got {type(inp).__name__}", row, "input")
-        query = instruction.strip() + ("\n\n" + inp.strip() if inp.strip() else "")
-        ann = tuple(_annotation(path, row, rec, f"annotator{k}") for k in (1, 2, 3))
+    skipped: list[str] = []
+    for file, row, rec in read_dataset(path):
+        notes: list[str] = []
+        try:
+            instruction = _text(file, row, rec, "instruction", notes)
+            inp = _text(file, row, rec, "input", notes, optional=True, count_empty=False)
+            response1 = _text(file, row, rec, "response1", notes)
+            response2 = _text(file, row, rec, "response2", notes)
+            ann = tuple(_annotation(file, row, rec, f"annotator{k}") for k in (1, 2, 3))
+        except DataFormatError as exc:
+            if on_error == "raise":
+                raise
+            skipped.append(str(exc))
+            continue
         items.append(
             PandaLMItem(
                 idx=rec.get("idx", row),
-                query=query,
-                response1=require_str(path, row, rec, "response1"),
-                response2=require_str(path, row, rec, "response2"),
+                query="\n\n".join(part for part in (instruction.strip(), inp.strip()) if part),
+                response1=response1,
+                response2=response2,
                 annotations=ann,  # type: ignore[arg-type]
                 label=majority_label(ann),
                 row=row,
+                source=file,
+                coerced=tuple(notes),
             )
         )
-    return items
+    return BenchmarkFile(str(path), items, coercion_counts(items), skipped)
 
 
 def score_pandalm(

@@ -7,7 +7,7 @@ engine) and in unit tests (a scripted fake):
 
     service = JudgeService(generate, tokenizer, JudgeSettings(votes=3))
     service.compare([JudgePair(query, a, b), ...])    # PairJudgment per pair, with reasoning traces
-    service.rank([(query, [r0, r1, ...]), ...])        # knockout / round-robin tournaments, rewards
+    service.rank([(query, [r0, r1, ...]), ...])        # knockout / round-robin / swiss, rewards
     service.best_of_n([(query, responses), ...])       # index of the best response per query
 
 How a batch of pairs is judged (``compare``):
@@ -34,14 +34,23 @@ from typing import Any, Literal
 
 from rrm_ray.judge.cache import CachedComparison, ComparisonCache
 from rrm_ray.judge.prompts import JudgePrompt, PromptTooLongError, complete_choice, fit_pair_to_context
-from rrm_ray.judge.ranking_rewards import elo_rewards, knockout_rewards
-from rrm_ray.judge.tournament import Knockout, Match, RoundRobin, Tournament, run_many
+from rrm_ray.judge.ranking_rewards import elo_rewards, knockout_rewards, swiss_rewards
+from rrm_ray.judge.tournament import (
+    Knockout,
+    Match,
+    RoundRobin,
+    Swiss,
+    Tournament,
+    run_many,
+    swiss_max_rounds,
+)
 from rrm_ray.judge.verdict import parse_verdict
 from rrm_ray.judge.voting import PairVote, Presentation, translate
 
 Side = Literal["a", "b"]
 GenerateFn = Callable[[list[str], int], list[list[str] | None]]
 _FLIP: dict[Side | None, Side | None] = {"a": "b", "b": "a", None: None}
+METHODS = ("knockout", "elo", "swiss")  # judge.method
 
 
 class JudgeInputError(ValueError):
@@ -104,9 +113,10 @@ class MatchRecord:
 
 @dataclass
 class RankResult:
-    """Responses of one query ranked by a tournament. ``scores``: rounds won (knockout) or ratings
-    (elo); ``rewards``: ``knockout_rewards`` / ``elo_rewards``; ``bracket`` (knockout) or
-    ``ratings`` (elo) is set, the other is None."""
+    """Responses of one query ranked by a tournament. ``scores``: rounds won (knockout), ratings
+    (elo) or share of games won (swiss); ``rewards``: ``knockout_rewards`` / ``elo_rewards`` /
+    ``swiss_rewards``; ``bracket`` (knockout) or ``ratings`` (elo) is set, the other is None; swiss
+    sets both."""
 
     method: str
     ranking: list[int]
@@ -155,9 +165,10 @@ class JudgeSettings:
     votes: int = 1
     adaptive_votes: bool = True
     tie_rule: Literal["random", "first", "none"] = "random"
-    method: Literal["knockout", "elo"] = "knockout"
+    method: Literal["knockout", "elo", "swiss"] = "knockout"
     rating: Literal["bradley_terry", "elo"] = "bradley_terry"
     k_factor: float = 32.0
+    swiss_rounds: int | None = None  # None: ceil(log2 n); capped at swiss_max_rounds(n)
     max_prompt_tokens: int = 4096
     over_length: Literal["truncate", "reject"] = "truncate"
     seed: int = 0
@@ -170,7 +181,7 @@ class JudgeSettings:
             ("verdict", ("generate", "choice")),
             ("prompt_style", ("full", "compact")),
             ("tie_rule", ("random", "first", "none")),
-            ("method", ("knockout", "elo")),
+            ("method", METHODS),
             ("rating", ("bradley_terry", "elo")),
             ("over_length", ("truncate", "reject")),
         ):
@@ -180,6 +191,9 @@ class JudgeSettings:
                 )
         if not isinstance(self.votes, int) or self.votes < 1:
             raise ValueError(f"judge settings: votes must be an int >= 1, got {self.votes!r}")
+        rounds = self.swiss_rounds
+        if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
+            raise ValueError(f"judge settings: swiss_rounds must be None or an int >= 1, got {rounds!r}")
         if self.verdict == "choice" and self.mode != "direct":
             raise ValueError("judge settings: verdict 'choice' needs mode 'direct' (an RRM reasons first)")
 
@@ -197,6 +211,7 @@ class JudgeSettings:
             "method",
             "rating",
             "k_factor",
+            "swiss_rounds",
         )
         return cls(
             **{n: get(n) for n in names},
@@ -452,12 +467,12 @@ class JudgeService:
 
         A match the votes leave undecided (split or no parseable verdict) goes to the tournament's
         own rule: a seeded coin in a knockout ("first" tie rule: response a), half a win each in a
-        round robin. Tournament seeds derive from ``settings.seed`` and the item's position.
+        round robin or Swiss round. Tournament seeds derive from ``settings.seed`` and the item's position.
         """
         s = self.settings
         method = method or s.method
-        if method not in ("knockout", "elo"):
-            raise ValueError(f"rank: method must be 'knockout' or 'elo', got {method!r}")
+        if method not in METHODS:
+            raise ValueError(f"rank: method must be one of {METHODS}, got {method!r}")
         tournaments: list[Tournament] = []
         for k, item in enumerate(items):
             if not isinstance(item, tuple | list) or len(item) != 2:
@@ -470,12 +485,7 @@ class JudgeService:
                 )
             for r, text in enumerate(responses):
                 _check_str(text, f"item {k}: response {r}")
-            seed = s.seed * 1_000_003 + k
-            if method == "knockout":
-                undecided = "first" if s.tie_rule == "first" else "random"
-                tournaments.append(Knockout(len(responses), seed, undecided=undecided))
-            else:
-                tournaments.append(RoundRobin(len(responses), s.rating, s.k_factor, seed=seed))
+            tournaments.append(new_tournament(s, method, len(responses), s.seed * 1_000_003 + k))
         records: list[list[MatchRecord]] = [[] for _ in tournaments]
 
         def compare_batch(batch: list[tuple[int, Match]]) -> list[Side | None]:
@@ -488,7 +498,7 @@ class JudgeService:
             return outcomes
 
         run_many(tournaments, compare_batch)
-        return [_result(t, rec) for t, rec in zip(tournaments, records, strict=True)]
+        return [rank_result(t, rec) for t, rec in zip(tournaments, records, strict=True)]
 
     def best_of_n(
         self, items: Sequence[tuple[str, Sequence[str]]], method: str | None = None, votes: int | None = None
@@ -497,7 +507,24 @@ class JudgeService:
         return [r.winner for r in self.rank(items, method, votes)]
 
 
-def _result(t: Tournament, records: list[MatchRecord]) -> RankResult:
+def new_tournament(s: JudgeSettings, method: str, n: int, seed: int) -> Tournament:
+    """The tournament ``rank`` runs over ``n`` responses (also what ``rrm_ray.judge.simulation`` drives).
+
+    Swiss: ``s.swiss_rounds`` (None: ceil(log2 n)) capped at ``swiss_max_rounds(n)``, the rounds after
+    which every pair has met, so one setting serves every group size.
+    """
+    if method == "knockout":
+        return Knockout(n, seed, undecided="first" if s.tie_rule == "first" else "random")
+    if method == "swiss":
+        rounds = None if s.swiss_rounds is None else min(s.swiss_rounds, swiss_max_rounds(n))
+        return Swiss(n, rounds, seed=seed)
+    if method == "elo":
+        return RoundRobin(n, s.rating, s.k_factor, seed=seed)
+    raise ValueError(f"new_tournament: method must be one of {METHODS}, got {method!r}")
+
+
+def rank_result(t: Tournament, records: list[MatchRecord]) -> RankResult:
+    """A finished tournament as ranking, winner and per-response rewards."""
     if isinstance(t, Knockout):
         rewards = knockout_rewards(t)
         won = t.rounds_won
@@ -505,6 +532,12 @@ def _result(t: Tournament, records: list[MatchRecord]) -> RankResult:
         bracket = [[dict(e) for e in rnd] for rnd in t.bracket]
         return RankResult(
             "knockout", ranking, t.winner, [float(x) for x in won], rewards, bracket, None, records
+        )
+    if isinstance(t, Swiss):
+        ranking = t.ranking
+        bracket = [[dict(e) for e in rnd] for rnd in t.bracket]
+        return RankResult(
+            "swiss", ranking, ranking[0], t.score, swiss_rewards(t), bracket, t.ratings, records
         )
     assert isinstance(t, RoundRobin)
     ranking = t.ranking

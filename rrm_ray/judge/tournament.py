@@ -1,4 +1,4 @@
-"""Rank several responses to one query with a pairwise judge: knockout and round robin.
+"""Rank several responses to one query with a pairwise judge: knockout, round robin, Swiss rounds.
 
 The judge (an RRM behind a vLLM engine) is the expensive part and is batched across many queries, so
 a tournament here never calls it. It is a small state machine that the caller STEPS:
@@ -37,6 +37,11 @@ Two rating methods:
   linearly and slowly exactly when the judge is consistent (a near-total order; measured: ~1,000 MM
   iterations for n=16, ~2,800 for n=32), while Newton needs about ten steps.
 
+Swiss rounds (in between: ``rounds`` x floor(n/2) comparisons, default ceil(log2 n) rounds, so about
+log2(n)/2 times a knockout's calls and a small fraction of a round robin's): every round pairs entrants
+of equal score that have not met, and the ranking is the share of games won, split by a Bradley-Terry
+fit over the games played; see ``Swiss``. README "Which tournament" compares the three per judge call.
+
 ``ranking`` sorts best first; ratings within 1e-6 of each other count as tied and keep index order.
 """
 
@@ -54,6 +59,7 @@ _TIE_TOL = 1e-6  # rating differences below this are float noise, not a preferen
 _BT_PRIOR = 1.0  # virtual wins (and losses) of every item against the reference
 _BT_TOL = 1e-10  # gradient size at which the Newton fit stops (in games)
 _BT_MAX_ITER = 100
+_PAIRING_STEPS = 20_000  # Swiss pairing search nodes per repeat allowance before allowing one more
 
 
 class TournamentError(ValueError):
@@ -261,16 +267,205 @@ class RoundRobin:
     @property
     def ranking(self) -> list[int]:
         """Indexes best first; near-equal ratings (within 1e-6) keep index order."""
-        ratings = self.ratings
-        order = sorted(range(self.n), key=lambda i: -ratings[i])
-        # Stable insertion pass: inside a run of near-ties, restore index order.
-        out: list[int] = []
-        for i in order:
-            k = len(out)
-            while k > 0 and out[k - 1] > i and abs(ratings[out[k - 1]] - ratings[i]) < _TIE_TOL:
-                k -= 1
-            out.insert(k, i)
-        return out
+        return _rank_by(self.ratings)
+
+
+def _rank_by(ratings: Sequence[float]) -> list[int]:
+    """Indexes sorted by rating, best first; near-equal ratings (within 1e-6) keep index order."""
+    order = sorted(range(len(ratings)), key=lambda i: -ratings[i])
+    # Stable insertion pass: inside a run of near-ties, restore index order.
+    out: list[int] = []
+    for i in order:
+        k = len(out)
+        while k > 0 and out[k - 1] > i and abs(ratings[out[k - 1]] - ratings[i]) < _TIE_TOL:
+            k -= 1
+        out.insert(k, i)
+    return out
+
+
+def swiss_max_rounds(n: int) -> int:
+    """Rounds after which every pair can have met: n-1 for even n, n for odd n (one bye each)."""
+    if n <= 1:
+        return 0
+    return n - 1 if n % 2 == 0 else n
+
+
+class _PairingGaveUp(Exception):
+    """The pairing search spent its step budget at this number of allowed repeats."""
+
+
+class Swiss:
+    """Swiss rounds over ``n`` responses: ``rounds`` waves of floor(n/2) comparisons each.
+
+    Every round sorts the entrants by points (wins + byes, half a point each for an undecided match),
+    ties by a seeded random order fixed at the start, and pairs them top down with the nearest entrant
+    below that they have not met (Monrad pairing): leaders meet leaders, so after ceil(log2 n) rounds,
+    the default, one entrant is usually alone on top, as in a knockout, but everyone has played every
+    round. Round 1 is therefore a seeded random pairing. A repeat-free pairing is found by a
+    depth-first search; when none exists the search allows one repeated pair, then two, ... (each
+    allowance gets a bounded number of search steps, so a pathological history costs milliseconds,
+    not an exponential search). Rounds are paired one at a time, so close to ``swiss_max_rounds``
+    the history can leave no fresh pairing although a full round-robin schedule exists (measured:
+    n=14 with all 13 rounds repeats 2 pairs); at the default rounds no pair repeats (tested to n=17).
+    For odd n the bye goes to the lowest-placed entrant among those with the fewest byes; for
+    PAIRING it is a point (as in chess), so that a strong bye holder keeps meeting the leaders, but
+    it is not evidence: the ranking and the fit below never see it.
+
+    Ranking: ``score`` first, the share of its played games an entrant won (undecided = half; for
+    even n that is points / rounds, i.e. wins), then a penalised Bradley-Terry fit over the games
+    played (the round robin's ``"bradley_terry"``, same prior), which weighs whom an entrant beat
+    (finer than a Buchholz sum of the opponents' points, which ties often at small n); then index.
+    ``ratings`` holds that fit on the Elo scale, mean ``initial``. In the simulation
+    (``rrm_ray.judge.simulation``) ranking by the fit alone picked the same winners, and rewards from
+    the fit instead of the score gave the same advantage correlation within noise: the score is the
+    simpler signal and does not depend on the prior.
+
+    Attributes: ``bracket`` - one list per round, entries ``{a, b, winner, bye, decided}`` as in
+    ``Knockout`` (an undecided match has ``winner=None``, ``decided=False``); ``points`` (pairing),
+    ``wins`` and ``games`` (played), ``byes``, ``comparisons`` and ``undecided``.
+    """
+
+    def __init__(self, n: int, rounds: int | None = None, seed: int = 0, initial: float = 1000.0) -> None:
+        self.n = _check_int("n", n, 1)
+        _check_seed(seed)
+        if not (isinstance(initial, int | float) and math.isfinite(initial)):
+            raise TournamentError(f"Swiss: initial must be a finite number, got {initial!r}")
+        limit = swiss_max_rounds(n)
+        if rounds is None:
+            rounds = math.ceil(math.log2(n)) if n > 1 else 0
+        _check_int("rounds", rounds, 0)
+        if rounds > limit:
+            raise TournamentError(
+                f"Swiss: rounds={rounds} is more than {limit}, the rounds after which every pair of "
+                f"{n} entrants has met; use at most {limit}"
+            )
+        self.num_rounds = rounds
+        self.initial = float(initial)
+        rng = random.Random(seed)
+        order = list(range(n))
+        rng.shuffle(order)
+        self._place = {i: k for k, i in enumerate(order)}  # seeded tie order of equal points
+        self.bracket: list[list[dict]] = []
+        self.points = [0.0] * n
+        self.wins = [0.0] * n
+        self.games = [0] * n
+        self.byes = [0] * n
+        self.comparisons = 0
+        self.undecided = 0
+        self._met = [[0] * n for _ in range(n)]
+        self._games: list[tuple[int, int, float]] = []  # (a, b, score of a)
+        self._open: dict[Match, dict] = {}
+        self._ratings: list[float] | None = None
+        self._start_round()
+
+    def _start_round(self) -> None:
+        if len(self.bracket) == self.num_rounds:
+            self._ratings = _bradley_terry(self, sorted(self._games))
+            return
+        r = len(self.bracket) + 1
+        standing = sorted(range(self.n), key=lambda i: (-self.points[i], self._place[i]))
+        bye = None
+        if self.n % 2:
+            fewest = min(self.byes)
+            bye = next(i for i in reversed(standing) if self.byes[i] == fewest)
+            standing.remove(bye)
+        entries = []
+        for a, b in self._pair(standing):
+            entry = {"a": a, "b": b, "winner": None, "bye": False, "decided": None}
+            self._open[Match(r, a, b)] = entry
+            entries.append(entry)
+        if bye is not None:
+            entries.append({"a": bye, "b": None, "winner": bye, "bye": True, "decided": True})
+            self.byes[bye] += 1
+            self.points[bye] += 1.0
+        self.bracket.append(entries)
+
+    def _pair(self, standing: list[int]) -> list[tuple[int, int]]:
+        """Top-down pairing of ``standing`` (even length) with the fewest repeated pairs it finds."""
+        for allowed in range(len(standing) // 2 + 1):
+            try:
+                found = _pair_search(standing, self._met, allowed, [0])
+            except _PairingGaveUp:
+                continue
+            if found is not None:
+                return found
+        raise AssertionError("unreachable: with every pair allowed to repeat, adjacent pairing works")
+
+    @property
+    def done(self) -> bool:
+        return self._ratings is not None
+
+    def pending(self) -> list[Match]:
+        """Unresolved matches of the current round, in pairing order; empty when done."""
+        return list(self._open)
+
+    def submit(self, outcomes: dict[Match, Outcome]) -> None:
+        """Record outcomes for some or all pending matches; the next round is paired once all are in."""
+        for match in outcomes:
+            if match not in self._open:
+                raise TournamentError(f"Swiss.submit: {match} is not pending (pending: {self.pending()})")
+            _check_outcome("Swiss.submit", match, outcomes[match])
+        for match in [m for m in self._open if m in outcomes]:
+            entry = self._open.pop(match)
+            outcome = outcomes[match]
+            score = {"a": 1.0, "b": 0.0, None: 0.5}[outcome]
+            entry["decided"] = outcome is not None
+            entry["winner"] = {"a": match.a, "b": match.b, None: None}[outcome]
+            self._games.append((match.a, match.b, score))
+            self._met[match.a][match.b] += 1
+            self._met[match.b][match.a] += 1
+            for i, s in ((match.a, score), (match.b, 1.0 - score)):
+                self.wins[i] += s
+                self.points[i] += s
+                self.games[i] += 1
+            self.comparisons += 1
+            self.undecided += outcome is None
+        if not self._open and not self.done:
+            self._start_round()
+
+    @property
+    def ratings(self) -> list[float]:
+        """Bradley-Terry fit over the games played (Elo scale, mean ``initial``)."""
+        if self._ratings is None:
+            raise TournamentError(
+                f"Swiss.ratings: round {len(self.bracket)} of {self.num_rounds} has "
+                f"{len(self._open)} matches pending"
+            )
+        return list(self._ratings)
+
+    @property
+    def score(self) -> list[float]:
+        """Share of its played games each entrant won (undecided = half); 0.5 for one that played none."""
+        return [w / g if g else 0.5 for w, g in zip(self.wins, self.games, strict=True)]
+
+    @property
+    def ranking(self) -> list[int]:
+        """Indexes best first: score, then the Bradley-Terry rating, then index (Python's sort is
+        stable, so the order ``_rank_by`` gives inside an equal score survives)."""
+        score = self.score
+        return sorted(_rank_by(self.ratings), key=lambda i: -score[i])
+
+
+def _pair_search(
+    rest: list[int], met: list[list[int]], allowed: int, steps: list[int], repeats: int = 0
+) -> list[tuple[int, int]] | None:
+    """Depth first: pair ``rest[0]`` with the nearest entrant below it that keeps the repeated pairs
+    within ``allowed``, then the rest; None when no such pairing exists. ``steps`` counts the nodes
+    visited (a one-item list, shared by the recursion) and the search gives up past ``_PAIRING_STEPS``."""
+    if not rest:
+        return []
+    steps[0] += 1
+    if steps[0] > _PAIRING_STEPS:
+        raise _PairingGaveUp
+    first = rest[0]
+    for k in range(1, len(rest)):
+        used = repeats + (met[first][rest[k]] > 0)
+        if used > allowed:
+            continue
+        tail = _pair_search(rest[1:k] + rest[k + 1 :], met, allowed, steps, used)
+        if tail is not None:
+            return [(first, rest[k]), *tail]
+    return None
 
 
 def _elo(t: RoundRobin, games: list[tuple[int, int, float]]) -> list[float]:
@@ -299,12 +494,14 @@ def _sigmoid(x: float) -> float:
 
 
 def _bt_objective(theta: list[float], games: list[tuple[int, int, float]]) -> float:
-    """Penalised log-likelihood: the games plus the prior's virtual games against theta = 0."""
-    ll = sum(
-        s * _log_sigmoid(theta[i] - theta[j]) + (1 - s) * _log_sigmoid(theta[j] - theta[i])
-        for i, j, s in games
-    )
-    return ll + _BT_PRIOR * sum(_log_sigmoid(x) + _log_sigmoid(-x) for x in theta)
+    """Penalised log-likelihood: the games plus the prior's virtual games against theta = 0.
+
+    Per game s*log sig(d) + (1-s)*log sig(-d) with d = theta_i - theta_j, written as
+    log sig(-d) + s*d (log sig(d) - log sig(-d) = d): one log-sigmoid per game instead of two, which
+    halves the cost of the fit (the simulation in rrm_ray.judge.simulation runs it thousands of times).
+    """
+    ll = sum(_log_sigmoid(theta[j] - theta[i]) + s * (theta[i] - theta[j]) for i, j, s in games)
+    return ll + _BT_PRIOR * sum(2.0 * _log_sigmoid(x) - x for x in theta)
 
 
 def _solve_spd(a: list[list[float]], b: list[float]) -> list[float]:
@@ -324,7 +521,7 @@ def _solve_spd(a: list[list[float]], b: list[float]) -> list[float]:
     return x
 
 
-def _bradley_terry(t: RoundRobin, games: list[tuple[int, int, float]]) -> list[float]:
+def _bradley_terry(t: RoundRobin | Swiss, games: list[tuple[int, int, float]]) -> list[float]:
     """Penalised Bradley-Terry MLE in log-strengths theta (p = e^theta), on the Elo scale.
 
     Damped Newton: the objective is strictly concave (the prior adds curvature to every item), so

@@ -56,6 +56,7 @@ def tiny_overrides(model: str, tmp: Path, **extra: object) -> list[str]:
         "reward.rule": "tests.integration.rules:count_vowels",
         "data.train_path": str(data / "train.jsonl"),
         "data.eval_path": str(data / "eval.jsonl"),
+        "data.generate_dir": str(tmp),  # the test's folder: a test's own paths under it are generated
         "data.prompts_per_step": 2,
         "data.eval_max_prompts": 4,
         "trainer.total_steps": 2,
@@ -66,6 +67,20 @@ def tiny_overrides(model: str, tmp: Path, **extra: object) -> list[str]:
     }
     base.update({k: v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in base.items()]
+
+
+RRM_RAY = Path(sys.executable).with_name("rrm-ray")  # the installed console script, as a user types it
+
+
+def rrm_ray_cli(
+    *args: str, env: dict | None = None, timeout: int = 600, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
+    """`rrm-ray ARGS...` through the installed console script; workers can import the tests' rules."""
+    if env is None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [str(RRM_RAY), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def free_port() -> int:
@@ -162,3 +177,46 @@ def ray_head(tmp_path_factory):
         yield {"address": f"http://127.0.0.1:{dash}", "env": env}
     finally:
         stop_process_group(proc)
+
+
+@pytest.fixture(scope="session")
+def grpo_run(ray_local, tiny_model, tmp_path_factory):
+    """Two tiny GRPO steps with a probe of the engine's and the learner's log-probs around them, shared by
+    test_grpo_e2e (the loop) and test_mlflow_ui (the run as MLflow shows it)."""
+    from rrm_ray.config import load_config
+    from rrm_ray.driver import GRPOJob
+
+    tmp = tmp_path_factory.mktemp("grpo")
+    overrides = {
+        "rollout.weight_sync": "collective",
+        "tracking.experiment": "ui",
+        "tracking.system_metrics_interval_s": 1,
+        "tracking.log_model": "artifacts",  # the tiny policy is a few MB: copy it into MLflow
+        "tracking.registered_model": "tiny-policy",
+    }
+    cfg = load_config(None, tiny_overrides(tiny_model, tmp, **overrides))
+    job = GRPOJob(cfg)
+    job.start()
+    probe = job.tokenizer.encode("The quick brown fox jumps over the lazy dog. 1 + 2 = 3")
+    initial = job.rollout.call_rank0("probe_logprobs", probe)
+    try:
+        summary = job.run()
+        engine = job.rollout.call_rank0("probe_logprobs", probe)
+        learner = job.learner.call_all("probe_logprobs", probe)[0]
+        engine_params = job.rollout.call_rank0("checksums")
+        # As after an engine restart: the transfer is set up anew (a new gloo group) and used again.
+        job._init_weight_transfer()
+        resync = job.sync_weights()
+        engine_after_resync = job.rollout.call_rank0("probe_logprobs", probe)
+    finally:
+        job.close()
+    return {
+        "cfg": cfg,
+        "summary": summary,
+        "initial": initial,
+        "engine": engine,
+        "learner": learner,
+        "engine_params": engine_params,
+        "resync": resync,
+        "engine_after_resync": engine_after_resync,
+    }

@@ -1,4 +1,9 @@
-"""Two GRPO steps through the real stack: Ray + vLLM (CPU) + 2 FSDP2 ranks (gloo) + rule actor + MLflow."""
+"""Two GRPO steps through the real stack: Ray + vLLM (CPU) + 2 FSDP2 ranks (gloo) + rule actor + MLflow.
+
+Weights go learner -> engine through vLLM's weight-transfer protocol with the gloo collective engine
+(`rollout.weight_sync=collective`, what `auto` means on cpu); `tests/integration/test_weight_transfer.py`
+covers the object-store method.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +12,14 @@ import math
 import mlflow
 import pytest
 
-from rrm_ray.config import load_config
-from rrm_ray.driver import GRPOJob
-from tests.integration.conftest import tiny_overrides
-
 pytestmark = pytest.mark.integration
 
 PHASES = ("generate", "reward", "logprobs", "update", "weight_sync")
 
 
 @pytest.fixture(scope="module")
-def job_run(ray_local, tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("grpo")
-    cfg = load_config(None, tiny_overrides(tiny_model, tmp))
-    job = GRPOJob(cfg)
-    job.start()
-    probe = job.tokenizer.encode("The quick brown fox jumps over the lazy dog. 1 + 2 = 3")
-    initial = job.rollout.call_rank0("probe_logprobs", probe)
-    try:
-        summary = job.run()
-        engine = job.rollout.call_rank0("probe_logprobs", probe)
-        learner = job.learner.call_all("probe_logprobs", probe)[0]
-        engine_params = job.rollout.call_rank0("checksums")
-    finally:
-        job.close()
-    return {
-        "cfg": cfg,
-        "summary": summary,
-        "initial": initial,
-        "engine": engine,
-        "learner": learner,
-        "engine_params": engine_params,
-    }
+def job_run(grpo_run):
+    return grpo_run
 
 
 def test_engine_holds_the_learners_weights_after_sync(job_run):
@@ -50,6 +31,14 @@ def test_engine_holds_the_learners_weights_after_sync(job_run):
     assert max(abs(a - b) for a, b in zip(engine, initial, strict=True)) > 1e-2
     # The engine's own parameters are checksummed per layer (fused q/k/v and gate/up included).
     assert {"embed", "norm", "layer0", "layer1"} <= set(job_run["engine_params"])
+
+
+def test_weight_transfer_can_be_set_up_again(job_run):
+    # 2 layers x 9 tensors + embedding + final norm (the tied lm_head is not sent), each exactly once
+    assert job_run["resync"]["params"] == 20
+    assert job_run["summary"]["history"][-1]["sync/mb"] == job_run["resync"]["bytes"] / 2**20
+    engine, learner = job_run["engine_after_resync"], job_run["learner"]
+    assert max(abs(a - b) for a, b in zip(engine, learner, strict=True)) < 1e-4
 
 
 def test_training_ran_every_phase_and_logged_to_mlflow(job_run):

@@ -5,9 +5,6 @@ only one alive at a time (the tests that start their own engine come first)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -15,7 +12,8 @@ import pytest
 
 from rrm_ray.config import load_config
 from rrm_ray.judge.service import JudgePair
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, rrm_ray_cli
+from tests.readme import runs_command
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +58,10 @@ def test_smollm2_judges_a_few_pairs(ray_local):
     assert stats["unparseable"] + decided == 3 and stats["timed_out"] == 0
 
 
+@runs_command("eval")
 def test_eval_cli_on_rewardbench_fixture(tiny_model, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env["RAY_ADDRESS"] = "local"  # a fresh local Ray, even when a `ray start` cluster runs on this machine
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [
-        sys.executable,
-        "-m",
-        "rrm_ray.cli",
         "eval",
         "--benchmark",
         "rewardbench",
@@ -83,8 +77,9 @@ def test_eval_cli_on_rewardbench_fixture(tiny_model, tmp_path):
         f"tracking.uri={uri}",
         "tracking.experiment=judge-eval",
         "cluster.local_num_cpus=4",
+        f"checkpoint.dir={tmp_path / 'run'}",
     ]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+    proc = rrm_ray_cli(*cmd, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mean credit over all items" in proc.stdout and "alpacaeval-easy" in proc.stdout
     client = mlflow.MlflowClient(tracking_uri=uri)

@@ -1,32 +1,41 @@
 """Placement on a simulated multi-node cluster: where every actor lands, and a GRPO job across nodes.
 
-`ray.cluster_utils.Cluster` starts two real raylets on this machine, each declaring 8 GPUs. Ray trusts
-declared counts, so GPU bundles schedule without GPUs; the probe actors only report where they run.
-Both "nodes" share this host (and its IP), so node identity is the Ray node id, not the address.
+`ray.cluster_utils.Cluster` starts two real raylets on this machine, each declaring 8 GPUs (a third
+joins for the 3-node profile). Ray trusts declared counts, so GPU bundles schedule without GPUs; the
+probe actors stand in for vLLM and torch (which need a GPU) and only report where they run. Both
+"nodes" share this host (and its IP), so node identity is the Ray node id, not the address.
 
     node 0 (head): CPU 4, GPU 8        node 1 (worker): CPU 4, GPU 8
+
+Every shipped GPU profile is placed through the driver's own path (`plan_placement` ->
+`reserve_placement` -> `place_role`), as shipped and with roles sharing bundles.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import ray
 
-from rrm_ray.actor_group import ActorGroup, PlacementError, RoleSpec, Worker, ordered_bundles, reserve
-from rrm_ray.config import load_config
+from rrm_ray.actor_group import ActorGroup, PlacementError, RoleSpec, ordered_bundles, reserve
+from rrm_ray.config import load_config, to_yaml
 from rrm_ray.placement import (
+    cannot_hold_message,
     format_placement,
-    missing_resources,
     node_runs,
+    placement_problems,
+    plan_placement,
     role_specs,
-    shared_fraction,
     unplaceable,
 )
 from tests.integration.conftest import REPO, tiny_overrides
+from tests.integration.probes import Probe
+from tests.readme import runs_command
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +43,12 @@ GPUS_PER_NODE = 8
 CPUS_PER_NODE = 4
 CONFIGS = REPO / "configs"
 # The GPU profiles' CPU asks (6-8 per bundle) shrink to fractions so 17 probes fit 2 x 4 CPUs here.
-SMALL_CPUS = ["rollout.cpus_per_engine=0.05", "learner.cpus_per_rank=0.05", "reward.cpus=0.05"]
-
-
-class Probe(Worker):
-    """A placement probe: starts in a blink and only answers `node_info`."""
+SMALL_CPUS = [
+    "rollout.cpus_per_engine=0.05",
+    "learner.cpus_per_rank=0.05",
+    "reward.cpus=0.05",
+    "judge.cpus_per_engine=0.05",
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +72,7 @@ def cluster():
         n["NodeID"]: "node0-head" if "node:__internal_head__" in n["Resources"] else "node1" for n in alive
     }
     try:
-        yield {"names": names, "nodes": alive}
+        yield {"names": names, "nodes": alive, "sim": sim, "node_args": node}
     finally:
         ray.shutdown()
         sim.shutdown()
@@ -102,28 +112,6 @@ def _master_addr_is_rank0_node(learner: ActorGroup, nodes: list[dict]) -> None:
     assert learner.call_rank0("free_port") > 0
 
 
-def test_shipped_2x8_profile_places_every_role(cluster):
-    cfg = load_config(CONFIGS / "grpo_gpu_2x8.yaml", SMALL_CPUS)
-    specs = role_specs(cfg)
-    assert missing_resources(specs, ray.cluster_resources()) == []
-    assert unplaceable(specs, [n["Resources"] for n in cluster["nodes"]]) == []
-    groups = [ActorGroup(Probe, spec, placement_timeout_s=120) for spec in specs.values()]
-    try:
-        rows = {g.spec.name: g.placement() for g in groups}
-        _show("grpo_gpu_2x8.yaml", [r for g in rows.values() for r in g], cluster["names"])
-        for g in groups:
-            _check_group(g, rows[g.spec.name])
-        _free_gpus_become(0)  # 8 + 8 bundles of 1 GPU fill 2 x 8
-        rollout_nodes = {r["node_id"] for r in rows["rollout"]}
-        learner_nodes = {r["node_id"] for r in rows["learner"]}
-        assert len(rollout_nodes) == 1  # PACK: the 8 engines fill one node
-        assert len(learner_nodes) == 1 and learner_nodes != rollout_nodes  # STRICT_PACK: the other one
-        _master_addr_is_rank0_node(groups[1], cluster["nodes"])
-    finally:
-        for g in reversed(groups):
-            g.shutdown()
-
-
 def test_spread_learner_ranks_are_renumbered_by_node(cluster):
     """SPREAD alternates bundles between nodes (0, 2 | 1, 3); ranks must not alternate."""
     cfg = load_config(
@@ -133,8 +121,7 @@ def test_spread_learner_ranks_are_renumbered_by_node(cluster):
     try:
         rows = learner.placement()
         _show("grpo_gpu_2x8.yaml learner.strategy=SPREAD learner.num_ranks=4", rows, cluster["names"])
-        _check_group(learner, rows)
-        assert [len(ranks) for _, ranks in node_runs(rows)] == [2, 2]
+        _check_group(learner, rows)  # ranks contiguous per node, wherever SPREAD (best effort) put them
         bundle_node = ray.util.placement_group_table(learner.pg)["bundles_to_node_id"]
         by_index = node_runs([{"rank": b, "node_id": bundle_node[b]} for b in range(4)])
         if len(by_index) > 2:  # Ray did alternate the bundles: the ranks were renumbered
@@ -149,13 +136,27 @@ def test_spread_learner_ranks_are_renumbered_by_node(cluster):
     [
         ("grpo_gpu_1x8.yaml", [], [4]),  # STRICT_PACK: one node
         ("grpo_gpu_2x8.yaml", ["learner.strategy=STRICT_SPREAD", "learner.num_ranks=2"], [1, 1]),
-        ("grpo_gpu_2x8.yaml", ["learner.strategy=SPREAD"], [4, 4]),
         ("grpo_gpu_2x8.yaml", [], [8]),  # STRICT_PACK
     ],
 )
 def test_learner_strategy_decides_the_nodes(cluster, profile, overrides, expected_per_node):
     """Placement groups only (no actors): bundles per node, and the rank order `ActorGroup` would use."""
-    cfg = load_config(CONFIGS / profile, [*SMALL_CPUS, *overrides])
+    runs = _learner_runs(profile, [*SMALL_CPUS, *overrides])
+    assert sorted(len(ranks) for _, ranks in runs) == sorted(expected_per_node)
+
+
+def test_spread_uses_both_nodes_when_one_cannot_hold_the_ranks(cluster):
+    """SPREAD is best effort (8 ranks once landed 2 + 6): all it promises is a placement; 12 ranks of
+    1 GPU cannot fit one 8-GPU node, so both nodes hold some, and ranks stay contiguous per node."""
+    overrides = ["learner.strategy=SPREAD", "learner.num_ranks=12", "data.prompts_per_step=48"]
+    runs = _learner_runs("grpo_gpu_2x8.yaml", [*SMALL_CPUS, "rollout.num_engines=4", *overrides])
+    assert len(runs) == 2 and sum(len(ranks) for _, ranks in runs) == 12
+    assert all(len(ranks) <= GPUS_PER_NODE for _, ranks in runs)
+
+
+def _learner_runs(profile: str, overrides: list[str]) -> list[tuple[str, list[int]]]:
+    """The learner's ranks cut into runs per node, checked contiguous (each node one run)."""
+    cfg = load_config(CONFIGS / profile, overrides)
     spec = role_specs(cfg)["learner"]
     pg = reserve(spec, timeout_s=60)
     try:
@@ -165,39 +166,96 @@ def test_learner_strategy_decides_the_nodes(cluster, profile, overrides, expecte
             for rank, b in enumerate(ordered_bundles(pg))
         ]
         runs = node_runs(rows)
-        assert sorted(len(ranks) for _, ranks in runs) == sorted(expected_per_node)
-        assert len(runs) == len({node for node, _ in runs})
+        assert len(runs) == len({node for node, _ in runs}), runs
+        return runs
     finally:
         ray.util.remove_placement_group(pg)
 
 
-def test_colocated_roles_share_bundles_by_fraction(cluster):
-    """A judge colocated with the rollout: both groups on the rollout's bundles, half a GPU each."""
-    cfg = load_config(
-        CONFIGS / "grpo_gpu_1x8.yaml",
-        [*SMALL_CPUS, "rollout.num_engines=2", "judge.enabled=true", "judge.colocate_with_rollout=true"],
-    )
-    specs = role_specs(cfg)
-    assert "judge" not in specs  # it takes no bundles of its own
-    full = specs["rollout"]
-    _free_gpus_become(2 * GPUS_PER_NODE)  # what earlier tests reserved is released
-    pg = reserve(full, timeout_s=60)
-    rollout = ActorGroup(Probe, shared_fraction(full, 0.5), pg=pg)
-    judge = ActorGroup(Probe, shared_fraction(dataclasses.replace(full, name="judge"), 0.5), pg=pg)
+# What each profile is placed with: as shipped, and with roles sharing bundles (equal counts, strategies).
+JUDGE_ON_ROLLOUT = ["judge.enabled=true", "judge.num_engines=4", "cluster.colocate=[[rollout,judge]]"]
+PROFILE_CASES = [
+    pytest.param("grpo_gpu_1x8.yaml", [], id="1x8"),
+    pytest.param("grpo_gpu_1x8.yaml", JUDGE_ON_ROLLOUT, id="1x8-judge-on-rollout"),
+    pytest.param("grpo_gpu_2x8.yaml", [], id="2x8"),
+    pytest.param(
+        "grpo_gpu_2x8.yaml",
+        ["learner.strategy=PACK", "cluster.colocate=[[rollout,learner]]"],
+        id="2x8-shared",
+    ),
+    pytest.param("train_rrm_7b.yaml", [], id="rrm7b"),
+    pytest.param("train_rrm_7b.yaml", ["cluster.colocate=[[rollout,learner]]"], id="rrm7b-shared"),
+    pytest.param("train_rrm_32b.yaml", [], id="rrm32b-3-nodes"),  # 24 GPUs: a third node joins
+    pytest.param(
+        "train_rrm_32b.yaml",  # a shared engine takes 1 GPU (Ray splits one GPU, not several)
+        [
+            "rollout.gpus_per_engine=1",
+            "rollout.tensor_parallel_size=1",
+            "learner.num_ranks=4",
+            "cluster.colocate=[[rollout,learner]]",
+        ],
+        id="rrm32b-shared",
+    ),
+    pytest.param("grpo_rrm32b_judge_2x8.yaml", [], id="judge32b-shared"),  # as shipped; judge at TP 4
+    pytest.param(
+        "grpo_rrm32b_judge_2x8.yaml",
+        ["cluster.colocate=[]", "rollout.num_engines=4", "learner.num_ranks=4"],
+        id="judge32b-own",
+    ),
+]
+
+
+@pytest.mark.parametrize(("profile", "overrides"), PROFILE_CASES)
+def test_every_gpu_profile_places_every_role(cluster, profile, overrides):
+    """The driver's placement path with stand-in actors: every role starts on its share of a bundle,
+    roles sharing a bundle land on the same node, and the asks on a bundle never exceed it."""
+    from rrm_ray.driver import check_fits, place_role, reserve_placement
+
+    cfg = load_config(CONFIGS / profile, [*SMALL_CPUS, *overrides])
+    plan = plan_placement(cfg)
+    needed = -(-sum(g.num_workers * g.gpus for g in plan.groups.values()) // GPUS_PER_NODE)
+    extra = [cluster["sim"].add_node(**cluster["node_args"]) for _ in range(int(needed) - 2)]
     try:
-        a, b = rollout.placement(), judge.placement()
-        _show("grpo_gpu_1x8.yaml rollout + colocated judge", a + b, cluster["names"])
-        assert [(r["bundle"], r["node_id"]) for r in a] == [(r["bundle"], r["node_id"]) for r in b]
-        _free_gpus_become(2 * GPUS_PER_NODE - full.num_workers)  # one GPU per bundle, not two
-        judge.shutdown()  # a group that did not reserve the placement group leaves it in place
-        assert rollout.call_all("ping") == [True] * full.num_workers
-        assert ray.util.placement_group_table(pg)["state"] == "CREATED"
+        _free_gpus_become(GPUS_PER_NODE * max(2, needed))  # earlier tests released theirs
+        check_fits(plan)
+        pgs = reserve_placement(plan, timeout_s=60)
+        groups = {}
+        try:
+            for role in plan.roles:
+                groups[role] = place_role(plan, pgs, role, Probe, call_timeout_s=120)
+            rows = {role: g.placement() for role, g in groups.items()}
+            _show(f"{profile} {' '.join(overrides)}", [r for g in rows.values() for r in g], cluster["names"])
+            for role, group in groups.items():
+                _check_group(group, rows[role])
+            for name, spec in plan.groups.items():
+                roles = [r for r, share in plan.roles.items() if share.group == name]
+                bundle_node = ray.util.placement_group_table(pgs[name])["bundles_to_node_id"]
+                for b in range(spec.num_workers):
+                    on_b = [(r, row) for r in roles for row in rows[r] if row["bundle"] == b]
+                    assert sorted(r for r, _ in on_b) == sorted(roles)  # every sharer once per bundle
+                    assert {row["node_id"] for _, row in on_b} == {bundle_node[b]}
+                    for key, total in spec.bundle().items():
+                        asked = sum(plan.roles[r].spec.bundle().get(key, 0.0) for r in roles)
+                        assert asked <= total + 1e-9, (name, b, key, asked, total)
+            reserved = sum(g.num_workers * g.gpus for g in plan.groups.values())
+            _free_gpus_become(GPUS_PER_NODE * max(2, needed) - reserved)  # a shared bundle counts once
+            if profile == "grpo_gpu_2x8.yaml" and not overrides:
+                rollout_nodes = {r["node_id"] for r in rows["rollout"]}
+                learner_nodes = {r["node_id"] for r in rows["learner"]}
+                assert len(rollout_nodes) == 1  # PACK: the 8 engines fill one node
+                assert len(learner_nodes) == 1 and learner_nodes != rollout_nodes  # STRICT_PACK: the other
+                _master_addr_is_rank0_node(groups["learner"], cluster["nodes"])
+        finally:
+            for g in reversed(groups.values()):
+                g.shutdown()
+            for pg in pgs.values():
+                ray.util.remove_placement_group(pg)
     finally:
-        judge.shutdown()
-        rollout.shutdown()
-        ray.util.remove_placement_group(pg)
+        for node in extra:
+            cluster["sim"].remove_node(node)
 
 
+@runs_command("plan")
 def test_more_than_the_cluster_has_fails_fast_and_names_it(cluster, tiny_model, tmp_path):
     from rrm_ray.driver import GRPOJob
 
@@ -221,8 +279,39 @@ def test_more_than_the_cluster_has_fails_fast_and_names_it(cluster, tiny_model, 
     assert "GPU: the job asks for 20 (rollout 12x1, learner 8x1), the cluster has 16" in str(info.value)
     assert job.groups == []
     job.close()
+    # `rrm-ray plan --address` says so, in the same words, before anything starts.
+    config = tmp_path / "job.yaml"
+    config.write_text(to_yaml(cfg))
+    plan = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("rrm-ray")),
+            "plan",
+            str(config),
+            "--address",
+            cluster["sim"].address,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plan.returncode == 1, plan.stderr
+    assert plan.stderr.splitlines()[-2:] == str(info.value).splitlines()
+    assert "the live cluster at" in plan.stdout
 
-    # Totals fit but the strategy cannot: 12 ranks STRICT_PACK on 8-GPU nodes.
+    # Totals fit but the strategy cannot (12 ranks STRICT_PACK on 8-GPU nodes): start fails at once too.
+    strict = ["learner.num_ranks=12", "learner.strategy=STRICT_PACK", "rollout.num_engines=1"]
+    cfg = load_config(
+        None, [*tiny_overrides(tiny_model, tmp_path), *overrides, *strict, "data.prompts_per_step=3"]
+    )
+    job = GRPOJob(cfg)
+    with pytest.raises(PlacementError) as info:
+        job.start()
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    assert str(info.value) == cannot_hold_message(placement_problems(plan_placement(cfg).groups, nodes))
+    assert "learner: STRICT_PACK needs 12 x" in str(info.value) and job.groups == []
+    job.close()
+
     spec = RoleSpec("learner", 12, 0.05, 1.0, "STRICT_PACK")
     lines = unplaceable({"learner": spec}, [n["Resources"] for n in cluster["nodes"]])
     assert lines and "learner: STRICT_PACK needs 12 x" in lines[0]

@@ -1,10 +1,8 @@
 """RRM jobs through the real stack on a tiny random model: judge training with the rule reward
-(issue: train an RRM), GRPO whose rewards come from the RRM judge's tournaments, and DPO on
-RRM-labelled pairs."""
+(issue: train an RRM), GRPO whose rewards come from the RRM judge's tournaments. DPO on RRM-labelled
+pairs runs through `rrm-ray dpo` in test_cli_commands.py."""
 
 from __future__ import annotations
-
-import math
 
 import mlflow
 import pytest
@@ -157,45 +155,3 @@ def test_grpo_with_rrm_rewards(ray_local, tiny_model, tmp_path):
     assert any("judge_brackets_step" in t for t in tables)
     metrics = client.get_run(summary["run_id"]).data.metrics
     assert {"judge/unparseable", "judge/cache_hits", "judge/calls_saved", "judge/generate_s"} <= set(metrics)
-
-
-def test_dpo_with_rrm_labels(ray_local, tiny_model, tmp_path):
-    """Two samples per prompt, the judge picks (3 votes, forced choice so a random model always
-    answers), DPO against reference log-probs taken once; the first update starts at loss log 2."""
-    from rrm_ray.dpo import DPOJob
-
-    overrides = tiny_overrides(
-        tiny_model,
-        tmp_path,
-        **{
-            "judge.enabled": True,
-            "judge.model_path": tiny_model,
-            "judge.mode": "direct",
-            "judge.verdict": "choice",
-            "judge.votes": 3,
-            "judge.temperature": 1.0,
-            "judge.max_new_tokens": 8,
-            "judge.max_prompt_tokens": 400,
-            "judge.max_model_len": 512,
-            "judge.kv_cache_gib": 1,
-            "judge.threads": 1,
-            "dpo.max_prompts": 4,
-            "dpo.pairs_per_step": 2,
-            "dpo.epochs": 1,
-        },
-    )
-    cfg = load_config(None, overrides)
-    with DPOJob(cfg) as job:
-        job.start()
-        summary = job.run()
-    pairs = summary["pairs"]
-    assert pairs["dpo/pairs_judged"] == 4 and pairs["judge/unparseable"] == 0
-    assert pairs["dpo/pairs_used"] + pairs["dpo/pairs_undecided"] == 4  # odd votes: only identical pairs drop
-    assert summary["steps"] == pairs["dpo/pairs_used"] // 2
-    first = summary["history"][0]
-    assert abs(first["dpo/loss"] - math.log(2)) < 1e-4  # policy == reference before the first update
-    assert first["dpo/grad_norm"] > 0
-    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
-    tables = [a.path for a in client.list_artifacts(summary["run_id"], "tables")]
-    assert any("dpo_pairs" in t for t in tables)
-    assert summary["final_policy"] and (tmp_path / "ckpt" / "final" / "config.json").is_file()

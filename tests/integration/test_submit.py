@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.integration.conftest import REPO, tiny_overrides
+from tests.integration.conftest import rrm_ray_cli, tiny_overrides
+from tests.readme import runs_command
 
 pytestmark = pytest.mark.integration
 
@@ -19,30 +20,26 @@ def cluster(ray_head):
 
 
 def rrm_ray(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rrm_ray.cli", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return rrm_ray_cli(*args, env=env, timeout=timeout)
 
 
+@runs_command("submit", "list", "status", "logs")
 def test_submit_follow_list_status_logs(cluster, tiny_model, tmp_path):
     # The job's files live outside the uploaded working dir: give it absolute paths.
     overrides = tiny_overrides(
         tiny_model, tmp_path, **{"trainer.total_steps": 1, "checkpoint.save_final": False}
     )
     config = "configs/quickstart.yaml"
+    # As the README writes it: options first, the overrides after `--`.
     result = rrm_ray(
         "submit",
         config,
-        *overrides,
         "--address",
         cluster["address"],
         "--job-id",
         "rrm-e2e-1",
+        "--",
+        *overrides,
         env=cluster["env"],
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -78,6 +75,7 @@ def test_bad_config_fails_before_upload(cluster):
     assert "unknown config key 'learner.lrr'" in result.stderr
 
 
+@runs_command("stop", "logs")
 def test_stop_ends_a_running_job(cluster, tiny_model, tmp_path):
     overrides = tiny_overrides(tiny_model, tmp_path, **{"trainer.total_steps": 50})
     result = rrm_ray(
@@ -102,3 +100,28 @@ def test_stop_ends_a_running_job(cluster, tiny_model, tmp_path):
     )
     assert "STOPPED" in followed.stdout
     assert followed.returncode == 1
+
+
+@runs_command("submit")
+def test_submit_names_what_the_clusters_python_lacks(cluster, tmp_path):
+    """The job's `python` is whatever the node's PATH finds first: here a bare system interpreter
+    (what `ray start` from a shell without the venv gives). The probe says so before any upload."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python").symlink_to("/usr/bin/python3")
+    result = rrm_ray(
+        "submit",
+        "configs/quickstart.yaml",
+        "--address",
+        cluster["address"],
+        "--env",
+        f"PATH={bare}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "--",
+        "trainer.total_steps=1",
+        env=cluster["env"],
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"the cluster's python ({bare / 'python'}) cannot import" in result.stderr
+    assert "omegaconf" in result.stderr and "start Ray from the environment" in result.stderr
+    assert "submitted job" not in result.stdout

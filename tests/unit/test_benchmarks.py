@@ -13,9 +13,11 @@ from rrm_ray.judge.benchmarks import (
     REWARDBENCH_SIZES,
     REWARDBENCH_WEIGHTS,
     RewardBenchItem,
+    coercion_counts,
     load_pandalm,
     load_rewardbench,
     majority_label,
+    read_summary,
     score_pandalm,
     score_rewardbench,
 )
@@ -35,7 +37,7 @@ def test_official_tables_are_consistent():
 
 
 def test_load_rewardbench_fixture():
-    items = load_rewardbench(FIXTURES / "rewardbench_tiny.jsonl")
+    items = load_rewardbench(FIXTURES / "rewardbench_tiny.jsonl").items
     assert len(items) == 13
     first = items[0]
     assert (first.id, first.subset, first.row) == (1, "alpacaeval-easy", 1)
@@ -61,7 +63,7 @@ FIXTURE_SCORES = {
 
 
 def test_score_rewardbench_by_hand():
-    items = load_rewardbench(FIXTURES / "rewardbench_tiny.jsonl")
+    items = load_rewardbench(FIXTURES / "rewardbench_tiny.jsonl").items
     report = score_rewardbench((it, FIXTURE_SCORES[it.id]) for it in items)
     # Subsets: alpacaeval-easy (1 + 0)/2 = 0.5; mt-bench-easy 1; llmbar-natural 1; mt-bench-hard 0;
     # refusals-dangerous 0.5; xstest-should-respond 1; math-prm (1 + 0)/2 = 0.5; hep-python 1; hep-go 1.
@@ -125,11 +127,11 @@ def test_weights_are_official_not_file_counts():
     [
         ({"prompt": "p", "chosen": "c", "rejected": "r", "subset": "s"}, "id", "missing"),
         (
-            {"prompt": "p", "chosen": "c", "rejected": 3, "subset": "s", "id": 1},
+            {"prompt": "p", "chosen": "c", "rejected": [3], "subset": "s", "id": 1},
             "rejected",
-            "expected a string",
+            "expected text",
         ),
-        ({"prompt": "", "chosen": "c", "rejected": "r", "subset": "s", "id": 1}, "prompt", "non-empty"),
+        ({"prompt": "p", "chosen": "c", "rejected": "r", "subset": "", "id": 1}, "subset", "non-empty"),
         ({"prompt": "p", "chosen": "c", "rejected": "r", "subset": "s", "id": [1]}, "id", "int or string"),
     ],
 )
@@ -176,7 +178,7 @@ def test_majority_label(annotations, label):
 
 
 def test_load_pandalm_fixture():
-    items = load_pandalm(FIXTURES / "pandalm_tiny.json")
+    items = load_pandalm(FIXTURES / "pandalm_tiny.json").items
     assert [it.label for it in items] == [1, 2, 0, 0, 2, 1]
     assert items[0].query == "Translate 'hello' into French."
     assert items[5].query == "Sort the numbers ascending.\n\n3, 1, 2"  # instruction, blank line, input
@@ -184,7 +186,7 @@ def test_load_pandalm_fixture():
 
 
 def test_score_pandalm_by_hand():
-    labels = [it.label for it in load_pandalm(FIXTURES / "pandalm_tiny.json")]  # [1, 2, 0, 0, 2, 1]
+    labels = [it.label for it in load_pandalm(FIXTURES / "pandalm_tiny.json").items]  # [1, 2, 0, 0, 2, 1]
     preds = [1, 2, 1, 2, 1, None]
     r = score_pandalm(labels, preds)
     # Right: items 1 and 2 only (3, 4 are ties, 5 is wrong, 6 unparseable) -> 2/6.
@@ -234,8 +236,9 @@ def test_score_pandalm_bad_input(labels, preds, needle):
     [
         ({"annotator2": 3}, "annotator2", "expected 0 (tie), 1 or 2"),
         ({"annotator1": None}, "annotator1", "expected 0 (tie), 1 or 2"),
-        ({"response1": ""}, "response1", "non-empty"),
-        ({"input": 5}, "input", "expected a string"),
+        ({"response1": [1]}, "response1", "expected text"),
+        ({"input": {"a": 1}}, "input", "expected text"),
+        ({"annotator3": True}, "annotator3", "expected 0 (tie), 1 or 2"),
     ],
 )
 def test_load_pandalm_errors(tmp_path, change, field, needle):
@@ -246,3 +249,178 @@ def test_load_pandalm_errors(tmp_path, change, field, needle):
     with pytest.raises(DataFormatError) as e:
         load_pandalm(path)
     assert "row 2" in str(e.value) and f"'{field}'" in str(e.value) and needle in str(e.value)
+
+
+# ----------------------------------------------------------------------------- files as published
+
+
+def test_load_pandalm_published_shapes_raise_names_the_unlabelled_row():
+    path = FIXTURES / "pandalm_published_shapes.json"
+    with pytest.raises(DataFormatError) as e:
+        load_pandalm(path)
+    assert str(e.value).startswith(f"{path}: row 7: field 'annotator1': missing")
+
+
+def test_load_pandalm_published_shapes_skip():
+    data = load_pandalm(FIXTURES / "pandalm_published_shapes.json", on_error="skip")
+    items = data.items
+    assert [it.idx for it in items] == [0, 1, 2, 3, 4, 5]
+    assert [it.label for it in items] == [1, 2, 2, 1, 1, 0]
+    assert data.skipped == [
+        f"{FIXTURES / 'pandalm_published_shapes.json'}: row 7: field 'annotator1': missing"
+    ]
+    # Row 2: whitespace-only instruction (counted), the input alone is the query.
+    assert items[1].query == "Truthfulness" and items[1].coerced == ("instruction:empty_string",)
+    assert items[2].response1 == "" and items[2].coerced == ("response1:empty_string",)
+    assert items[3].response1 == "True" and items[3].coerced == ("response1:bool",)  # str(), not "true"
+    assert items[4].response2 == "42" and items[4].coerced == ("response2:number",)
+    assert items[0].coerced == () and items[5].coerced == ()  # empty `input` is normal: not counted
+    assert data.coerced == {"empty_string": 2, "bool": 1, "number": 1, "null": 0, "nan": 0}
+    assert coercion_counts(items[:3]) == {"empty_string": 2, "bool": 0, "number": 0, "null": 0, "nan": 0}
+
+
+def test_load_pandalm_null_nan_and_missing_input(tmp_path):
+    # The first published version of testset-v1.json wrote empty cells as NaN (Python's json reads it).
+    path = tmp_path / "p.json"
+    base = {"idx": 1, "instruction": "i", "response1": "a", "response2": "b"}
+    base |= {"annotator1": 1, "annotator2": 1, "annotator3": 2}
+    rows = [
+        base | {"input": float("nan"), "response1": float("nan")},
+        base | {"input": None, "response2": None, "idx": 2},
+        base | {"idx": 3, "response2": 2.5},
+        base | {"idx": 4},  # no input at all
+    ]
+    path.write_text(json.dumps(rows))  # json.dumps writes NaN as the bare token NaN
+    assert "NaN" in path.read_text()
+    data = load_pandalm(path)
+    assert [(it.query, it.response1, it.response2) for it in data.items] == [
+        ("i", "", "b"),
+        ("i", "a", ""),
+        ("i", "a", "2.5"),
+        ("i", "a", "b"),
+    ]
+    assert data.coerced == {"empty_string": 0, "bool": 0, "number": 1, "null": 2, "nan": 2}
+    assert data.items[0].coerced == ("input:nan", "response1:nan")
+
+
+@pytest.mark.parametrize(
+    "change, field, needle",
+    [
+        ({"annotator1": 5}, "annotator1", "got 5"),
+        ({"annotator2": None}, "annotator2", "got None"),
+        ({"response2": {"text": "x"}}, "response2", "expected text"),
+    ],
+)
+def test_load_pandalm_unusable_rows_follow_on_error(tmp_path, change, field, needle):
+    rec = {"idx": 1, "instruction": "i", "input": "", "response1": "a", "response2": "b"}
+    rec |= {"annotator1": 1, "annotator2": 2, "annotator3": 2}
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (rec, rec | change, rec | {"idx": 3})) + "\n")
+    with pytest.raises(DataFormatError) as e:
+        load_pandalm(path)
+    assert f"{path}: row 2: field '{field}'" in str(e.value) and needle in str(e.value)
+    data = load_pandalm(path, on_error="skip")
+    assert [it.idx for it in data.items] == [1, 3] and len(data.skipped) == 1
+    assert f"row 2: field '{field}'" in data.skipped[0]
+
+
+def test_load_pandalm_bad_on_error():
+    with pytest.raises(ValueError, match=r"data\.on_error"):
+        load_pandalm(FIXTURES / "pandalm_tiny.json", on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_ties_are_counted_and_scored_as_wrong():
+    data = load_pandalm(FIXTURES / "pandalm_published_shapes.json", on_error="skip")
+    line, metrics = read_summary(data, data.items)
+    assert metrics["data/ties"] == 1 and "ties (majority label 0): 1;" in line
+    assert metrics["data/coerced_empty_string"] == 2 and metrics["data/coerced_bool"] == 1
+    assert metrics["data/coerced_number"] == 1 and metrics["data/skipped_rows"] == 1
+    assert (metrics["data/items_read"], metrics["data/items_evaluated"]) == (6, 6)
+    assert "empty_string 2, bool 1, number 1, null 0, nan 0" in line and "skipped: " in line
+    # A perfect judge on the non-tie items still loses the tie: 5/6, and 1.0 excluding ties.
+    labels = [it.label for it in data.items]
+    report = score_pandalm(labels, [y if y else 1 for y in labels])  # type: ignore[misc]
+    assert report.n_ties == 1 and report.accuracy == pytest.approx(5 / 6)
+    assert report.accuracy_excluding_ties == 1.0
+    line, metrics = read_summary(data, data.items[:2])
+    assert metrics["data/items_evaluated"] == 2 and metrics["data/coerced_empty_string"] == 1
+    assert "data/ties" in metrics and metrics["data/ties"] == 0
+
+
+# RewardBench as released on the Hub: Parquet, these columns.
+RB_COLUMNS = ("prompt", "chosen", "chosen_model", "rejected", "rejected_model", "subset", "id")
+
+
+def _rb_rows(ids: range, subset: str = "hep-go") -> list[dict]:
+    return [
+        {"prompt": f"p{i}", "chosen": f"c{i}", "chosen_model": "m1", "rejected": f"r{i}"}
+        | {"rejected_model": "m2", "subset": subset, "id": i}
+        for i in ids
+    ]
+
+
+def _write_parquet(rows: list[dict], path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_load_rewardbench_parquet_file(tmp_path):
+    rows = _rb_rows(range(3))
+    rows[1]["chosen"] = ""  # empty text is valid and counted
+    path = _write_parquet(rows, tmp_path / "filtered-00000-of-00001.parquet")
+    data = load_rewardbench(path)
+    assert [it.id for it in data.items] == [0, 1, 2] and data.items[2].rejected == "r2"
+    assert data.coerced["empty_string"] == 1 and data.items[1].coerced == ("chosen:empty_string",)
+    assert data.items[0].source == str(path) and data.skipped == []
+
+
+def test_load_rewardbench_parquet_shards_in_name_order(tmp_path):
+    shards = tmp_path / "filtered"
+    shards.mkdir()
+    _write_parquet(_rb_rows(range(3, 5)), shards / "train-00001-of-00002.parquet")
+    _write_parquet(_rb_rows(range(0, 3)), shards / "train-00000-of-00002.parquet")
+    (shards / "README.md").write_text("not a shard")
+    data = load_rewardbench(shards)
+    assert [it.id for it in data.items] == [0, 1, 2, 3, 4]
+    assert [it.row for it in data.items] == [1, 2, 3, 1, 2]  # rows count per shard
+    assert data.items[3].source.endswith("train-00001-of-00002.parquet")
+
+
+def test_load_rewardbench_shards_must_share_columns(tmp_path):
+    _write_parquet(_rb_rows(range(2)), tmp_path / "a.parquet")
+    odd = [{k: v for k, v in r.items() if k != "chosen_model"} | {"extra": 1} for r in _rb_rows(range(2, 4))]
+    _write_parquet(odd, tmp_path / "b.parquet")
+    with pytest.raises(DataFormatError) as e:
+        load_rewardbench(tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "b.parquet")) and "a.parquet" in msg
+    assert "missing: chosen_model" in msg and "extra: extra" in msg
+
+
+def test_load_rewardbench_empty_folder_and_duplicates_across_shards(tmp_path):
+    with pytest.raises(DataFormatError, match=r"no \*\.parquet shards"):
+        load_rewardbench(tmp_path)
+    _write_parquet(_rb_rows(range(2)), tmp_path / "a.parquet")
+    _write_parquet(_rb_rows(range(1, 3)), tmp_path / "b.parquet")
+    with pytest.raises(DataFormatError) as e:
+        load_rewardbench(tmp_path)
+    assert f"{tmp_path / 'b.parquet'}: row 1: field 'id': duplicate id 1 (first seen on row 2 of" in str(
+        e.value
+    )
+    data = load_rewardbench(tmp_path, on_error="skip")
+    assert [it.id for it in data.items] == [0, 1, 2] and len(data.skipped) == 1
+
+
+def test_load_rewardbench_coerces_and_counts_json_scalars(tmp_path):
+    path = tmp_path / "rb.jsonl"
+    rows = _rb_rows(range(4))
+    rows[0]["chosen"], rows[1]["rejected"], rows[2]["prompt"] = True, 7, None
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = load_rewardbench(path)
+    assert (data.items[0].chosen, data.items[1].rejected, data.items[2].prompt) == ("True", "7", "")
+    assert data.coerced == {"empty_string": 0, "bool": 1, "number": 1, "null": 1, "nan": 0}
+    line, metrics = read_summary(data, data.items)
+    assert "data/ties" not in metrics and "ties" not in line and metrics["data/coerced_null"] == 1

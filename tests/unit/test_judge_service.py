@@ -305,8 +305,8 @@ def test_rank_rejects_empty_groups(tokenizer):
     svc, _ = service(tokenizer)
     with pytest.raises(JudgeInputError, match="item 1: expected a non-empty list of responses"):
         svc.rank([("q", ["a", "b"]), ("q2", [])])
-    with pytest.raises(ValueError, match="method must be 'knockout' or 'elo'"):
-        svc.rank([("q", ["a"])], method="swiss")
+    with pytest.raises(ValueError, match="method must be one of"):
+        svc.rank([("q", ["a"])], method="glicko")
 
 
 def test_settings_from_config_and_validation():
@@ -328,3 +328,19 @@ def test_eval_credit_follows_the_votes_not_the_tie_rule(wins_a, wins_b, good_is_
 
     judgment = PairJudgment("a", wins_a, wins_b, wins_a + wins_b, 0, 0, 0)  # "a" may be a tie-rule coin
     assert credit(judgment, good_is_a) == expected
+
+
+def test_swiss_rounds_over_many_queries(tokenizer):
+    # judge.method=swiss: ceil(log2 n) waves of floor(n/2) comparisons, every query in each wave;
+    # judge.swiss_rounds is capped per group at a full round robin (n=2: one round).
+    svc, judge = service(tokenizer, votes=1, method="swiss", swiss_rounds=3)
+    quality = [3, 9, 1, 7, 5, 2, 8, 4]
+    results = svc.rank([("q8", responses(quality, "s")), ("q2", responses([1, 2], "t"))])
+    assert [c[0] for c in judge.calls] == [4 + 1, 4, 4]
+    r = results[0]
+    assert r.method == "swiss" and r.winner == 1 and len(r.comparisons) == 12
+    assert r.bracket is not None and r.ratings is not None and len(r.bracket) == 3
+    assert math.isclose(sum(r.rewards), 0.0, abs_tol=1e-9) and r.rewards[1] == max(r.rewards)
+    assert results[1].ranking == [1, 0] and len(results[1].comparisons) == 1
+    with pytest.raises(ValueError, match="swiss_rounds must be None or an int >= 1"):
+        JudgeSettings(swiss_rounds=0)

@@ -7,13 +7,16 @@ import random
 
 import pytest
 
+from rrm_ray.judge.ranking_rewards import RankingRewardError, swiss_rewards
 from rrm_ray.judge.tournament import (
     Knockout,
     Match,
     RoundRobin,
+    Swiss,
     TournamentError,
     run_many,
     run_tournament,
+    swiss_max_rounds,
 )
 
 
@@ -343,6 +346,171 @@ def test_round_robin_rejects_bad_arguments(kwargs, message):
         RoundRobin(**kwargs)
 
 
+# ----------------------------------------------------------------------------------------------- swiss
+
+
+def played_pairs(t: Swiss) -> list[tuple[int, int]]:
+    return [tuple(sorted((e["a"], e["b"]))) for entries in t.bracket for e in entries if not e["bye"]]
+
+
+def coin_judge(seed: int):
+    rng = random.Random(seed)
+    return lambda matches: [rng.choice(["a", "b", None]) for _ in matches]
+
+
+@pytest.mark.parametrize("n", range(1, 18))
+def test_swiss_counts_rounds_byes_and_never_repeats_a_pair_at_the_default_rounds(n):
+    for seed in range(10):
+        t = Swiss(n, seed=seed)
+        calls: list[int] = []
+        coin = coin_judge(seed)
+        run_tournament(t, lambda ms, calls=calls, coin=coin: calls.append(len(ms)) or coin(ms))
+        rounds = math.ceil(math.log2(n)) if n > 1 else 0
+        assert t.done and t.num_rounds == rounds and len(calls) == len(t.bracket) == rounds
+        assert calls == [n // 2] * rounds and t.comparisons == rounds * (n // 2)
+        pairs = played_pairs(t)
+        assert len(pairs) == len(set(pairs)), "no pair meets twice while a fresh pairing exists"
+        for entries in t.bracket:
+            seen = [e["a"] for e in entries] + [e["b"] for e in entries if not e["bye"]]
+            assert sorted(seen) == list(range(n)), "every entrant plays or sits out each round once"
+            assert sum(e["bye"] for e in entries) == n % 2
+        # Odd n: a different entrant sits out every round (rounds < n), and a bye is a point, not a game.
+        if n % 2 == 0:
+            assert t.byes == [0] * n
+        else:
+            assert max(t.byes) <= 1 and sum(t.byes) == rounds
+        assert t.games == [rounds - b for b in t.byes]
+        assert t.points == pytest.approx([w + b for w, b in zip(t.wins, t.byes, strict=True)])
+
+
+def test_swiss_is_seeded_and_round_one_is_a_random_pairing():
+    def first_round(seed):
+        return [(m.a, m.b) for m in Swiss(8, seed=seed).pending()]
+
+    assert first_round(5) == first_round(5)
+    assert len({tuple(first_round(s)) for s in range(10)}) > 1
+    assert sorted(x for pair in first_round(5) for x in pair) == list(range(8))
+    # Same seed and same verdicts: the same brackets all the way down.
+    one = run_tournament(Swiss(11, seed=3), coin_judge(9))
+    two = run_tournament(Swiss(11, seed=3), coin_judge(9))
+    assert one.bracket == two.bracket and one.ranking == two.ranking
+
+
+def test_swiss_pairs_leaders_with_leaders():
+    t = Swiss(8, seed=0)
+    r1 = t.pending()
+    t.submit({m: "a" for m in r1})
+    winners = {m.a for m in r1}
+    r2 = t.pending()
+    assert all(m.round == 2 for m in r2) and len(r2) == 4
+    # Round 2: the four winners play each other, the four losers each other.
+    assert all((m.a in winners) == (m.b in winners) for m in r2)
+    assert sum(m.a in winners for m in r2) == 2
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 6, 7, 8, 9, 12, 16, 17])
+def test_swiss_perfect_judge_finds_the_best(n):
+    # (n=5 with 3 rounds is the exception: a repeat-free pairing can keep the two unbeaten entrants
+    # apart, and then the fit cannot tell them apart either.)
+    for seed in range(30):
+        rank = hidden_order(n, seed)
+        t = run_tournament(Swiss(n, seed=seed), order_judge(rank))
+        assert t.ranking[0] == rank.index(0) and t.undecided == 0
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6, 8])
+def test_swiss_with_every_round_is_a_round_robin(n):
+    for seed in range(5):
+        rank = hidden_order(n, seed)
+        t = run_tournament(Swiss(n, rounds=swiss_max_rounds(n), seed=seed), order_judge(rank))
+        assert sorted(played_pairs(t)) == [(i, j) for i in range(n) for j in range(i + 1, n)]
+        assert t.ranking == sorted(range(n), key=lambda i: rank[i])
+
+
+def test_swiss_repeats_a_pair_only_when_no_fresh_pairing_exists():
+    # More rounds than a round robin has are refused ...
+    with pytest.raises(TournamentError, match="rounds=4 is more than 3"):
+        Swiss(4, rounds=4)
+    # ... and a history with no fresh pairing left still pairs everyone, with the fewest repeats.
+    t = Swiss(6, seed=0)
+    t._met = [[int(i != j) for j in range(6)] for i in range(6)]  # everyone has met everyone
+    assert t._pair([0, 1, 2, 3, 4, 5]) == [(0, 1), (2, 3), (4, 5)]
+    t._met[0][1] = t._met[1][0] = 0  # only 0-1 is fresh: it is used, the rest repeats
+    t._met[2][3] = t._met[3][2] = 0  # and 2-3
+    assert t._pair([0, 2, 1, 3, 4, 5]) == [(0, 1), (2, 3), (4, 5)]
+
+
+def test_swiss_undecided_is_half_a_point_each():
+    t = run_tournament(Swiss(6, seed=1), lambda ms: [None] * len(ms))
+    assert t.undecided == t.comparisons == 9 and t.wins == [1.5] * 6 and t.score == [0.5] * 6
+    assert t.ratings == pytest.approx([1000.0] * 6, abs=1e-9) and t.ranking == list(range(6))
+    assert all(e["winner"] is None and e["decided"] is False for entries in t.bracket for e in entries)
+    assert swiss_rewards(t) == [0.0] * 6
+
+
+def test_swiss_partial_submit_and_bad_input():
+    t = Swiss(4, seed=0)
+    first = t.pending()
+    t.submit({first[0]: "b"})
+    assert t.pending() == [first[1]] and t.bracket[0][0]["winner"] == first[0].b
+    with pytest.raises(TournamentError, match="not pending"):
+        t.submit({first[0]: "a"})
+    with pytest.raises(TournamentError, match="must be 'a', 'b' or None"):
+        t.submit({first[1]: 1})
+    with pytest.raises(TournamentError, match="round 1 of 2 has 1 matches pending"):
+        _ = t.ratings
+    t.submit({first[1]: "a"})
+    assert [m.round for m in t.pending()] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n": 0}, "n must be an int >= 1"),
+        ({"n": 4, "rounds": -1}, "rounds must be an int >= 0"),
+        ({"n": 4, "rounds": 2.0}, "rounds must be an int"),
+        ({"n": 5, "rounds": 6}, "rounds=6 is more than 5"),
+        ({"n": 4, "seed": "x"}, "seed must be an int"),
+        ({"n": 4, "initial": float("nan")}, "initial must be"),
+    ],
+)
+def test_swiss_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(TournamentError, match=message):
+        Swiss(**kwargs)
+
+
+def test_swiss_small_and_empty():
+    one = Swiss(1, seed=0)
+    assert one.done and one.ranking == [0] and one.pending() == [] and swiss_rewards(one) == [0.0]
+    zero = Swiss(5, rounds=0, seed=0)
+    assert zero.done and zero.ranking == list(range(5)) and zero.comparisons == 0
+    two = run_tournament(Swiss(2, seed=0), lambda ms: ["b"])
+    assert two.ranking == [1, 0] and swiss_rewards(two) == [-1.0, 1.0]
+
+
+def test_swiss_rewards_are_standardised_scores_and_byes_add_no_spread():
+    rank = hidden_order(8, 4)
+    t = run_tournament(Swiss(8, seed=4), order_judge(rank))
+    rewards = swiss_rewards(t)
+    assert sum(rewards) == pytest.approx(0.0, abs=1e-9)
+    assert sum(r * r for r in rewards) / 8 == pytest.approx(1.0)
+    # Higher score, higher reward; the ranking agrees with the rewards wherever they differ.
+    pos = {i: k for k, i in enumerate(t.ranking)}
+    assert all(pos[i] < pos[j] for i in range(8) for j in range(8) if rewards[i] > rewards[j] + 1e-12)
+    # n=3, one round: the bye holder played nothing, so it sits exactly in the middle.
+    t = Swiss(3, rounds=1, seed=0)
+    (m,) = t.pending()
+    t.submit({m: "a"})
+    (bye,) = {0, 1, 2} - {m.a, m.b}
+    rewards = swiss_rewards(t)
+    assert rewards[bye] == 0.0 and rewards[m.a] > 0 > rewards[m.b]
+    assert t.points[bye] == 1.0 and t.ranking == [m.a, bye, m.b]
+    with pytest.raises(RankingRewardError, match="expected a Swiss"):
+        swiss_rewards(Knockout(2, seed=0))  # type: ignore[arg-type]
+    with pytest.raises(RankingRewardError, match="not done"):
+        swiss_rewards(Swiss(4, seed=0))
+
+
 # ---------------------------------------------------------------------------------------------- drivers
 
 
@@ -386,3 +554,17 @@ def test_run_many_with_nothing_to_do():
     assert run_many([], lambda batch: pytest.fail("no call expected")) == []
     done = [Knockout(1, seed=0), RoundRobin(1)]
     assert run_many(done, lambda batch: pytest.fail("no call expected")) == done
+
+
+def test_run_many_drives_swiss_alongside_the_others():
+    ranks = [hidden_order(8, 5), hidden_order(5, 6)]
+    calls: list[int] = []
+
+    def compare_batch(batch):
+        calls.append(len(batch))
+        return ["a" if ranks[k][m.a] < ranks[k][m.b] else "b" for k, m in batch]
+
+    out = run_many([Swiss(8, seed=5), Knockout(5, seed=6)], compare_batch)
+    assert calls == [4 + 2, 4 + 1, 4 + 1], "3 waves: both tournaments need ceil(log2 n) = 3 rounds"
+    alone = run_tournament(Swiss(8, seed=5), order_judge(ranks[0]))
+    assert out[0].bracket == alone.bracket and out[0].ranking == alone.ranking

@@ -1,9 +1,26 @@
 """The tracker keeps training going through a tracking outage (a failing inner tracker stands in for a
 server that is down; tests/integration/test_mlflow_outage.py does the same with a real server)."""
 
+import gzip
+import json
+import re
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from rrm_ray.tracking import BufferedTracker, sanitize
+from rrm_ray.config import ConfigError, load_config
+from rrm_ray.tracking import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING,
+    BufferedTracker,
+    MLflowTracker,
+    default_run_name,
+    file_dataset,
+    run_page,
+    sanitize,
+)
 
 
 class FlakyTracker:
@@ -59,3 +76,152 @@ def test_still_down_at_close_keeps_the_buffer(tmp_path):
     with pytest.warns(UserWarning, match="still unavailable"):
         tracker.close()
     assert inner.closed is None and (tmp_path / "buffer.jsonl").exists()
+
+
+def test_new_calls_are_buffered_too(tmp_path):
+    """Datasets, artifacts and the logged model go through the same outage buffer as metrics."""
+
+    class Recorder(FlakyTracker):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def log_dataset(self, path, context):
+            if not self.up:
+                raise ConnectionError("server down")
+            self.calls.append(("dataset", path, context))
+
+        def log_artifact(self, local_path, artifact_path):
+            self.calls.append(("artifact", local_path, artifact_path))
+
+        def log_model(self, local_dir, mode, step, name, registered_model=None):
+            self.calls.append(("model", local_dir, mode, step, name, registered_model))
+
+        def metric_history(self, prefixes):
+            return {"time/generate_s": [(1, 2.0)]}
+
+    inner = Recorder()
+    tracker = BufferedTracker(inner, tmp_path / "buffer.jsonl")
+    inner.up = False
+    with pytest.warns(UserWarning, match="MLflow unavailable"):
+        tracker.log_dataset("train.jsonl", "training")
+    tracker.log_artifact("phase_seconds.png", "figures")
+    tracker.log_model("/ckpt/final", "path", 2, "policy", "rrm")
+    assert tracker.metric_history(("time/",)) == {}  # a read during an outage: nothing, no raise
+    assert inner.calls == []
+    inner.up = True
+    with pytest.warns(UserWarning, match="reachable again"):
+        history = tracker.metric_history(("time/",))
+    assert history == {"time/generate_s": [(1, 2.0)]}
+    assert inner.calls == [
+        ("dataset", "train.jsonl", "training"),
+        ("artifact", "phase_seconds.png", "figures"),
+        ("model", "/ckpt/final", "path", 2, "policy", "rrm"),
+    ]
+
+
+def test_default_run_name_says_job_model_and_time():
+    when = datetime(2026, 12, 1, 19, 32, 5)
+    name = default_run_name("grpo", "/cache/SmolLM2-135M-Instruct/", when)
+    assert name == "grpo-SmolLM2-135M-Instruct-20261201-1932"
+    assert default_run_name("eval", "smollm2", when) == "eval-smollm2-20261201-1932"
+
+
+def test_run_page_opens_the_model_training_view():
+    assert run_page("3", "abc", "http://127.0.0.1:5000/") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "write"),
+    [
+        ("train.jsonl", lambda p, rows: p.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")),
+        ("train.json", lambda p, rows: p.write_text(json.dumps(rows))),
+        ("train.json.gz", lambda p, rows: p.write_bytes(gzip.compress(json.dumps({"data": rows}).encode()))),
+        ("train.parquet", lambda p, rows: pq.write_table(pa.Table.from_pylist(rows), p)),
+    ],
+)
+def test_file_dataset_describes_the_file(tmp_path, name, write):
+    rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1), "id": i} for i in range(150)]
+    path = tmp_path / name
+    write(path, rows)
+    ds = file_dataset(path, "training")
+    assert ds.dataset.name == name and ds.dataset.source_type == "local"
+    assert json.loads(ds.dataset.source) == {"uri": str(path.resolve())}
+    assert len(ds.dataset.digest) == 8
+    assert json.loads(ds.dataset.profile) == {"num_rows": 150, "size_bytes": path.stat().st_size}
+    columns = [c["name"] for c in json.loads(ds.dataset.schema)["mlflow_colspec"]]
+    assert columns == ["prompt", "answer", "id"]
+    assert [(t.key, t.value) for t in ds.tags] == [("mlflow.data.context", "training")]
+    if name == "train.jsonl":  # another content, another digest
+        path.write_text(path.read_text() + '{"prompt": "x", "answer": "y", "id": 150}\n')
+        assert file_dataset(path, "training").dataset.digest != ds.dataset.digest
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def test_mlflow_run_reads_as_a_training_run(store, tmp_path):
+    """Experiment kind, run name, dataset inputs, the final policy as the run's logged model (both modes),
+    a registered-model version, figures as artifacts, metric history; system metrics start and stop."""
+    import mlflow
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "What is 1 + 1?", "answer": "2"}\n')
+    policy = tmp_path / "final"
+    policy.mkdir()
+    (policy / "config.json").write_text("{}")
+    tracker = MLflowTracker(store, "training", "grpo-tiny-20261201-1932", system_metrics_interval_s=0.5)
+    tracker.log_dataset(str(data), "training")
+    tracker.log_metrics({"time/generate_s": 1.0, "reward/mean": 0.5}, step=1)
+    tracker.log_metrics({"time/generate_s": 2.0}, step=2)
+    tracker.log_model(str(policy), "path", 2, "policy", registered_model="tiny-policy")
+    tracker.log_model(str(policy), "artifacts", 2, "policy")
+    png = tmp_path / "phase_seconds.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    tracker.log_artifact(str(png), "figures")
+    assert tracker.metric_history(("time/",)) == {"time/generate_s": [(1, 1.0), (2, 2.0)]}
+    tracker.close()
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    assert client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    run = client.get_run(tracker.run_id)
+    assert run.info.run_name == "grpo-tiny-20261201-1932" and run.info.status == "FINISHED"
+    (ds,) = run.inputs.dataset_inputs
+    assert ds.dataset.name == "train.jsonl" and ds.tags[0].value == "training"
+    models = [client.get_logged_model(o.model_id) for o in run.outputs.model_outputs]
+    assert sorted(m.tags["rrm_ray.path"] for m in models) == [str(policy)] * 2
+    assert all(m.source_run_id == tracker.run_id and m.status == "READY" for m in models)
+    copied = next(m for m in models if client.list_logged_model_artifacts(m.model_id))
+    assert [f.path for f in client.list_logged_model_artifacts(copied.model_id)] == ["config.json"]
+    (version,) = client.search_model_versions("name='tiny-policy'")
+    assert version.source.startswith("models:/") and version.tags["rrm_ray.path"] == str(policy)
+    assert [f.path for f in client.list_artifacts(tracker.run_id, "figures")] == ["figures/phase_seconds.png"]
+
+    # an existing experiment keeps its kind; a resumed run keeps its name
+    client.set_experiment_tag(tracker.experiment_id, EXPERIMENT_KIND_TAG, "finetuning")
+    again = MLflowTracker(store, "training", run_id=tracker.run_id)
+    again.close()
+    assert client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == "finetuning"
+    assert client.get_run(tracker.run_id).info.run_name == "grpo-tiny-20261201-1932"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["tracking.log_model=copy"], "tracking.log_model: got 'copy', allowed: none, path, artifacts"),
+        (["tracking.system_metrics_interval_s=0"], "tracking.system_metrics_interval_s: must be > 0"),
+        (
+            ["tracking.registered_model=rrm", "tracking.log_model=none"],
+            "tracking.registered_model: registers",
+        ),
+        (["tracking.registered_model=rrm", "checkpoint.save_final=false"], "needs tracking.log_model=path"),
+        (['tracking.run_name=""'], "tracking.run_name: must be null or non-empty"),
+    ],
+)
+def test_tracking_config_is_validated(overrides, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(None, overrides)

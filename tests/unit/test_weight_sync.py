@@ -73,3 +73,52 @@ def test_checksums_are_invariant_to_fusing_qkv():
     assert checksums_match(layer_checksums(items, True), layer_checksums(fused, True)) == []
     changed = [(n, t + 0.1 if "layers.1" in n else t) for n, t in fused]
     assert checksums_match(layer_checksums(items, True), layer_checksums(changed, True)) == ["layer1"]
+
+
+# -- rollout.weight_sync: which method, which vLLM engine ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("requested", "device", "colocated", "fsdp2", "method"),
+    [
+        ("auto", "cpu", False, True, "collective"),
+        ("auto", "cpu", True, True, "collective"),  # gloo: sharing CPU bundles is fine
+        ("auto", "cuda", False, True, "collective"),
+        ("auto", "cuda", True, True, "ipc"),
+        ("auto", "cuda", True, False, "object_store"),  # deepspeed: neither IPC nor one-GPU NCCL
+        ("object_store", "cpu", False, True, "object_store"),
+        ("ipc", "cuda", True, True, "ipc"),
+    ],
+)
+def test_weight_sync_resolution(requested, device, colocated, fsdp2, method):
+    from rrm_ray.config import resolve_weight_sync
+
+    assert resolve_weight_sync(requested, device, colocated, fsdp2) == method
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "colocated", "fsdp2", "message"),
+    [
+        ("nccl", "cuda", False, True, "allowed: auto, collective, ipc, object_store"),
+        ("ipc", "cpu", False, True, "ipc .CUDA IPC. needs cluster.device=cuda"),
+        ("ipc", "cuda", True, False, "learner.backend=fsdp2"),
+        ("collective", "cuda", True, True, "NCCL cannot hold two ranks on one GPU"),
+    ],
+)
+def test_weight_sync_rejects_what_cannot_work(requested, device, colocated, fsdp2, message):
+    from rrm_ray.config import ConfigError, resolve_weight_sync
+
+    with pytest.raises(ConfigError, match=f"rollout.weight_sync: .*{message}"):
+        resolve_weight_sync(requested, device, colocated, fsdp2)
+
+
+def test_weight_sync_is_validated_with_the_config():
+    from rrm_ray.config import ConfigError, load_config, vllm_backend, weight_sync_method
+
+    cfg = load_config(None, [])
+    assert (weight_sync_method(cfg), vllm_backend("collective", "cpu")) == ("collective", "gloo")
+    assert [vllm_backend(m, "cuda") for m in ("collective", "ipc", "object_store")] == [
+        "nccl",
+        "ipc",
+        "rrm_object_store",
+    ]
+    with pytest.raises(ConfigError, match=r"rollout\.weight_sync"):
+        load_config(None, ["rollout.weight_sync=ipc"])  # cpu

@@ -1,0 +1,130 @@
+"""Weight sync: seconds per full SmolLM2 learner -> engine sync for each method available here, next to
+the bound `bytes / memcpy bandwidth` measured on this machine in the same run.
+
+    python bench/weight_sync.py [--repeats 3] [--learner-ranks 2] [--bucket-mb 64]
+
+One vLLM engine per method (on cpu: `collective` = our gloo engine, `object_store` = Ray objects; nccl
+and ipc need GPUs) and one FSDP2 learner group, as in `configs/quickstart.yaml`. Each method gets its
+own engine (vLLM fixes the weight-transfer backend when the engine starts); the learner sets the
+transfer up for one engine at a time (`init_weight_transfer`), syncs once to warm up, then times
+`--repeats` full syncs (driver wall clock around `send_weights` on every rank: gather on the learner,
+transfer, load in the engine, completeness check). Both engines load SmolLM2 in fp32, so the learner's
+weights are the engine's and every sync moves the same bytes.
+
+The bound is one copy of those bytes at this machine's memcpy bandwidth (`torch` copy of a 256 MiB
+tensor, best of 5, before and after the syncs, in this process): no transfer that lands the weights
+in the engine's own tensors can beat it. The last line is the ratio best method seconds / bound
+seconds (1.0 would be the bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import ray
+import torch
+
+from actors.learner import LearnerWorker
+from actors.rollout import RolloutWorker, engine_env
+from rrm_ray.actor_group import ActorGroup, RoleSpec
+from rrm_ray.config import AlgorithmConfig, LearnerConfig, vllm_backend
+from rrm_ray.models import ensure_smollm2
+
+METHODS = ("collective", "object_store")  # what runs without a GPU
+
+
+def memcpy_bandwidth(mib: int = 256, tries: int = 5) -> float:
+    """Bytes per second of one tensor copy (each byte read once and written once), best of `tries`."""
+    src = torch.ones(mib << 18, dtype=torch.float32)  # mib MiB
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(tries):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return src.numel() * src.element_size() / best
+
+
+def _gather_seconds(worker: LearnerWorker) -> float:
+    """Runs in a learner rank: one full-state-dict gather, the first part of every sync."""
+    start = time.perf_counter()
+    worker._full_state_dict()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--learner-ranks", type=int, default=2)
+    ap.add_argument("--bucket-mb", type=int, default=64)
+    ap.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray")
+    args = ap.parse_args()
+
+    model = str(ensure_smollm2())
+    bandwidth = memcpy_bandwidth()  # again at the end: the best of both (other work may run meanwhile)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+    timeout = 1800.0
+    engines = {
+        m: ActorGroup(
+            RolloutWorker,
+            RoleSpec(f"rollout-{m}", 1, 1.0),
+            init_args=(model, "float32", 512, 0, "cpu"),
+            init_kwargs={"weight_transfer_backend": vllm_backend(m, "cpu")},
+            env=engine_env("cpu", 1, 1),
+            call_timeout_s=timeout,
+        )
+        for m in METHODS
+    }
+    learner_cfg = dataclasses.asdict(LearnerConfig(num_ranks=args.learner_ranks, micro_batch_size=1))
+    learner = ActorGroup(
+        LearnerWorker,
+        RoleSpec("learner", args.learner_ranks, 1.0),
+        init_args=(model, "float32", "cpu", learner_cfg, dataclasses.asdict(AlgorithmConfig()), 1.0, 1),
+        env={"OMP_NUM_THREADS": "1"},
+        call_timeout_s=timeout,
+    )
+    master = learner.placement()[0]
+    learner.call_all("init_process_group", master["ip"], learner.call_rank0("free_port"))
+    for group in engines.values():
+        group.call_all("ping")
+
+    gathers = [
+        max(learner.get([a.__ray_call__.remote(_gather_seconds) for a in learner.actors])) for _ in "ab"
+    ]
+    seconds: dict[str, list[float]] = {}
+    nbytes = 0
+    for m, group in engines.items():
+        backend = vllm_backend(m, "cpu")
+        learner.call_all("init_weight_transfer", backend, group.actors, 1, args.bucket_mb, timeout)
+        report = learner.call_all("send_weights")[0]  # warm-up
+        nbytes = report["bytes"]
+        seconds[m] = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            learner.call_all("send_weights")
+            seconds[m].append(time.perf_counter() - start)
+        print(
+            f"{m:13s} ({backend}): {statistics.median(seconds[m]):.3f} s per sync "
+            f"(median of {args.repeats}: {', '.join(f'{s:.3f}' for s in seconds[m])}), "
+            f"{report['params']} tensors, {report['buckets']} chunks, {nbytes / 2**20:.1f} MiB"
+        )
+    learner.call_all("close")
+    for group in (learner, *engines.values()):
+        group.shutdown()
+    ray.shutdown()
+
+    bandwidth = max(bandwidth, memcpy_bandwidth())
+    bound = nbytes / bandwidth
+    best = min(seconds, key=lambda m: statistics.median(seconds[m]))
+    print(f"of each sync, the learner's full-state-dict gather alone: {min(gathers):.3f} s (best of 2)")
+    print(f"memcpy bandwidth {bandwidth / 1e9:.2f} GB/s ({torch.get_num_threads()} torch threads)")
+    print(f"bound {nbytes / 2**20:.1f} MiB / memcpy bandwidth = {bound:.3f} s")
+    ratio = statistics.median(seconds[best]) / bound
+    print(f"ratio best ({best}) seconds / bound seconds = {ratio:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Figures for what MLflow does not draw itself (PNG files, logged as run artifacts under `figures/`).
+
+MLflow plots every metric against the step; it cannot stack the seconds of a step's phases, put the
+judge's agreement next to how many judge calls it cost, or show a benchmark's per-subset and section
+scores side by side. These functions do, from plain data (no Ray, no MLflow): metric histories are
+``{name: [(step, value), ...]}`` as `Tracker.metric_history` returns them, evaluation scores a flat
+``{name: value}`` dict as `rrm-ray eval` logs them. Each writes one PNG of a fixed pixel size (no
+tight bounding box, so the size does not depend on the labels) and returns its path, or None when the
+data holds nothing to draw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
+
+import matplotlib.pyplot as plt  # after choosing the backend
+from matplotlib.ticker import MaxNLocator
+
+History = dict[str, list[tuple[int, float]]]
+
+DPI = 100
+WIDE = (10.0, 4.5)  # inches at DPI: 1000 x 450 pixels
+TALL = (10.0, 6.0)  # 1000 x 600 pixels
+
+PHASE_PREFIX, PHASE_SUFFIX = "time/", "_s"
+PHASE_TOTAL = "time/step_s"  # the sum of the phases: not a phase of its own
+AGREEMENT = ("judge/verifier_pair_agreement", "judge/verifier_pick_agreement")
+JUDGE_CALLS = ("judge/judge_calls", "judge/calls_saved", "judge/cache_hits")
+SECTIONS = ("Chat", "Chat Hard", "Safety", "Reasoning")
+
+
+def _last_per_step(points: list[tuple[int, float]]) -> dict[int, float]:
+    """A resumed or recovered run logs a step again; the last value logged for it counts."""
+    return {int(step): float(value) for step, value in points}
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    plt.close(fig)
+    return path
+
+
+def phase_seconds(history: History, path: str | Path) -> Path | None:
+    """Seconds per phase, stacked by step (`time/<phase>_s`; `time/step_s` is their total)."""
+    phases = {
+        k.removeprefix(PHASE_PREFIX).removesuffix(PHASE_SUFFIX): _last_per_step(v)
+        for k, v in sorted(history.items())
+        if k.startswith(PHASE_PREFIX) and k.endswith(PHASE_SUFFIX) and k != PHASE_TOTAL and v
+    }
+    steps = sorted({s for values in phases.values() for s in values})
+    if not steps:
+        return None
+    fig, ax = plt.subplots(figsize=WIDE)
+    bottom = [0.0] * len(steps)
+    for name, values in phases.items():
+        heights = [values.get(s, 0.0) for s in steps]
+        ax.bar(steps, heights, bottom=bottom, label=name, width=0.8)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("seconds")
+    ax.set_title("Seconds per phase, by step")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    fig.subplots_adjust(left=0.07, right=0.82, bottom=0.12, top=0.9)
+    return _save(fig, path)
+
+
+def judge_agreement(history: History, path: str | Path) -> Path | None:
+    """Top: how often the judge agreed with the verifier, per step. Bottom: judge calls per step
+    (sampled judgments made, calls saved by adaptive voting, cache hits)."""
+    agreement = {k: _last_per_step(history[k]) for k in AGREEMENT if history.get(k)}
+    calls = {k: _last_per_step(history[k]) for k in JUDGE_CALLS if history.get(k)}
+    if not agreement and not calls:
+        return None
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=TALL, sharex=True)
+    for name, values in agreement.items():
+        steps = sorted(values)
+        top.plot(steps, [values[s] for s in steps], marker="o", label=name.removeprefix("judge/"))
+    top.set_ylim(-0.05, 1.05)
+    top.set_ylabel("agreement")
+    top.set_title("Judge vs verifier, and judge calls per step")
+    if agreement:
+        top.legend(loc="lower right", fontsize="small")
+    width = 0.8 / max(len(calls), 1)
+    for i, (name, values) in enumerate(calls.items()):
+        steps = sorted(values)
+        offset = (i - (len(calls) - 1) / 2) * width
+        bottom.bar([s + offset for s in steps], [values[s] for s in steps], width=width, label=name[6:])
+    bottom.set_xlabel("step")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.set_ylabel("calls")
+    if calls:
+        bottom.legend(loc="upper left", fontsize="small")
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.1, top=0.93, hspace=0.12)
+    return _save(fig, path)
+
+
+def rewardbench_scores(metrics: dict[str, float], path: str | Path) -> Path | None:
+    """Left: accuracy per subset (`accuracy/<subset>`). Right: the four section scores
+    (`section/<name>`) and the overall score, as `rrm-ray eval --benchmark rewardbench` logs them."""
+    subsets = {
+        k.removeprefix("accuracy/"): v
+        for k, v in sorted(metrics.items())
+        if k.startswith("accuracy/") and k != "accuracy/all_items"
+    }
+    sections = {name: metrics[f"section/{name}"] for name in SECTIONS if f"section/{name}" in metrics}
+    if not subsets and not sections:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=TALL, gridspec_kw={"width_ratios": [3, 2]})
+    names = list(subsets)
+    left.barh(range(len(names)), [subsets[n] for n in names], color="tab:blue")
+    left.set_yticks(range(len(names)), names, fontsize="small")
+    left.invert_yaxis()
+    left.set_xlim(0, 1)
+    left.set_xlabel("accuracy")
+    left.set_title("Per subset")
+    labels = [*sections, *(["overall"] if "overall" in metrics else [])]
+    values = [*sections.values(), *([metrics["overall"]] if "overall" in metrics else [])]
+    colors = ["tab:orange"] * len(sections) + ["tab:green"] * (len(labels) - len(sections))
+    right.bar(range(len(labels)), values, color=colors)
+    right.set_xticks(range(len(labels)), labels, rotation=20, fontsize="small")
+    right.set_ylim(0, 1)
+    right.set_title("Sections and overall")
+    for x, v in enumerate(values):
+        right.text(x, v + 0.02, f"{v:.3f}", ha="center", fontsize="small")
+    fig.subplots_adjust(left=0.2, right=0.98, bottom=0.14, top=0.92, wspace=0.25)
+    return _save(fig, path)

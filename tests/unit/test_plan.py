@@ -1,0 +1,148 @@
+"""`rrm-ray plan`: parameter counts without weights, and the installed command on GPU and CPU configs,
+failing with train's own messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rrm_ray.plan import Memory as Mem
+from rrm_ray.plan import count_params, group_peak, param_count
+from tests.readme import runs_command
+
+REPO = Path(__file__).resolve().parents[2]
+RRM_RAY = str(Path(sys.executable).with_name("rrm-ray"))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([RRM_RAY, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def table_row(out: str, first: str) -> list[str]:
+    """The cells (split on runs of 2+ spaces) of the first table row starting with `first`."""
+    import re
+
+    line = next(line for line in out.splitlines() if line.split(" ", 1)[0] == first)
+    return re.split(r"\s{2,}", line.strip())
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra"),
+    [
+        ("llama", {}),
+        ("llama", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
+        ("qwen2", {}),
+        ("mistral", {"head_dim": 32}),
+        ("qwen3", {"head_dim": 24}),
+    ],
+)
+def test_parameter_count_from_config_matches_the_model(kind, extra):
+    """The formula against transformers' own modules (built on the meta device: no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = {
+        "vocab_size": 1000,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": False,
+        **extra,
+    }
+    config = AutoConfig.for_model(kind, **fields)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert count_params(config.to_dict()) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("path", "expected", "source"),
+    [
+        ("/models/Qwen2.5-7B-Instruct", 7_615_616_512, "built-in Qwen2.5-7B shape"),
+        ("/models/DeepSeek-R1-Distill-Qwen-32B", 32_763_876_352, "built-in Qwen2.5-32B shape"),
+        ("/shared/models/RRM-7B", 7_615_616_512, "built-in Qwen2.5-7B shape"),
+        ("/models/Qwen2.5-72B", None, "unknown"),  # not 7B: no false match on the prefix
+        ("/nowhere/mystery", None, "unknown"),
+    ],
+)
+def test_parameter_count_of_paths_not_on_this_machine(path, expected, source):
+    count, where = param_count(path)
+    assert count == expected and where.startswith(source)
+
+
+def test_parameter_count_reads_a_local_config_json(tmp_path):
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "llama", "vocab_size": 10, "hidden_size": 4, "intermediate_size": 8, '
+        '"num_hidden_layers": 1, "num_attention_heads": 2, "tie_word_embeddings": true}'
+    )
+    # embeddings 40 + q,k,v,o 4 x 16 + mlp 3 x 32 + 2 norms 8 + final norm 4
+    assert param_count(str(tmp_path)) == (40 + 64 + 96 + 8 + 4, "config.json")
+
+
+def test_peak_of_a_shared_gpu_is_the_learner_plus_one_awake_engine():
+    memory = {"rollout": Mem(60.0, 1.0, ""), "judge": Mem(30.0, 1.0, ""), "learner": Mem(20.0, None, "")}
+    assert group_peak(["rollout", "learner", "judge"], memory) == (81.0, "rollout awake")
+    assert group_peak(["learner"], memory) == (20.0, "learner works")
+    assert group_peak(["rollout", "learner"], {**memory, "learner": Mem(None, None, "")}) == (None, "unknown")
+
+
+@runs_command("plan")
+def test_plan_of_the_1x8_profile_with_a_colocated_judge():
+    done = cli(
+        "plan", "configs/grpo_gpu_1x8.yaml", "judge.enabled=true", "judge.num_engines=4",
+        "cluster.colocate=[[rollout,judge]]",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert table_row(out, "rollout+judge") == [
+        "rollout+judge", "4", "CPU 8, GPU 1", "PACK", "rollout 1/2, judge 1/2", "node0: 4 (0-3)"
+    ]  # fmt: skip
+    assert table_row(out, "learner")[:5] == ["learner", "4", "CPU 8, GPU 1", "STRICT_PACK", "learner 1"]
+    assert "GPUs reserved: 8 (rollout+judge 4x1 + learner 4x1; a shared bundle counts once)" in out
+    rollout = table_row(out, "rollout")
+    assert rollout[:6] == ["rollout", "4", "0.5", "1", "judge", "level 1: weights to CPU memory"]
+    assert rollout[7].startswith("7.62B (built-in Qwen2.5-7B shape")
+    assert table_row(out, "judge")[:5] == ["judge", "4", "0.5", "1", "rollout"]
+    assert "weight sync: collective (rollout.weight_sync=auto; vLLM engine 'nccl')" in out
+    peak = next(line for line in out.splitlines() if line.startswith("rollout+judge") and "awake" in line)
+    assert peak.split()[1:] == ["69.0", "rollout", "awake", "fits"]  # 0.85 x 80 + a sleeping judge's 1 GiB
+
+
+@runs_command("plan")
+def test_plan_of_a_cpu_config_says_sleep_frees_nothing():
+    done = cli("plan", "configs/demo_rrm.yaml", "cluster.colocate=[[rollout,judge]]")
+    assert done.returncode == 0, done.stderr
+    assert "sleep frees no memory on cpu" in done.stdout
+    assert table_row(done.stdout, "rollout+judge")[1:5] == ["1", "CPU 1", "PACK", "rollout 1/2, judge 1/2"]
+    assert "level 1: weights to CPU memory; cpu: frees nothing" in table_row(done.stdout, "judge")
+
+
+@runs_command("plan", "train")
+def test_a_bad_config_fails_plan_and_train_alike():
+    """12 GPUs on the 8 the profile declares: validation, before Ray, for both commands."""
+    args = ["configs/grpo_gpu_1x8.yaml", "rollout.num_engines=8"]
+    plan, train = cli("plan", *args), cli("train", *args)
+    assert plan.returncode == train.returncode == 2
+    assert plan.stderr == train.stderr
+    assert (
+        "config error: cluster.gpus_per_node: the job asks for 12 GPUs (rollout 8x1 + learner 4x1;"
+        in plan.stderr
+    )
+
+
+@runs_command("plan")
+def test_a_job_its_declared_cluster_cannot_place_fails_with_trains_lines():
+    done = cli(
+        "plan", "configs/grpo_gpu_2x8.yaml", "learner.num_ranks=12", "data.prompts_per_step=48",
+        "rollout.num_engines=4",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "the cluster cannot hold this job:",
+        "  learner: STRICT_PACK needs 12 x {'GPU': 1.0} on one node (2 node(s) with GPU 8/8)",
+    ]

@@ -1,0 +1,46 @@
+"""Every command the READMEs show exists, parses as written, and is run by a test through the
+installed console script (a command no test runs fails here)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rrm_ray.cli import build_parser, split_overrides
+from tests.readme import READMES, readme_command_lines, readme_subcommands, tested_subcommands
+
+SUBCOMMANDS = sorted(set().union(*(readme_subcommands(p) for p in READMES)))
+LINES = [(p.name, line) for p in READMES for line in readme_command_lines(p)]
+
+
+def test_the_readmes_show_commands():
+    assert {"train", "dpo", "export", "submit", "eval"} <= set(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_each_readme_subcommand_has_help_in_the_installed_script(name):
+    script = Path(sys.executable).with_name("rrm-ray")
+    result = subprocess.run([str(script), name, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"`rrm-ray {name} --help` failed:\n{result.stderr}"
+    assert f"usage: rrm-ray {name}" in result.stdout
+
+
+@pytest.mark.parametrize(("readme", "line"), LINES)
+def test_each_readme_command_line_parses_as_written(readme, line):
+    try:
+        split_overrides(build_parser(), shlex.split(line))
+    except SystemExit as exc:
+        pytest.fail(f"{readme}: `rrm-ray {line}` does not parse (exit {exc.code})")
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_each_readme_subcommand_is_run_by_a_test(name):
+    tested = tested_subcommands()
+    assert name in tested, (
+        f"the README shows `rrm-ray {name}`, but no test runs it through the console script "
+        f"(mark one with @runs_command({name!r}))"
+    )
