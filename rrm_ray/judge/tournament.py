@@ -98,9 +98,14 @@ def _check_seed(value: object) -> int:
     return value
 
 
-def _check_outcome(where: str, match: Match, outcome: object) -> None:
-    if outcome not in _OUTCOMES:
-        raise TournamentError(f"{where}: outcome for {match} must be 'a', 'b' or None, got {outcome!r}")
+def _check_submission(where: str, pending: list[Match], outcomes: dict[Match, Outcome]) -> None:
+    """Every submitted match must be pending and its outcome 'a', 'b' or None (nothing is recorded
+    before the whole submission is checked)."""
+    for match, outcome in outcomes.items():
+        if match not in pending:
+            raise TournamentError(f"{where}: {match} is not pending (pending: {pending})")
+        if outcome not in _OUTCOMES:
+            raise TournamentError(f"{where}: outcome for {match} must be 'a', 'b' or None, got {outcome!r}")
 
 
 class Knockout:
@@ -166,10 +171,7 @@ class Knockout:
 
     def submit(self, outcomes: dict[Match, Outcome]) -> None:
         """Record outcomes for some or all pending matches; the next round starts once all are in."""
-        for match in outcomes:
-            if match not in self._open:
-                raise TournamentError(f"Knockout.submit: {match} is not pending (pending: {self.pending()})")
-            _check_outcome("Knockout.submit", match, outcomes[match])
+        _check_submission("Knockout.submit", self.pending(), outcomes)
         # Resolve in bracket order, not dict order, so coin flips do not depend on how the caller
         # built the dict.
         for match in [m for m in self._open if m in outcomes]:
@@ -237,10 +239,7 @@ class RoundRobin:
 
     def submit(self, outcomes: dict[Match, Outcome]) -> None:
         """Record outcomes for some or all pending pairs; ratings are computed when the last arrives."""
-        for match in outcomes:
-            if match not in self._open:
-                raise TournamentError(f"RoundRobin.submit: {match} is not pending")
-            _check_outcome("RoundRobin.submit", match, outcomes[match])
+        _check_submission("RoundRobin.submit", self.pending(), outcomes)
         for match, outcome in outcomes.items():
             del self._open[match]
             score = {"a": 1.0, "b": 0.0, None: 0.5}[outcome]
@@ -401,10 +400,7 @@ class Swiss:
 
     def submit(self, outcomes: dict[Match, Outcome]) -> None:
         """Record outcomes for some or all pending matches; the next round is paired once all are in."""
-        for match in outcomes:
-            if match not in self._open:
-                raise TournamentError(f"Swiss.submit: {match} is not pending (pending: {self.pending()})")
-            _check_outcome("Swiss.submit", match, outcomes[match])
+        _check_submission("Swiss.submit", self.pending(), outcomes)
         for match in [m for m in self._open if m in outcomes]:
             entry = self._open.pop(match)
             outcome = outcomes[match]

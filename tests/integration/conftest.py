@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,6 +82,29 @@ def rrm_ray_cli(
     return subprocess.run(
         [str(RRM_RAY), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+def start_learner_group(model: str, dtype: str, learner: dict, algorithm: dict) -> Any:
+    """A learner group (one rank per `learner["num_ranks"]`) on `model`, its process group joined as
+    the driver joins it: rank 0 publishes its IP and a free port."""
+    from actors.learner import LearnerWorker
+    from rrm_ray.actor_group import ActorGroup, RoleSpec
+
+    group = ActorGroup(
+        LearnerWorker,
+        RoleSpec("learner", learner["num_ranks"], 1.0),
+        init_args=(model, dtype, "cpu", learner, algorithm, 1.0, 1),
+        env={"OMP_NUM_THREADS": "1"},
+        call_timeout_s=300,
+    )
+    master = group.placement()[0]
+    group.call_all("init_process_group", master["ip"], group.call_rank0("free_port"))
+    return group
+
+
+def stop_learner_group(group: Any) -> None:
+    group.call_all("close")
+    group.shutdown()
 
 
 def free_port() -> int:

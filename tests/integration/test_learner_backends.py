@@ -16,10 +16,11 @@ import math
 import pytest
 import torch
 
-from actors.learner import LearnerWorker
-from rrm_ray.actor_group import ActorGroup, RoleSpec
+from rrm_ray.actor_group import ActorGroup
 from rrm_ray.batch import TrainBatch, build_batch, mini_batch_tokens, shard
 from rrm_ray.config import AlgorithmConfig, LearnerConfig
+from tests.integration.conftest import start_learner_group
+from tests.integration.conftest import stop_learner_group as stop
 
 pytestmark = pytest.mark.integration
 
@@ -40,22 +41,7 @@ def start_learners(model: str, backend: str, algorithm: str = "grpo", **learner:
         )
     )
     cfg.update(learner)
-    algo_cfg = dataclasses.asdict(AlgorithmConfig(name=algorithm))
-    group = ActorGroup(
-        LearnerWorker,
-        RoleSpec("learner", RANKS, 1.0),
-        init_args=(model, "float32", "cpu", cfg, algo_cfg, 1.0, 1),
-        env={"OMP_NUM_THREADS": "1"},
-        call_timeout_s=300,
-    )
-    master = group.placement()[0]
-    group.call_all("init_process_group", master["ip"], group.call_rank0("free_port"))
-    return group
-
-
-def stop(group: ActorGroup) -> None:
-    group.call_all("close")
-    group.shutdown()
+    return start_learner_group(model, "float32", cfg, dataclasses.asdict(AlgorithmConfig(name=algorithm)))
 
 
 def full_weights(group: ActorGroup) -> dict[str, torch.Tensor]:

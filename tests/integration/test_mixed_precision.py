@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.learner import LearnerWorker
-from rrm_ray.actor_group import ActorGroup, RoleSpec
+from rrm_ray.actor_group import ActorGroup
 from rrm_ray.batch import TrainBatch, build_batch, mini_batch_tokens, shard
 from rrm_ray.config import AlgorithmConfig, LearnerConfig
+from tests.integration.conftest import start_learner_group
+from tests.integration.conftest import stop_learner_group as stop
 
 pytestmark = pytest.mark.integration
 
@@ -43,21 +44,7 @@ def start(model: str, dtype: str, backend: str = "fsdp2", lr: float = LR, **lear
         LearnerConfig(backend=backend, num_ranks=RANKS, micro_batch_size=2, lr=lr, weight_decay=0.01)
     )
     cfg.update(learner)
-    group = ActorGroup(
-        LearnerWorker,
-        RoleSpec("learner", RANKS, 1.0),
-        init_args=(model, dtype, "cpu", cfg, dataclasses.asdict(AlgorithmConfig()), 1.0, 1),
-        env={"OMP_NUM_THREADS": "1"},
-        call_timeout_s=300,
-    )
-    master = group.placement()[0]
-    group.call_all("init_process_group", master["ip"], group.call_rank0("free_port"))
-    return group
-
-
-def stop(group: ActorGroup) -> None:
-    group.call_all("close")
-    group.shutdown()
+    return start_learner_group(model, dtype, cfg, dataclasses.asdict(AlgorithmConfig()))
 
 
 def make_batch(seed: int, n: int = 8, vocab: int = 1000, advantage: float | None = None) -> TrainBatch:

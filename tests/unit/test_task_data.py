@@ -125,7 +125,7 @@ def test_a_folder_is_not_a_data_file(tmp_path):
     [
         (
             ["data.generate_arithmetic=true"],
-            "config key 'data.generate_arithmetic' in a command-line override was replaced: set data.generate_dir",
+            "'data.generate_arithmetic' in a command-line override was replaced: set data.generate_dir",
         ),
         (["data.format=preference", "reward.rule=judge_rrm", "data.synthetic_pairs=8"], "data.generate_dir"),
         (["data.synthetic_pairs=8", "data.generate_dir=x"], "data.format=preference"),
