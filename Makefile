@@ -34,9 +34,16 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# Each benchmark prints its ratio on the last line (ratios measured side by side in one run).
+bench: install
+	$(PY) bench/weight_sync.py
+	$(PY) bench/learner_memory.py
+	$(PY) bench/tournaments.py
+	$(PY) bench/judge_throughput.py --pairs 8 --max-new-tokens 64
+
 lint: install
 	$(VENV)/bin/ruff check rrm_ray actors tests bench
 	$(VENV)/bin/ruff format --check rrm_ray actors tests bench
 
 clean-runs:
-	rm -rf runs data/arithmetic
+	rm -rf runs data/arithmetic data/synthetic_easy

@@ -122,6 +122,8 @@ def main() -> None:
     print(f"of each sync, the learner's full-state-dict gather alone: {min(gathers):.3f} s (best of 2)")
     print(f"memcpy bandwidth {bandwidth / 1e9:.2f} GB/s ({torch.get_num_threads()} torch threads)")
     print(f"bound {nbytes / 2**20:.1f} MiB / memcpy bandwidth = {bound:.3f} s")
+    for m, runs in seconds.items():
+        print(f"{m:13s} {statistics.median(runs):.3f} s = {statistics.median(runs) / bound:.1f} x bound")
     ratio = statistics.median(seconds[best]) / bound
     print(f"ratio best ({best}) seconds / bound seconds = {ratio:.1f}")
 

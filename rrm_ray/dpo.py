@@ -63,8 +63,8 @@ class DPOJob(GRPOJob):
         """Sample two responses per prompt, let the RRM choose, keep the decided pairs."""
         cfg = self.cfg
         rows = self.train_rows[: cfg.dpo.max_prompts]
-        completions = self.generate(
-            self.render(rows), 2, cfg.rollout.temperature, cfg.rollout.max_new_tokens, None
+        completions = self.generate(  # seeded like a GRPO step's samples (rrm_ray.seeds)
+            self.render(rows), 2, cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.trainer.seed
         )
         pairs = [
             JudgePair(query_text(rows[i].prompt), completions[2 * i].text, completions[2 * i + 1].text)
@@ -96,7 +96,8 @@ class DPOJob(GRPOJob):
             "dpo/pairs_undecided": len(pairs) - len(chosen),
             "dpo/pairs_used": keep,
         }
-        stats.update({f"judge/{k}": float(v) for k, v in self.judge.stats(reset=True).items()})
+        judge_stats = self._with_restarts("judge", lambda _: self.judge.stats(reset=True))
+        stats.update({f"judge/{k}": float(v) for k, v in judge_stats.items()})
         if keep == 0:
             raise RuntimeError(
                 f"the RRM decided {len(chosen)} of {len(pairs)} pairs: too few for {ranks} learner ranks"

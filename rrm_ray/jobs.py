@@ -10,6 +10,7 @@ default token file; `--token` / `--token-file` set those for this command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -31,7 +32,11 @@ EXCLUDES = [
 ]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # What the job's `python` on the cluster must import (rrm_ray itself travels in the working dir).
-REQUIRED_MODULES = ("ray", "torch", "transformers", "vllm", "omegaconf", "mlflow", "math_verify", "rich")
+# The import names of pyproject.toml's dependencies (DeepSpeed is added when the job uses it).
+REQUIRED_MODULES = (
+    "ray", "torch", "transformers", "vllm", "omegaconf", "mlflow", "math_verify", "pyarrow", "pandas",
+    "rich", "matplotlib", "psutil", "safetensors", "accelerate", "gguf",
+)  # fmt: skip
 PROBE = (
     "import importlib.util, json, sys; "
     "missing = [m for m in {modules!r} if importlib.util.find_spec(m) is None]; "
@@ -55,7 +60,10 @@ def _client(args: argparse.Namespace):
         os.environ["RAY_AUTH_MODE"] = "token"
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(args.address)
+    try:
+        return JobSubmissionClient(args.address)
+    except ConnectionError as exc:
+        raise SystemExit(f"no Ray dashboard answers at --address {args.address}: {exc}") from None
 
 
 def build_entrypoint(config: str, overrides: list[str]) -> str:
@@ -91,6 +99,7 @@ def submit(args: argparse.Namespace) -> int:
             {k: v for k, v in runtime_env.items() if k not in ("working_dir", "excludes")},
             modules,
             args.agent_wait_s,
+            args.probe_timeout_s,
         )
         if problem:
             print(problem, file=sys.stderr)
@@ -120,7 +129,7 @@ def _submit_when_agent_ready(client: Any, submit_kwargs: dict[str, Any], wait_s:
 
 
 def probe_interpreter(
-    client: Any, runtime_env: dict[str, Any], modules: list[str], wait_s: float, timeout_s: float = 300.0
+    client: Any, runtime_env: dict[str, Any], modules: list[str], wait_s: float, timeout_s: float
 ) -> str | None:
     """Run a tiny job with the job's runtime env (no upload) that checks the cluster's `python` can
     import what rrm-ray needs. Returns what is wrong, as a message for the user, or None."""
@@ -136,7 +145,10 @@ def probe_interpreter(
             client.stop_job(job_id)
             return f"the interpreter probe job {job_id} did not finish within {timeout_s:g}s"
         time.sleep(0.5)
-    status, logs = str(client.get_job_status(job_id).value), client.get_job_logs(job_id)
+    info, logs = client.get_job_info(job_id), client.get_job_logs(job_id)
+    status = str(info.status.value)
+    with contextlib.suppress(Exception):  # a probe is not a job the user ran: keep `rrm-ray list` clean
+        client.delete_job(job_id)
     if status == "SUCCEEDED":
         return None
     fix = (
@@ -150,9 +162,8 @@ def probe_interpreter(
             found = json.loads(line.removeprefix("RRM_RAY_PROBE "))
             missing = ", ".join(found["missing"])
             return f"the cluster's python ({found['python']}) cannot import {missing}.\n{fix}"
-    return (
-        f"the cluster could not run `python` for this job (probe {job_id} {status}):\n{logs[-1500:]}\n{fix}"
-    )
+    why = "\n".join(filter(None, [info.message, logs[-1500:]]))  # a failed --pip install is in the message
+    return f"the cluster could not run `python` for this job (probe {job_id} {status}):\n{why}\n{fix}"
 
 
 def _follow(client: Any, job_id: str, poll_s: float = 1.0) -> int:
@@ -219,6 +230,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--skip-probe",
         action="store_true",
         help="do not first check that the cluster's python can import rrm-ray's requirements",
+    )
+    p.add_argument(
+        "--probe-timeout-s",
+        type=float,
+        default=900.0,
+        help="how long the probe job may take (it installs --pip requirements first, as the job will)",
     )
     p.add_argument("--agent-wait-s", type=float, default=120.0, help="wait this long for the job agent")
     p.set_defaults(func=submit)

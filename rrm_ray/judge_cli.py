@@ -255,6 +255,8 @@ def _eval(args: argparse.Namespace) -> int:
     data_line, data_metrics = read_summary(data, items)  # what was coerced or skipped, never silent
     print(data_line)
     tracker = _tracker(cfg)
+    if tracker.run_id:
+        print(f"MLflow run {tracker.run_id} at {cfg.tracking.uri} (experiment {cfg.tracking.experiment!r})")
     tracker.log_params(
         {
             **to_flat_dict(cfg),
@@ -290,8 +292,6 @@ def _eval(args: argparse.Namespace) -> int:
         status = "FINISHED"
     finally:
         tracker.close(status)
-    if tracker.run_id:
-        print(f"MLflow run {tracker.run_id} at {cfg.tracking.uri} (experiment {cfg.tracking.experiment!r})")
     return 0
 
 

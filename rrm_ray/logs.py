@@ -49,7 +49,12 @@ def redirect_worker_output() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # on another node the run's directory may not exist yet (or not be shared): make it there
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:  # a worker must still start: its output then stays in Ray's own log files
+        print(f"rrm-ray: cannot write the job log {path} on this node ({exc}); output stays in Ray's logs")
+        return
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)

@@ -6,6 +6,7 @@ tests/unit/test_readme_commands.py fails when the README shows a sub-command tha
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 from pathlib import Path
@@ -41,13 +42,36 @@ def readme_command_lines(path: Path) -> list[str]:
 
 
 def _alternatives(words: list[str]) -> list[list[str]]:
+    """`list | status JOB` names two sub-commands; `train cfg | tee log` pipes into another program."""
     parts: list[list[str]] = [[]]
-    for word in words:
-        if word == "|":
+    for i, word in enumerate(words):
+        if word != "|":
+            parts[-1].append(word)
+        elif i + 1 < len(words) and words[i + 1] in subcommand_names():
             parts.append([])
         else:
-            parts[-1].append(word)
+            break
     return [p for p in parts if p]
+
+
+def subcommand_names() -> set[str]:
+    from rrm_ray.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = (a for a in parser._actions if a.dest == "command")
+    return set(sub.choices)
+
+
+def readme_error_examples(path: Path) -> dict[str, str]:
+    """`$ rrm-ray ...` lines of console blocks whose next line shows the error the user gets."""
+    examples: dict[str, str] = {}
+    for _, block in re.findall(r"```([^\n]*)\n(.*?)```", path.read_text(), flags=re.S):
+        lines = block.splitlines()
+        for line, shown in itertools.pairwise(lines):
+            match = PROGRAM.match(line.strip())
+            if match and line.strip().startswith("$") and shown.strip().startswith("config error:"):
+                examples[" ".join(shlex.split(match.group(1), comments=True))] = shown.strip()
+    return examples
 
 
 def readme_subcommands(path: Path) -> set[str]:

@@ -81,7 +81,7 @@ def test_train_console_resume_after_a_kill_and_export(tiny_model, tmp_path):
     assert Path(log_file).parent == (ckpt / "logs").resolve()
     assert not [line for line in first.splitlines() if re.match(r"\((\w+ )?pid=", line)], first
     worker_output = Path(log_file).read_text()
-    assert "ray worker pid" in worker_output and "vllm" in worker_output.lower()
+    assert worker_output.count("--- ray worker pid") >= 4  # engine, 2 learner ranks, reward actor
     baseline = baseline_line(first)
 
     resumed = ok(rrm_ray_cli("train", "configs/quickstart.yaml", *overrides, "resume=auto", env=cli_env()))

@@ -87,6 +87,8 @@ def test_eval_cli_on_rewardbench_fixture(tiny_model, tmp_path):
     assert run.data.metrics["judge/comparisons"] == 3
     # Random weights write no verdict: every item earns the half credit.
     assert run.data.metrics["accuracy/all_items"] == 0.5
+    figures = [a.path for a in client.list_artifacts(run.info.run_id, "figures")]
+    assert "figures/rewardbench_scores.png" in figures  # per-subset accuracy and the section scores
     path = client.download_artifacts(run.info.run_id, "tables/judge_traces.json", str(tmp_path))
     table = json.loads(Path(path).read_text())
     assert len(table["data"]) == 3 and "text" in table["columns"]

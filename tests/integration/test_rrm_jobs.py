@@ -153,5 +153,7 @@ def test_grpo_with_rrm_rewards(ray_local, tiny_model, tmp_path):
     tables = [a.path for a in client.list_artifacts(summary["run_id"], "tables")]
     assert any("judge_traces_step" in t for t in tables)
     assert any("judge_brackets_step" in t for t in tables)
+    figures = [a.path for a in client.list_artifacts(summary["run_id"], "figures")]
+    assert {"figures/judge_agreement.png", "figures/phase_seconds.png"} <= set(figures)
     metrics = client.get_run(summary["run_id"]).data.metrics
     assert {"judge/unparseable", "judge/cache_hits", "judge/calls_saved", "judge/generate_s"} <= set(metrics)

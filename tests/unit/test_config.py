@@ -93,3 +93,25 @@ def test_flat_dict_for_mlflow_params():
     flat = to_flat_dict(load_config(None))
     assert flat["learner.lr"] == 1e-5
     assert flat["judge.votes"] == 1
+
+
+def test_the_reference_config_lists_every_key_with_its_default():
+    """configs/reference.yaml is where a user finds every knob: it must name each key the schema has,
+    with the schema's default (regenerate it from `to_yaml(load_config(None, []))` when a key changes)."""
+    from omegaconf import OmegaConf
+
+    reference = OmegaConf.to_container(OmegaConf.load("configs/reference.yaml"))
+    defaults = to_flat_dict(load_config(None, []))
+    flat = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(reference, "")
+    assert set(defaults) <= set(flat), sorted(set(defaults) - set(flat))
+    assert all(flat[k] in ({}, []) for k in set(flat) - set(defaults))  # empty maps, lists: no flat key
+    assert to_flat_dict(load_config("configs/reference.yaml", [])) == defaults

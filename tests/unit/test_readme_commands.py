@@ -11,10 +11,23 @@ from pathlib import Path
 import pytest
 
 from rrm_ray.cli import build_parser, split_overrides
-from tests.readme import READMES, readme_command_lines, readme_subcommands, tested_subcommands
+from tests.readme import (
+    READMES,
+    REPO,
+    readme_command_lines,
+    readme_error_examples,
+    readme_subcommands,
+    tested_subcommands,
+)
 
 SUBCOMMANDS = sorted(set().union(*(readme_subcommands(p) for p in READMES)))
-LINES = [(p.name, line) for p in READMES for line in readme_command_lines(p)]
+LINES = [(str(p.relative_to(REPO)), line) for p in READMES for line in readme_command_lines(p)]
+JOB_LINES = [
+    (readme, line)
+    for readme, line in LINES
+    if shlex.split(line)[0] in ("train", "dpo", "submit") and (REPO / shlex.split(line)[1]).is_file()
+]
+ERRORS = {line: shown for p in READMES for line, shown in readme_error_examples(p).items()}
 
 
 def test_the_readmes_show_commands():
@@ -44,3 +57,24 @@ def test_each_readme_subcommand_is_run_by_a_test(name):
         f"the README shows `rrm-ray {name}`, but no test runs it through the console script "
         f"(mark one with @runs_command({name!r}))"
     )
+
+
+@pytest.mark.parametrize(("readme", "line"), JOB_LINES)
+def test_each_readme_job_validates_as_written(readme, line):
+    """The job a README line starts is checked by `rrm-ray plan` (the same validation `train` runs first,
+    through the console script), against its declared cluster; an error example fails as shown."""
+    words = shlex.split(line)
+    args = split_overrides(build_parser(), words)
+    script = Path(sys.executable).with_name("rrm-ray")
+    result = subprocess.run(
+        [str(script), "plan", args.config, *args.overrides],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    if line in ERRORS:
+        shown = ERRORS[line].split("...")[0]  # the README elides the rest
+        assert result.returncode == 2 and result.stderr.startswith(shown), result.stderr
+    else:
+        assert result.returncode == 0, f"{readme}: `rrm-ray {line}`:\n{result.stdout[-1500:]}{result.stderr}"
