@@ -81,24 +81,30 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 # advantages
 
 
-def informative_sequences(rewards: Tensor, group_size: int) -> list[int]:
-    """Indices of the sequences whose group's rewards are not all equal (DAPO's group filter).
+def informative_sequences(rewards: Tensor, group_size: int, subgroups: int = 1) -> list[int]:
+    """Indices of the sequences whose group has a non-zero advantage somewhere (DAPO's group filter).
 
     A group that is all right or all wrong has zero advantage everywhere; without a KL term its
-    sequences add nothing to the gradient, only to the update's compute.
+    sequences add nothing to the gradient, only to the update's compute. With `subgroups` > 1 (order-
+    balanced judge training, see `group_advantages`) a group is flat when each of its subgroups is.
     """
     _check(rewards.dim() == 1, f"informative_sequences: rewards must be 1-D [N], got {tuple(rewards.shape)}")
     _check(
         group_size >= 1 and rewards.numel() % group_size == 0,
         f"informative_sequences: {rewards.numel()} rewards do not split into groups of {group_size}",
     )
-    groups = rewards.view(-1, group_size)
-    flat = (groups == groups[:, :1]).all(dim=1)
+    _check(
+        subgroups >= 1 and group_size % subgroups == 0,
+        f"informative_sequences: group_size={group_size} does not split into {subgroups} subgroups",
+    )
+    parts = rewards.view(-1, subgroups, group_size // subgroups)
+    flat = (parts == parts[:, :, :1]).all(dim=2).all(dim=1)
+    groups = parts.view(-1, group_size)
     return [g * group_size + k for g in range(len(groups)) if not flat[g] for k in range(group_size)]
 
 
 def group_advantages(
-    rewards: Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
+    rewards: Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6, subgroups: int = 1
 ) -> Tensor:
     """GRPO advantages. rewards: [N] laid out group by group (prompt 0's samples, then prompt 1's, ...).
 
@@ -107,6 +113,12 @@ def group_advantages(
     The std is the sample std (Bessel-corrected, torch.std's default), as in DeepSeekMath's GRPO and verl.
     A group whose rewards are all equal carries no learning signal and gets exactly zero, as does every
     group when group_size is 1 (its sample std is undefined).
+
+    `subgroups` > 1: order-balanced judge training. A group is one pair shown in both orders, its
+    samples split into `subgroups` equal consecutive parts (one per order). Each sample's baseline is
+    the mean of its own part, the scale the whole group's std. A judge that names the same position
+    whatever it reads then earns exactly zero advantage (each part is constant), and a position-only
+    policy's pushes from the two orders cancel: the only signal left is telling the answers apart.
     """
     _check(rewards.dim() == 1, f"group_advantages: rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
     _check(group_size >= 1, f"group_advantages: group_size must be >= 1, got {group_size}")
@@ -124,12 +136,17 @@ def group_advantages(
             f"group_advantages: rewards[{i}] (0-based) is {rewards[i].item()}, expected a finite number"
         )
 
+    _check(
+        subgroups >= 1 and group_size % subgroups == 0,
+        f"group_advantages: group_size={group_size} does not split into subgroups={subgroups} equal parts",
+    )
     r = rewards.float().view(-1, group_size)  # [G, n]
-    adv = r - r.mean(dim=1, keepdim=True)
+    parts = r.view(-1, subgroups, group_size // subgroups)  # [G, k, n/k]
+    adv = (parts - parts.mean(dim=2, keepdim=True)).view(-1, group_size)
     if scale_by_std and group_size > 1:
         adv = adv / (r.std(dim=1, keepdim=True) + eps)
-    # A constant group's mean can differ from its members by rounding; force the documented exact zero.
-    constant = (r == r[:, :1]).all(dim=1, keepdim=True)
+    # A constant part's mean can differ from its members by rounding; force the documented exact zero.
+    constant = (parts == parts[:, :, :1]).all(dim=2, keepdim=True).expand_as(parts).reshape(-1, group_size)
     adv = torch.where(constant, torch.zeros_like(adv), adv)
     return adv.view(-1)
 

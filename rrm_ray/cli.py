@@ -56,7 +56,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"\nsteps {summary['steps']} in {summary['wall_s']:.0f}s; MLflow run {summary['run_id']}")
     if before and after:
         for key in before:
-            print(f"held-out {key.split('/')[-1]:>16}: before {before[key]:.3f}  after {after[key]:.3f}")
+            if key.endswith(("_ci_low", "_ci_high", "_n")) or key not in after:
+                continue  # printed beside their accuracy
+            line = f"held-out {key.split('/')[-1]:>16}: before {before[key]:.3f}  after {after[key]:.3f}"
+            if f"{key}_ci_low" in after:
+                line += f"  (after: 95% CI {after[key + '_ci_low']:.3f}-{after[key + '_ci_high']:.3f}"
+                line += f", n={after[key + '_n']:.0f})"
+            print(line)
     agreement = summary.get("judge_agreement")
     if agreement and agreement["pairs_total"]:
         rate = agreement["pairs_agree"] / agreement["pairs_total"]

@@ -205,7 +205,12 @@ class DataConfig:
     # naming file, row and field, or is skipped, counted and reported
     on_error: str = "raise"
     synthetic_pairs: int = 0  # pairs generated under data.generate_dir (+1/4 held out); format=preference
-    synthetic_difficulty: str = "medium"  # easy (about two-digit numbers) | medium | hard
+    # trivial (a one-line sum vs one off by a large amount) | easy (about two-digit numbers) | medium | hard
+    synthetic_difficulty: str = "medium"
+    # format=preference: every GRPO group shows its pair in both orders, half the samples each, and each
+    # half is its own baseline (rrm_ray.algo.group_advantages subgroups): a judge that always names one
+    # position earns zero advantage. Needs an even rollout.n_samples. false: one order per group.
+    order_balanced: bool = True
     difficulty_filter_k: int = 0  # > 0: drop pairs the starting model already gets right k times out of k
     arithmetic_max_operand: int = 9  # operands of the generated task are drawn from 1..this
 
@@ -225,6 +230,10 @@ class DPOConfig:
 class TrainerConfig:
     total_steps: int = 15
     eval_every: int = 0  # 0: evaluate only before and after training
+    # Stop training after the step that reaches this many minutes of training (the first evaluation and
+    # engine starts not counted), then evaluate and save as at total_steps; null: no limit. The LR
+    # schedule still counts total_steps: with a limit, prefer a constant schedule.
+    time_limit_min: float | None = None
     seed: int = 1
     log_samples: int = 8  # generations kept in the MLflow samples table per step
 
@@ -420,6 +429,17 @@ def validate(cfg: JobConfig) -> None:
         c.max_actor_restarts >= 0, "cluster.max_actor_restarts", f"must be >= 0, got {c.max_actor_restarts}"
     )
     _require(r.n_samples >= 2, "rollout.n_samples", "GRPO needs at least 2 samples per prompt")
+    _require(
+        cfg.trainer.time_limit_min is None or cfg.trainer.time_limit_min > 0,
+        "trainer.time_limit_min",
+        f"must be null or > 0 minutes, got {cfg.trainer.time_limit_min}",
+    )
+    _require(
+        not (d.format == "preference" and d.order_balanced) or r.n_samples % 2 == 0,
+        "rollout.n_samples",
+        f"data.order_balanced shows each pair in both orders, half the group each: n_samples must be even, "
+        f"got {r.n_samples} (or set data.order_balanced=false)",
+    )
     validate_judge(cfg.judge)
     validate_tracking(cfg)
     _require(cfg.dpo.beta > 0, "dpo.beta", f"must be > 0, got {cfg.dpo.beta}")
@@ -427,7 +447,7 @@ def validate(cfg: JobConfig) -> None:
     _one_of(d.format, "data.format", ("prompts", "preference"))
     _one_of(d.preference_format, "data.preference_format", ("generic", "skywork", "tulu", "hh_rlhf"))
     _one_of(d.on_error, "data.on_error", ("raise", "skip"))
-    _one_of(d.synthetic_difficulty, "data.synthetic_difficulty", ("easy", "medium", "hard"))
+    _one_of(d.synthetic_difficulty, "data.synthetic_difficulty", ("trivial", "easy", "medium", "hard"))
     _require(d.synthetic_pairs >= 0, "data.synthetic_pairs", f"must be >= 0, got {d.synthetic_pairs}")
     _require(
         not d.synthetic_pairs or d.format == "preference",

@@ -62,7 +62,8 @@ from rrm_ray.models import resolve_model_path
 from rrm_ray.placement import PlacementPlan, cannot_hold_message, placement_problems, plan_placement
 from rrm_ray.progress import StepPrinter
 from rrm_ray.recovery import Decision, RecoveryPolicy, RoleFailure, attribute
-from rrm_ray.rewards.judge_reward import judge_reward
+from rrm_ray.rewards.judge_reward import judge_reward, order_accuracy
+from rrm_ray.stats import wilson_interval
 from rrm_ray.tracking import BufferedTracker, MLflowTracker, NullTracker, Tracker, default_run_name
 
 
@@ -121,14 +122,17 @@ def connect_ray(cfg: JobConfig, job: str = "train") -> Path | None:
 
 
 class PromptStream:
-    """Epoch-wise shuffled prompts; `position` makes the stream resumable."""
+    """Epoch-wise shuffled prompts; `position` makes the stream resumable. `unit` consecutive rows stay
+    together (order-balanced judge training: a pair's two presentation orders form one GRPO group)."""
 
-    def __init__(self, rows: list[PromptRow], batch: int, shuffle: bool, seed: int) -> None:
-        self.rows, self.batch, self.shuffle, self.seed = rows, batch, shuffle, seed
-        self.position = 0  # prompts consumed since the start
+    def __init__(self, rows: list[PromptRow], batch: int, shuffle: bool, seed: int, unit: int = 1) -> None:
+        if len(rows) % unit:
+            raise ValueError(f"PromptStream: {len(rows)} rows do not split into units of {unit}")
+        self.rows, self.batch, self.shuffle, self.seed, self.unit = rows, batch, shuffle, seed, unit
+        self.position = 0  # units (prompts, or pairs in both orders) consumed since the start
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.rows)))
+        order = list(range(len(self.rows) // self.unit))
         if self.shuffle:
             random.Random(self.seed + epoch).shuffle(order)
         return order
@@ -136,8 +140,9 @@ class PromptStream:
     def next(self) -> list[PromptRow]:
         out = []
         for _ in range(self.batch):
-            epoch, offset = divmod(self.position, len(self.rows))
-            out.append(self.rows[self._order(epoch)[offset]])
+            epoch, offset = divmod(self.position, len(self.rows) // self.unit)
+            start = self._order(epoch)[offset] * self.unit
+            out.extend(self.rows[start : start + self.unit])
             self.position += 1
         return out
 
@@ -183,8 +188,10 @@ class GRPOJob:
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.train_rows, self.eval_rows, self.data_counts = load_task_rows(cfg, self.tokenizer)
+        # Order-balanced judge training: a group is one pair in both orders, half the samples each.
+        self.orders = 2 if cfg.data.format == "preference" and cfg.data.order_balanced else 1
         self.stream = PromptStream(
-            self.train_rows, cfg.data.prompts_per_step, cfg.data.shuffle, cfg.trainer.seed
+            self.train_rows, cfg.data.prompts_per_step, cfg.data.shuffle, cfg.trainer.seed, self.orders
         )
         self.step = 0
         self.resume_from = resolve_resume(cfg.resume, cfg.checkpoint.dir)
@@ -560,7 +567,9 @@ class GRPOJob:
         r, k, rows = self.cfg.rollout, self.cfg.data.difficulty_filter_k, self.train_rows
         completions = self.generate(self.render(rows), k, r.temperature, r.max_new_tokens, None)
         correct = self.score(completions, rows).correct
-        keep = [row for i, row in enumerate(rows) if not all(correct[i * k : (i + 1) * k])]
+        u = self.orders  # a pair shown in both orders is kept or dropped whole
+        unit_solved = [all(correct[j * u * k : (j + 1) * u * k]) for j in range(len(rows) // u)]
+        keep = [row for i, row in enumerate(rows) if not unit_solved[i // u]]
         dropped = len(rows) - len(keep)
         if not keep:
             raise ValueError(f"data.difficulty_filter_k={k}: the starting model solves every training prompt")
@@ -584,7 +593,7 @@ class GRPOJob:
         breakdown = self._verdict_breakdown("eval", self.eval_rows, completions) if judging else {}
         return {
             "eval/reward_mean": sum(rewards) / len(rewards),
-            **_accuracy("eval/accuracy", scored.correct),
+            **_accuracy("eval/accuracy", scored.correct, interval=True),
             **breakdown,
             "eval/response_length": sum(len(c.response_ids) for c in completions) / len(completions),
         }
@@ -592,12 +601,12 @@ class GRPOJob:
     def train_step(self) -> dict[str, float]:
         """One GRPO step; returns the step's metrics (also logged)."""
         cfg, timer = self.cfg, PhaseTimer(self.on_phase)
-        n = cfg.rollout.n_samples
+        n = cfg.rollout.n_samples  # the group: one prompt's samples, or one pair's in both orders
         rows = self.stream.next()
         with timer.phase("generate"):
             seed = cfg.trainer.seed * 1_000_003 + self.step * 1009
             completions = self.generate(
-                self.render(rows), n, cfg.rollout.temperature, cfg.rollout.max_new_tokens, seed
+                self.render(rows), n // self.orders, cfg.rollout.temperature, cfg.rollout.max_new_tokens, seed
             )
         with timer.phase("reward"):  # the rule actor scores while the judge ranks
             rule_ref = self.score_async(completions, rows)
@@ -615,10 +624,12 @@ class GRPOJob:
             ),
             dtype=torch.float32,
         )
-        advantages = algo.group_advantages(rewards, n, scale_by_std=cfg.algorithm.scale_by_std)
+        advantages = algo.group_advantages(
+            rewards, n, scale_by_std=cfg.algorithm.scale_by_std, subgroups=self.orders
+        )
         used = list(range(len(completions)))
         if cfg.algorithm.filter_flat_groups:
-            used = algo.informative_sequences(rewards, n)
+            used = algo.informative_sequences(rewards, n, subgroups=self.orders)
         if used:
             stats, sync, trained_tokens = self._update(
                 [completions[i] for i in used], advantages[used], timer
@@ -712,8 +723,10 @@ class GRPOJob:
         ]
         total = max(len(results), 1)
         budget = {f"{prefix}/think_forced_close_rate": sum(c.forced_close for c in completions) / total}
+        labels = [int(rows[c.prompt_index].answer) for c in completions]
         return {
             **(budget if self.think_budget else {}),
+            **order_accuracy(prefix, labels, [r.correct for r in results]),
             f"{prefix}/verdict_correct_rate": sum(r.correct for r in results) / total,
             f"{prefix}/verdict_wrong_rate": sum(r.format_ok and not r.correct for r in results) / total,
             f"{prefix}/format_fail_rate": sum(not r.format_ok for r in results) / total,
@@ -801,9 +814,9 @@ class GRPOJob:
         history (earlier attempts of a resumed run included), as artifacts under `figures/`."""
         from rrm_ray import figures
 
-        history = self.tracker.metric_history(("time/", "judge/"))
+        history = self.tracker.metric_history(("time/", "judge/", "eval/"))
         out = Path(self.cfg.checkpoint.dir, "figures")
-        for draw in (figures.phase_seconds, figures.judge_agreement):
+        for draw in (figures.phase_seconds, figures.judge_agreement, figures.learning_curve):
             path = draw(history, out / f"{draw.__name__}.png")
             if path is not None:
                 self.tracker.log_artifact(str(path), "figures")
@@ -830,13 +843,21 @@ class GRPOJob:
         printer = StepPrinter(cfg.trainer.total_steps, before, resumed_at=self.step)
         self.on_phase = printer.phase
         history = []
+        limit_s = None if cfg.trainer.time_limit_min is None else cfg.trainer.time_limit_min * 60
+        training_started = time.perf_counter()
         with printer:
             while self.step < cfg.trainer.total_steps:
+                if limit_s is not None and time.perf_counter() - training_started >= limit_s:
+                    print(f"trainer.time_limit_min reached: stopped after step {self.step}")
+                    self.tracker.set_tags({"rrm_ray.stopped_by": "trainer.time_limit_min"})
+                    break
                 metrics = self.train_step_or_recover()
                 history.append(metrics)
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.save_checkpoint()
                 last = self.step == cfg.trainer.total_steps  # the final evaluation below covers it
+                if limit_s is not None:  # so does the limit's
+                    last = last or time.perf_counter() - training_started >= limit_s
                 if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0 and not last:
                     ev = self.evaluate()
                     self.tracker.log_metrics(ev, step=self.step)
@@ -866,7 +887,14 @@ class GRPOJob:
         }
 
 
-def _accuracy(name: str, correct: list[bool | None]) -> dict[str, float]:
-    """Fraction correct among items that have a reference answer (none: no metric)."""
+def _accuracy(name: str, correct: list[bool | None], interval: bool = False) -> dict[str, float]:
+    """Fraction correct among items that have a reference answer (none: no metric); `interval` adds
+    how many were scored and the 95% Wilson interval (`<name>_ci_low`, `<name>_ci_high`)."""
     known = [c for c in correct if c is not None]
-    return {name: sum(known) / len(known)} if known else {}
+    if not known:
+        return {}
+    out = {name: sum(known) / len(known)}
+    if interval:
+        low, high = wilson_interval(sum(known), len(known))
+        out |= {f"{name}_n": float(len(known)), f"{name}_ci_low": low, f"{name}_ci_high": high}
+    return out

@@ -101,6 +101,40 @@ def judge_agreement(history: History, path: str | Path) -> Path | None:
     return _save(fig, path)
 
 
+LEARNING = ("eval/accuracy", "eval/accuracy_ci_low", "eval/accuracy_ci_high")
+ORDERS = ("eval/accuracy_better_first", "eval/accuracy_better_second")
+
+
+def learning_curve(history: History, path: str | Path) -> Path | None:
+    """Held-out accuracy by step with its 95% Wilson band (`eval/accuracy_ci_*`), and, for judge
+    training, the accuracy per presentation order (a position-biased judge splits them apart)."""
+    acc = _last_per_step(history.get(LEARNING[0], []))
+    if len(acc) < 2:  # one evaluation is a number, not a curve
+        return None
+    low, high = (_last_per_step(history.get(k, [])) for k in LEARNING[1:])
+    steps = sorted(acc)
+    fig, ax = plt.subplots(figsize=WIDE)
+    ax.plot(steps, [acc[s] for s in steps], marker="o", label="held-out accuracy")
+    band = [s for s in steps if s in low and s in high]
+    if band:
+        lows, highs = [low[s] for s in band], [high[s] for s in band]
+        ax.fill_between(band, lows, highs, alpha=0.2, label="95% interval")
+    for name in ORDERS:
+        values = _last_per_step(history.get(name, []))
+        if values:
+            xs = sorted(values)
+            ax.plot(xs, [values[s] for s in xs], linestyle="--", marker=".", label=name.removeprefix("eval/"))
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("accuracy")
+    ax.set_title("Held-out accuracy (greedy), by step")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    fig.subplots_adjust(left=0.07, right=0.78, bottom=0.12, top=0.9)
+    return _save(fig, path)
+
+
 def rewardbench_scores(metrics: dict[str, float], path: str | Path) -> Path | None:
     """Left: accuracy per subset (`accuracy/<subset>`). Right: the four section scores
     (`section/<name>`) and the overall score, as `rrm-ray eval --benchmark rewardbench` logs them."""

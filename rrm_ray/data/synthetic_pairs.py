@@ -26,8 +26,8 @@ from typing import Literal
 
 from rrm_ray.data.preference import PreferencePair
 
-Difficulty = Literal["easy", "medium", "hard"]
-_DIFFICULTIES = ("easy", "medium", "hard")
+Difficulty = Literal["trivial", "easy", "medium", "hard"]
+_DIFFICULTIES = ("trivial", "easy", "medium", "hard")
 
 
 @dataclass(frozen=True)
@@ -283,11 +283,24 @@ _KINDS: dict[str, Callable[[random.Random, str], _Problem]] = {
 KINDS: tuple[str, ...] = tuple(_KINDS)
 
 
+def _obvious_sum(rng: random.Random) -> _Problem:
+    """The easiest pair family: a one-line sum of two two-digit numbers against the same line with a
+    result off by 40 to 90, so the wrong answer is far from anything the operands suggest. Short
+    prompts, one token-level difference: what a 135M judge can in principle learn to separate."""
+    a, b = rng.randint(10, 49), rng.randint(10, 49)
+    total = a + b
+    wrong = total + rng.choice((-1, 1)) * rng.randint(40, 90)
+    if wrong <= 0:
+        wrong = total + rng.randint(40, 90)
+    return _Problem(f"What is {a} + {b}?", [f"{a} + {b} = {total}"], [f"{a} + {b} = {wrong}"], total, wrong)
+
+
 def make_synthetic_pairs(n: int, seed: int = 0, difficulty: Difficulty = "medium") -> list[PreferencePair]:
     """``n`` verifiable preference pairs; ``source`` is ``"synthetic/<kind>"``, ``row`` is 1..n.
 
     ``difficulty`` scales the numbers (easy: about two digits, medium: up to four, hard: up to
-    six) and, for ``hard``, adds a step to the shopping and signed-change problems.
+    six) and, for ``hard``, adds a step to the shopping and signed-change problems. ``trivial`` is one
+    family only, ``obvious_sum`` (`_obvious_sum`): a sum against one off by a large amount.
     """
     if n < 0:
         raise ValueError(f"make_synthetic_pairs: n must be >= 0, got {n}")
@@ -297,9 +310,9 @@ def make_synthetic_pairs(n: int, seed: int = 0, difficulty: Difficulty = "medium
         )
     pairs = []
     for i in range(n):
-        kind = KINDS[i % len(KINDS)]
+        kind = "obvious_sum" if difficulty == "trivial" else KINDS[i % len(KINDS)]
         rng = random.Random(f"{seed}:{difficulty}:{i}")
-        p = _KINDS[kind](rng, difficulty)
+        p = _obvious_sum(rng) if difficulty == "trivial" else _KINDS[kind](rng, difficulty)
         assert p.answer != p.wrong_answer, f"{kind}: the slip did not change the answer"
         pairs.append(
             PreferencePair(

@@ -153,7 +153,9 @@ def _preference_rows(
                 out.append(PromptRow(text, str(label), ex.pair_row, {RENDERED: True, "source": ex.source}))
         return out
 
-    train = rows(d.train_path, both_orders=False, limit=None)
+    # Order-balanced groups: each training pair is two consecutive rows, one per order (PromptStream
+    # keeps them together and the driver gives each half the group).
+    train = rows(d.train_path, both_orders=d.order_balanced, limit=None)
     held = rows(d.eval_path, both_orders=True, limit=d.eval_max_prompts) if d.eval_path else []
     return train, held, counts
 

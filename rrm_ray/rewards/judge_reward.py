@@ -70,3 +70,15 @@ def judge_reward(
         return JudgeRewardResult(format_fail_reward, False, verdict, False)
     correct = verdict == label
     return JudgeRewardResult(correct_reward if correct else wrong_reward, True, verdict, correct)
+
+
+def order_accuracy(prefix: str, labels: list[int], correct: list[bool]) -> dict[str, float]:
+    """Verdict accuracy split by where the better answer was shown: `<prefix>/accuracy_better_first`
+    (label 1) and `<prefix>/accuracy_better_second` (label 2). A judge that always names one position
+    scores 1 on one and 0 on the other; a judge that reads the answers scores alike on both."""
+    out = {}
+    for label, name in ((1, "better_first"), (2, "better_second")):
+        hits = [ok for lab, ok in zip(labels, correct, strict=True) if lab == label]
+        if hits:
+            out[f"{prefix}/accuracy_{name}"] = sum(hits) / len(hits)
+    return out

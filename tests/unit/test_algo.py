@@ -427,6 +427,32 @@ def test_informative_sequences_keeps_whole_groups_whose_rewards_differ():
     assert informative_sequences(torch.tensor([1.0, -1.0, -1.0, -1.0]), 2) == [0, 1]
 
 
+def test_order_balanced_constant_verdict_gets_zero_advantages():
+    # One pair in both orders, 4 samples each: the first half's better answer is first (label 1), the
+    # second half's is second. A judge that always answers "Assistant 2" is wrong on the first half
+    # and right on the second: its rewards differ, yet every advantage is exactly zero.
+    always_second = torch.tensor([-1.0] * 4 + [1.0] * 4 + [-1.0] * 4 + [1.0] * 4)
+    for scale in (True, False):
+        adv = group_advantages(always_second, 8, scale_by_std=scale, subgroups=2)
+        assert torch.equal(adv, torch.zeros(16))
+        # without order balancing the same rewards would teach the position
+        assert group_advantages(always_second, 8, scale_by_std=scale).abs().sum() > 0
+    assert informative_sequences(always_second, 8, subgroups=2) == []
+    assert informative_sequences(always_second, 8) == list(range(16))
+
+
+def test_order_balanced_advantages_center_each_order_on_its_own_mean():
+    rewards = torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0, 1.0, -1.0, -1.0])  # both orders mixed
+    adv = group_advantages(rewards, 8, scale_by_std=False, subgroups=2)
+    assert torch.allclose(adv[:4], rewards[:4] - rewards[:4].mean())
+    assert torch.allclose(adv[4:], rewards[4:] - rewards[4:].mean())
+    scaled = group_advantages(rewards, 8, subgroups=2)
+    assert torch.allclose(scaled, adv / (rewards.std() + 1e-6))  # the whole group's std scales both halves
+    assert informative_sequences(rewards, 8, subgroups=2) == list(range(8))
+    with pytest.raises(AlgoInputError, match="subgroups"):
+        group_advantages(rewards, 8, subgroups=3)
+
+
 def test_informative_sequences_rejects_ragged_groups():
     with pytest.raises(AlgoInputError, match="do not split into groups of 4"):
         informative_sequences(torch.tensor([1.0, 2.0, 3.0]), 4)

@@ -16,6 +16,11 @@ HISTORY = {
     "judge/verifier_pick_agreement": [(1, 1.0), (2, 0.5), (3, 1.0)],
     "judge/judge_calls": [(1, 12.0), (2, 10.0), (3, 9.0)],
     "judge/cache_hits": [(1, 0.0), (2, 2.0), (3, 3.0)],
+    "eval/accuracy": [(0, 0.5), (3, 0.6)],
+    "eval/accuracy_ci_low": [(0, 0.38), (3, 0.48)],
+    "eval/accuracy_ci_high": [(0, 0.62), (3, 0.71)],
+    "eval/accuracy_better_first": [(0, 0.0), (3, 0.4)],
+    "eval/accuracy_better_second": [(0, 1.0), (3, 0.8)],
 }
 
 REWARDBENCH = {
@@ -45,6 +50,8 @@ def _size(path):
         (figures.phase_seconds, HISTORY, (1000, 450)),
         (figures.judge_agreement, HISTORY, (1000, 600)),
         (figures.judge_agreement, {"judge/judge_calls": [(1, 4.0)]}, (1000, 600)),  # no verifier data
+        (figures.learning_curve, HISTORY, (1000, 450)),
+        (figures.learning_curve, {"eval/accuracy": [(0, 0.1), (5, 0.9)]}, (1000, 450)),  # no band
         (figures.rewardbench_scores, REWARDBENCH, (1000, 600)),
         (figures.rewardbench_scores, {"accuracy/chat": 1.0}, (1000, 600)),  # a file without sections
     ],
@@ -60,6 +67,7 @@ def test_figure_is_a_png_of_its_size(tmp_path, draw, data, size):
     [
         (figures.phase_seconds, {"time/step_s": [(1, 8.0)], "reward/mean": [(1, 0.5)]}),
         (figures.judge_agreement, {"time/generate_s": [(1, 1.0)]}),
+        (figures.learning_curve, {"eval/accuracy": [(0, 0.5)]}),  # one evaluation is not a curve
         (figures.rewardbench_scores, {"accuracy/all_items": 0.5, "judge/seconds": 3.0}),
     ],
 )

@@ -87,3 +87,15 @@ def test_bad_arguments(kwargs, exc, needle):
     args = {"output": "x", "label": 1, "prompt_opened_think": False, "mode": "rrm"} | kwargs
     with pytest.raises(exc, match=needle):
         judge_reward(**args)
+
+
+def test_order_accuracy_splits_by_where_the_better_answer_was_shown():
+    from rrm_ray.rewards.judge_reward import order_accuracy
+
+    labels = [1, 1, 2, 2, 2]
+    always_second = [lab == 2 for lab in labels]
+    assert order_accuracy("eval", labels, always_second) == {
+        "eval/accuracy_better_first": 0.0,
+        "eval/accuracy_better_second": 1.0,
+    }
+    assert order_accuracy("x", [2], [False]) == {"x/accuracy_better_second": 0.0}

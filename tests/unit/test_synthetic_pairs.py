@@ -14,12 +14,12 @@ import pytest
 from rrm_ray.data.preference import load_preference_pairs
 from rrm_ray.data.synthetic_pairs import KINDS, make_synthetic_pairs, write_jsonl
 
-DIFFICULTIES = ("easy", "medium", "hard")
+DIFFICULTIES = ("trivial", "easy", "medium", "hard")
 
 
 def _solve(kind: str, q: str) -> int:
     """The answer, computed from the question text only."""
-    if kind == "column_addition":
+    if kind in ("column_addition", "obvious_sum"):
         a, b = map(int, re.search(r"(\d+) (?:\+|and) (\d+)", q).groups())
         return a + b
     if kind == "distributive_product":
@@ -77,6 +77,15 @@ def test_chosen_right_rejected_wrong(difficulty):
         assert 0.85 <= ratio <= 1.15, (ratio, p.chosen, p.rejected)  # same template, similar length
         # Same template: the two solutions have the same number of lines.
         assert len(p.chosen.splitlines()) == len(p.rejected.splitlines())
+
+
+def test_trivial_pairs_are_one_sum_off_by_a_large_amount():
+    pairs = make_synthetic_pairs(40, seed=3, difficulty="trivial")
+    assert {p.source for p in pairs} == {"synthetic/obvious_sum"}
+    for p in pairs:
+        assert len(p.query) < 20 and len(p.chosen.splitlines()) == 2
+        assert 40 <= abs(_final(p.rejected) - _final(p.chosen)) <= 90
+        assert _final(p.rejected) > 0
 
 
 def test_rejected_slips_in_exactly_one_visible_way():

@@ -136,3 +136,21 @@ def test_a_folder_is_not_a_data_file(tmp_path):
 def test_generation_keys_are_validated(overrides, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load_config(None, overrides)
+
+
+def test_prompt_stream_keeps_a_pairs_two_orders_together_and_resumes():
+    from rrm_ray.data.prompts import PromptRow
+    from rrm_ray.driver import PromptStream
+
+    rows = [PromptRow(f"pair{i // 2} order{i % 2}", str(1 + i % 2), i // 2, {}) for i in range(8)]
+    stream = PromptStream(rows, batch=3, shuffle=True, seed=5, unit=2)
+    first = stream.next() + stream.next()  # 6 units: one epoch (4 pairs) and 2 of the next
+    assert len(first) == 12
+    for a, b in zip(first[::2], first[1::2], strict=True):
+        assert a.row == b.row and (a.prompt.endswith("order0") and b.prompt.endswith("order1"))
+    assert sorted(r.row for r in first[:8:2]) == [0, 1, 2, 3]  # an epoch shows every pair once
+    again = PromptStream(rows, batch=3, shuffle=True, seed=5, unit=2)
+    again.position = 3
+    assert again.next() == first[6:]
+    with pytest.raises(ValueError, match="units of 2"):
+        PromptStream(rows[:3], batch=1, shuffle=False, seed=0, unit=2)
