@@ -40,6 +40,10 @@ bench: install
 	$(PY) bench/learner_memory.py
 	$(PY) bench/tournaments.py
 	$(PY) bench/judge_throughput.py --pairs 8 --max-new-tokens 64
+	$(PY) bench/judge_verdicts.py
+	$(PY) bench/rollout_throughput.py
+	$(PY) bench/step_overhead.py --judge
+	$(PY) bench/step_overhead.py --no-judge
 
 lint: install
 	$(VENV)/bin/ruff check rrm_ray actors tests bench

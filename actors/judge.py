@@ -3,7 +3,13 @@
 The actor is thin: `JudgeService` (pure, `rrm_ray.judge.service`) does the voting, caching and
 tournaments and calls back into `_generate` once per voting wave; `_generate` runs that wave as ONE
 vLLM batch with the configured sampling and a deadline (`judge.batch_timeout_s`), after which the
-unfinished judgments are aborted and count as timed out.
+unfinished judgments are aborted and count as timed out. With `judge.verdict=choice_prob` the
+service calls `_choice_probs` instead: one single-token forward per presentation, read as the
+probabilities of "1" and "2" (`rrm_ray.judge.verdict.choice_probability`).
+
+vLLM's prefix cache (`judge.prefix_caching`) computes the prompt head that all pairs of a query share
+(system prompt and question, `rrm_ray.judge.prompts`) once; `stats()` reports the prompt tokens and
+how many of them the cache supplied.
 
 `JudgePool` is the driver-side facade over N judge engines (an `ActorGroup`): it splits pairs or
 queries into contiguous shards, one per engine, and gathers the results in order.
@@ -19,8 +25,16 @@ from typing import Any
 from actors.rollout import VLLMEngine, engine_env
 from rrm_ray.actor_group import ActorGroup, RoleSpec
 from rrm_ray.config import JobConfig, resolved_dtype
-from rrm_ray.judge.prompts import choice_token_ids
-from rrm_ray.judge.service import JudgePair, JudgeService, JudgeSettings, PairJudgment, RankResult
+from rrm_ray.judge.prompts import PREFIXED_VERDICTS, choice_token_ids
+from rrm_ray.judge.service import (
+    JudgePair,
+    JudgeService,
+    JudgeSettings,
+    PairJudgment,
+    RankResult,
+    judge_rates,
+)
+from rrm_ray.judge.verdict import choice_probability
 from rrm_ray.models import resolve_model_path
 from rrm_ray.placement import own_spec, shares_bundles
 
@@ -48,7 +62,16 @@ class JudgeWorker(VLLMEngine):
             enable_sleep_mode=enable_sleep_mode,
             max_num_batched_tokens=max_num_batched_tokens,
             tensor_parallel_size=judge["tensor_parallel_size"],
+            enable_prefix_caching=bool(judge["prefix_caching"]),
         )
+        self.model_path, self.seed = model_path, seed
+        self.configure(judge)
+
+    def configure(self, judge: dict[str, Any]) -> None:
+        """Sampling-time settings (`rrm_ray.judge.sweep.SESSION_KEYS`: decoding, votes, prompt and
+        tournament rules) on this running engine, e.g. a test-time-scaling sweep's next point. A new
+        service: an empty cache (its keys name the old settings) and counters from zero."""
+        model_path, seed = self.model_path, self.seed
         self.temperature = float(judge["temperature"])
         self.top_p = float(judge["top_p"])
         self.max_new_tokens = int(judge["max_new_tokens"])
@@ -59,18 +82,36 @@ class JudgeWorker(VLLMEngine):
             f"{model_path}|t={self.temperature:g}|p={self.top_p:g}|max={self.max_new_tokens}"
             f"|think={self.think_budget}"
         )
+        settings = JudgeSettings.from_config(judge, seed, cache_key)
+        # A forced choice generates one token, "1" or "2" (see rrm_ray.judge.prompts.CHOICE_PREFIX);
+        # a choice probability reads both from one forward.
+        self.choice_ids = choice_token_ids(self.tokenizer) if settings.verdict in PREFIXED_VERDICTS else None
         self.service = JudgeService(
-            self._generate, self.tokenizer, JudgeSettings.from_config(judge, seed, cache_key)
+            self._generate,
+            self.tokenizer,
+            settings,
+            choice_probs=self._choice_probs if settings.verdict == "choice_prob" else None,
         )
-        # A forced choice generates one token, "1" or "2" (see rrm_ray.judge.prompts.CHOICE_PREFIX).
-        choice = self.service.settings.verdict == "choice"
-        self.choice_ids = choice_token_ids(self.tokenizer) if choice else None
-        self._engine_stats = {"generated_tokens": 0, "generate_s": 0.0}
+        self._engine_stats = self._new_engine_stats()
+
+    @staticmethod
+    def _new_engine_stats() -> dict[str, float]:
+        return {"generated_tokens": 0, "generate_s": 0.0, "prefill_tokens": 0, "prefix_cached_tokens": 0}
+
+    def _count(self, generated_tokens: int, seconds: float) -> None:
+        """Engine counters of one batch; the prefill counts come from `_run_until`'s tally."""
+        self._engine_stats["generated_tokens"] += generated_tokens
+        self._engine_stats["generate_s"] += seconds
+        self._engine_stats["prefill_tokens"] += self.prefill["prompt_tokens"]
+        self._engine_stats["prefix_cached_tokens"] += self.prefill["cached_tokens"]
+        self.prefill = {"prompt_tokens": 0, "cached_tokens": 0}
 
     def _generate(self, prompts: list[str], n: int) -> list[list[str] | None]:
+        """n samples per prompt, sent as n requests of one sample each: vLLM runs n > 1 as n requests
+        anyway, but reports prefix-cache hits for one of them only, so this keeps the counts exact."""
         batch = self.generate_texts(
-            prompts,
-            n,
+            [p for p in prompts for _ in range(n)],
+            1,
             self.temperature,
             self.top_p,
             1 if self.choice_ids else self.max_new_tokens,
@@ -78,9 +119,35 @@ class JudgeWorker(VLLMEngine):
             allowed_token_ids=self.choice_ids,
             think_budget=self.think_budget,
         )
-        self._engine_stats["generated_tokens"] += batch.generated_tokens
-        self._engine_stats["generate_s"] += batch.seconds
-        return batch.texts
+        self._count(batch.generated_tokens, batch.seconds)
+        texts: list[list[str] | None] = []
+        for k in range(len(prompts)):
+            samples: list[str] = []
+            for one in batch.texts[k * n : (k + 1) * n]:
+                samples += one or []
+            # one unfinished sample leaves the prompt undecided, as a timed-out n-sample request did
+            texts.append(samples if len(samples) == n else None)
+        return texts
+
+    def _choice_probs(self, prompts: list[str]) -> list[float | None]:
+        """verdict choice_prob: ONE forward per prompt (max_tokens=1), returning P("1") renormalised
+        over {"1", "2"}; None where the deadline passed. `logprob_token_ids` makes vLLM return exactly
+        these two tokens' log-probs (no top-k cut-off); temperature 1 and top_p 1 keep them the
+        model's own distribution (the engine reports processed log-probs)."""
+        from vllm import SamplingParams
+
+        assert self.choice_ids is not None
+        self._check_awake("choice_probs")
+        start = time.perf_counter()
+        params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, logprob_token_ids=self.choice_ids)
+
+        def read(out: Any) -> dict[int, float]:
+            (position,) = out.outputs[0].logprobs  # one generated token: one position
+            return {token: float(lp.logprob) for token, lp in position.items()}
+
+        found = self._run_until(prompts, [params] * len(prompts), start + self.batch_timeout_s, read)
+        self._count(sum(f is not None for f in found), time.perf_counter() - start)
+        return [None if f is None else choice_probability(f, self.choice_ids) for f in found]
 
     # -- the judge API -------------------------------------------------------------------------------
     def compare(
@@ -99,11 +166,12 @@ class JudgeWorker(VLLMEngine):
         return self.service.best_of_n(items, method, votes)
 
     def stats(self, reset: bool = False) -> dict[str, float]:
-        """Service counters plus generated tokens and engine seconds since the last reset."""
+        """Service counters plus generated tokens, engine seconds, prompt tokens and prefix-cache hits
+        since the last reset: plain sums, so the pool can add engines up (ratios: `judge_rates`)."""
         counters = self.service.reset_stats() if reset else self.service.stats
         out: dict[str, float] = {**dataclasses.asdict(counters), **self._engine_stats}
         if reset:
-            self._engine_stats = {"generated_tokens": 0, "generate_s": 0.0}
+            self._engine_stats = self._new_engine_stats()
         return out
 
     def set_batch_timeout(self, seconds: float) -> None:
@@ -192,15 +260,20 @@ class JudgePool:
         return self._sharded("best_of_n", items, method=method, votes=votes)
 
     def stats(self, reset: bool = False) -> dict[str, float]:
-        """Counters summed over the engines."""
+        """Counters summed over the engines, plus the ratios of `judge_rates` (prefix-cache hit rate,
+        generated tokens and seconds per ranked prompt)."""
         total: dict[str, float] = {}
         for part in self.group.call_all("stats", reset):
             for k, v in part.items():
                 total[k] = total.get(k, 0) + v
-        return total
+        return judge_rates(total)
 
     def set_batch_timeout(self, seconds: float) -> None:
         self.group.call_all("set_batch_timeout", seconds)
+
+    def configure(self, judge: dict[str, Any]) -> None:
+        """New sampling-time settings on every engine (`JudgeWorker.configure`); caches, counters anew."""
+        self.group.call_all("configure", judge)
 
     def clear_cache(self) -> None:
         self.group.call_all("clear_cache")

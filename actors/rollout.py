@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +91,11 @@ class VLLMEngine(Worker):
         max_num_batched_tokens: int = 16384,
         tensor_parallel_size: int = 1,
         weight_transfer_backend: str | None = None,
+        enable_prefix_caching: bool | None = None,
     ) -> None:
         """`weight_transfer_backend`: the vLLM weight-transfer engine weights arrive through (nccl, ipc,
-        gloo, rrm_object_store; see `rrm_ray.weight_sync.vllm_backend`); None: weights stay as loaded."""
+        gloo, rrm_object_store; see `rrm_ray.weight_sync.vllm_backend`); None: weights stay as loaded.
+        `enable_prefix_caching`: vLLM's automatic prefix caching on or off; None: vLLM's default."""
         from vllm import LLM
 
         if device == "cpu":
@@ -108,6 +111,8 @@ class VLLMEngine(Worker):
             import actors.weight_transfer  # noqa: F401  (our engines join vLLM's registry first)
 
             kwargs["weight_transfer_config"] = {"backend": weight_transfer_backend}
+        if enable_prefix_caching is not None:
+            kwargs["enable_prefix_caching"] = enable_prefix_caching
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -132,6 +137,9 @@ class VLLMEngine(Worker):
         self.awake, self.sleep_level = True, 0
         self.sleep_events: list[tuple[str, int, float]] = []  # (sleep | wake, level, wall time)
         self.work_calls: list[tuple[str, bool, float]] = []  # (method, awake?, wall time) per call
+        # Prompt tokens of the requests `_run_until` finished, and how many of them vLLM's prefix cache
+        # supplied (RequestOutput.num_cached_tokens): what prefix sharing saved. Readers reset them.
+        self.prefill = {"prompt_tokens": 0, "cached_tokens": 0}
 
     def generate(
         self,
@@ -410,15 +418,23 @@ class VLLMEngine(Worker):
         return TextBatch(texts, tokens, texts.count(None), time.perf_counter() - start)
 
     def _run_until(
-        self, prompts: list[str], params: list[Any], deadline: float
-    ) -> list[list[tuple[str, int]] | None]:
+        self,
+        prompts: list[str],
+        params: list[Any],
+        deadline: float,
+        read: Callable[[Any], Any] | None = None,
+    ) -> list[Any]:
         """Step the engine until every request finished or the deadline passed; per prompt, its
-        samples as (text, generated tokens), or None if it did not finish (aborted)."""
+        samples as (text, generated tokens), or None if it did not finish (aborted). ``read``: what
+        to return of a finished vLLM `RequestOutput` instead of those pairs.
+
+        Counts into ``self.prefill`` per finished request; vLLM reports cache hits per request, and a
+        request with n > 1 samples reports only one sample's, so callers that count send n=1."""
         engine = self.llm.llm_engine
         ids = self.llm.enqueue(prompts, params, use_tqdm=False)
         # enqueue names request i "<counter>-<random suffix>"; finished outputs carry "<counter>".
         index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}
-        results: list[list[tuple[str, int]] | None] = [None] * len(prompts)
+        results: list[Any] = [None] * len(prompts)
         pending = set(range(len(prompts)))
         try:
             while pending and time.perf_counter() < deadline and engine.has_unfinished_requests():
@@ -426,7 +442,9 @@ class VLLMEngine(Worker):
                     i = index.get(out.request_id)
                     if i is None or not out.finished:
                         continue
-                    results[i] = [(o.text, len(o.token_ids)) for o in out.outputs]
+                    results[i] = read(out) if read else [(o.text, len(o.token_ids)) for o in out.outputs]
+                    self.prefill["prompt_tokens"] += len(out.prompt_token_ids)
+                    self.prefill["cached_tokens"] += out.num_cached_tokens or 0
                     pending.discard(i)
         finally:
             if pending:

@@ -6,6 +6,7 @@ rrm-ray export runs/quickstart/step_000010 --out hf_model/ --dtype bfloat16
 rrm-ray submit configs/quickstart.yaml --address http://head:8265 -- trainer.total_steps=5
 rrm-ray status JOB | logs JOB [--follow] | list | stop JOB
 rrm-ray plan configs/grpo_gpu_1x8.yaml  # what the job occupies, without starting it
+rrm-ray downstream-eval --model DIR --tasks mmlu_pro=FILE,gpqa=FILE  # lm-eval accuracy, offline
 
 `key=value` config overrides may stand anywhere among the options, or after `--`.
 """
@@ -25,6 +26,10 @@ def _train(args: argparse.Namespace) -> int:
     from rrm_ray.data.tasks import check_data_paths
 
     check_data_paths(cfg)  # a mistyped data path fails now, not after the model is loaded
+    if cfg.trainer.downstream_eval.enabled:
+        from rrm_ray.downstream import read_tasks
+
+        read_tasks(cfg.trainer.downstream_eval)  # every row of its files checked now, too
     if args.command == "dpo":
         validate_dpo(cfg)
         from rrm_ray.dpo import DPOJob as Job
@@ -63,6 +68,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 line += f"  (after: 95% CI {after[key + '_ci_low']:.3f}-{after[key + '_ci_high']:.3f}"
                 line += f", n={after[key + '_n']:.0f})"
             print(line)
+    down = summary.get("downstream") or {}  # a resumed run has only the final policy's
+    for task in sorted(
+        {k.split("/")[1] for k in down if k.startswith(("downstream_before/", "downstream_after/"))}
+    ):
+        parts = [
+            f"{when} {down[f'downstream_{when}/{task}/acc']:.3f}"
+            for when in ("before", "after")
+            if f"downstream_{when}/{task}/acc" in down
+        ]
+        print(f"downstream {task}: {'  '.join(parts)}")
     agreement = summary.get("judge_agreement")
     if agreement and agreement["pairs_total"]:
         rate = agreement["pairs_agree"] / agreement["pairs_total"]
@@ -157,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_export)
 
-    from rrm_ray import jobs, judge_cli, plan
+    from rrm_ray import downstream, jobs, judge_cli, plan
 
+    downstream.add_commands(sub)
     jobs.add_commands(sub)
     judge_cli.add_commands(sub)
     plan.add_commands(sub)

@@ -143,6 +143,9 @@ class JudgeConfig:
     mode: str = "rrm"  # rrm: think, then verdict | direct: verdict only (the DirectJudge baseline)
     # generate: the verdict is free text, parsed | choice (direct only): the engine may only pick the
     # token "1" or "2" after "\\boxed{Assistant ", so every vote counts (for small, untrained judges)
+    # | choice_prob (direct only, votes=1): no sampling; one forward per order gives P("1"), P("2") at
+    # that position, renormalised over both, averaged over the two orders: a wins if mean P(a) > 0.5,
+    # exactly 0.5 goes to judge.tie_rule (rrm_ray.judge.voting.prob_winner)
     verdict: str = "generate"
     prompt_style: str = (
         "full"  # full: the paper-style prompt | compact: short, with a reply example (small judges)
@@ -178,6 +181,9 @@ class JudgeConfig:
     kv_cache_gib: float = 2.0
     gpu_memory_utilization: float = 0.4
     threads: int = 2
+    # vLLM's automatic prefix caching: the prompt head all pairs of a query share (system prompt and
+    # question) is computed once; judge/prefix_cache_hit_rate reports the share of prompt tokens it saved
+    prefix_caching: bool = True
     # How judge rewards meet rule rewards in GRPO:
     reward_mix: str = "judge_if_no_rule"  # judge_if_no_rule | weighted
     rule_weight: float = 1.0
@@ -227,6 +233,22 @@ class DPOConfig:
 
 
 @dataclass
+class DownstreamEvalConfig:
+    """lm-eval multiple-choice accuracy of the policy on local MMLU-Pro / GPQA files (rrm_ray.downstream),
+    on cluster.device in model.dtype; `rrm-ray downstream-eval` evaluates any model with these keys."""
+
+    enabled: bool = False  # rrm-ray train: model.path before training and the final policy after it
+    # task name -> local file. A name is its format (mmlu_pro | gpqa) alone or with _label (gpqa_diamond).
+    # mmlu_pro: .jsonl/.json/.parquet rows {question, options, answer, answer_index, category};
+    # gpqa: .csv (GPQA's own) or .jsonl/.json/.parquet rows {Question, Correct Answer, Incorrect Answer 1-3}
+    tasks: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None  # the first N rows of each file; null: all
+    batch_size: int = 8  # sequences per forward pass in lm-eval's HF backend
+    num_fewshot: int = 0  # > 0: examples drawn from the evaluated rows (never the question itself)
+    gpqa_option_seed: int = 0  # GPQA's four options are shuffled per row from this and the question text
+
+
+@dataclass
 class TrainerConfig:
     total_steps: int = 15
     eval_every: int = 0  # 0: evaluate only before and after training
@@ -236,6 +258,11 @@ class TrainerConfig:
     time_limit_min: float | None = None
     seed: int = 1
     log_samples: int = 8  # generations kept in the MLflow samples table per step
+    # Asynchronous GRPO (rrm_ray.pipeline): the next batches are generated and scored while the learner
+    # trains, each trained at most this many policy versions after the weights that generated it; the
+    # lag is corrected by algorithm.tis_cap. 0: synchronous (generate, score, update, sync in turn).
+    max_staleness: int = 0
+    downstream_eval: DownstreamEvalConfig = field(default_factory=DownstreamEvalConfig)
 
 
 @dataclass
@@ -434,6 +461,7 @@ def validate(cfg: JobConfig) -> None:
         "trainer.time_limit_min",
         f"must be null or > 0 minutes, got {cfg.trainer.time_limit_min}",
     )
+    validate_staleness(cfg)
     _require(
         not (d.format == "preference" and d.order_balanced) or r.n_samples % 2 == 0,
         "rollout.n_samples",
@@ -442,6 +470,14 @@ def validate(cfg: JobConfig) -> None:
     )
     validate_judge(cfg.judge)
     validate_tracking(cfg)
+    from rrm_ray.downstream import validate_settings  # Ray-free; imports this module lazily
+
+    validate_settings(cfg.trainer.downstream_eval)
+    _require(
+        not cfg.trainer.downstream_eval.enabled or cfg.checkpoint.save_final,
+        "trainer.downstream_eval.enabled",
+        "evaluates the final policy from its HF directory, which needs checkpoint.save_final=true",
+    )
     _require(cfg.dpo.beta > 0, "dpo.beta", f"must be > 0, got {cfg.dpo.beta}")
     _require(0 <= cfg.dpo.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
     _one_of(d.format, "data.format", ("prompts", "preference"))
@@ -524,6 +560,13 @@ def validate(cfg: JobConfig) -> None:
             "cluster.gpus_per_node",
             f"the job asks for {asked:g} GPUs ({parts}; a bundle that colocated roles share counts once) "
             f"but the declared cluster has {declared} ({c.num_nodes} nodes x {c.gpus_per_node})",
+        )
+        _require(
+            not cfg.trainer.downstream_eval.enabled or declared == 0 or asked < declared,
+            "trainer.downstream_eval.enabled",
+            f"the downstream evaluation runs on 1 GPU outside the job's placement groups, but the job asks "
+            f"for {asked:g} of the declared cluster's {declared} GPUs; leave one free, or set "
+            "trainer.downstream_eval.enabled=false and run `rrm-ray downstream-eval` after training",
         )
         _require(lr.gpus_per_rank == 1, "learner.gpus_per_rank", "each learner rank needs exactly 1 GPU")
         j = cfg.judge
@@ -641,10 +684,40 @@ def validate_learner_numerics(cfg: JobConfig) -> None:
     )
 
 
+def validate_staleness(cfg: JobConfig) -> None:
+    """Asynchronous GRPO: the bound, its importance correction, and roles that can overlap at all."""
+    k, a = cfg.trainer.max_staleness, cfg.algorithm
+    _require(k >= 0, "trainer.max_staleness", f"must be >= 0 (0: synchronous), got {k}")
+    if k == 0:
+        return
+    _require(
+        a.tis_cap is not None,
+        "algorithm.tis_cap",
+        f"trainer.max_staleness={k} trains on samples from engines up to {k} weight versions behind the "
+        "learner; without the truncated importance weight the loss would treat them as on-policy. Set "
+        "algorithm.tis_cap (e.g. 2.0) or trainer.max_staleness=0",
+    )
+    for group in cfg.cluster.colocate:
+        overlapping = sorted({"rollout", "judge"} & set(group)) if "learner" in group else []
+        _require(
+            not overlapping,
+            "cluster.colocate",
+            f"trainer.max_staleness={k} generates and judges while the learner trains, but {group} puts the "
+            f"learner on the same bundles as {' and '.join(overlapping)}, which must take turns with it; "
+            "give the learner bundles of its own or set trainer.max_staleness=0",
+        )
+
+
 def validate_dpo(cfg: JobConfig) -> None:
     """Checks that only matter for `rrm-ray dpo`."""
     ranks, per_step = cfg.learner.num_ranks, cfg.dpo.pairs_per_step
     _require(cfg.judge.enabled, "judge.enabled", "`rrm-ray dpo` needs the RRM judge (set judge.enabled=true)")
+    _require(
+        cfg.resume is None,
+        "resume",
+        "`rrm-ray dpo` writes no checkpoints to resume from; to start DPO from a GRPO checkpoint, export "
+        "it (`rrm-ray export`) and set model.path to the export",
+    )
     _require(
         per_step >= ranks and per_step % ranks == 0,
         "dpo.pairs_per_step",
@@ -654,11 +727,18 @@ def validate_dpo(cfg: JobConfig) -> None:
 
 def validate_judge(j: JudgeConfig) -> None:
     _one_of(j.mode, "judge.mode", ("rrm", "direct"))
-    _one_of(j.verdict, "judge.verdict", ("generate", "choice"))
+    _one_of(j.verdict, "judge.verdict", ("generate", "choice", "choice_prob"))
     _require(
-        j.verdict != "choice" or j.mode == "direct",
+        j.verdict == "generate" or j.mode == "direct",
         "judge.verdict",
-        f"'choice' needs judge.mode=direct (an RRM reasons before its verdict), got judge.mode={j.mode}",
+        f"'{j.verdict}' needs judge.mode=direct (an RRM reasons before its verdict, so it must sample), "
+        f"got judge.mode={j.mode}",
+    )
+    _require(
+        j.verdict != "choice_prob" or j.votes == 1,
+        "judge.votes",
+        f"must be 1 with judge.verdict=choice_prob (both orders are scored once, exactly; there is nothing "
+        f"to sample again), got {j.votes}",
     )
     _one_of(j.prompt_style, "judge.prompt_style", ("full", "compact"))
     _require(

@@ -14,13 +14,27 @@ from typing import Any
 
 import torch
 
+from actors.judge import JudgePool
 from rrm_ray import algo
 from rrm_ray.batch import TrainBatch, build_batch
-from rrm_ray.config import ConfigError, LearnerConfig
-from rrm_ray.driver import GRPOJob, PhaseTimer
+from rrm_ray.config import ConfigError, JobConfig, LearnerConfig
+from rrm_ray.data.tasks import load_task_rows
+from rrm_ray.driver import (
+    PhaseTimer,
+    connect_ray,
+    evaluate_policy,
+    log_figures,
+    make_tracker,
+    render,
+    save_final,
+    think_budget,
+)
 from rrm_ray.judge.feedback import query_text
 from rrm_ray.judge.service import JudgePair
+from rrm_ray.models import resolve_model_path
 from rrm_ray.progress import StepPrinter
+from rrm_ray.roles import Roles
+from rrm_ray.tracking import Tracker
 
 
 def interleaved(chosen: list[Any], rejected: list[Any]) -> list[Any]:
@@ -54,24 +68,66 @@ def dpo_lrs(learner: LearnerConfig, epochs: int, steps_per_epoch: int) -> list[f
     ]
 
 
-class DPOJob(GRPOJob):
-    """Reuses the GRPO job's roles (rollout, learner, reward actor for evaluation, judge)."""
+class DPOJob:
+    """DPO on RRM-labelled pairs, composed of the same role clients as GRPO (`rrm_ray.roles.Roles`):
+    rollout samples and evaluates, the judge labels, the learner trains, the reward actor scores the
+    held-out prompts. Use as a context manager."""
 
-    job_kind = "dpo"
+    job_kind = "dpo"  # the `rrm_ray.job` tag and the first word of the default run name
+
+    def __init__(self, cfg: JobConfig, tracker: Tracker | None = None) -> None:
+        self.cfg = cfg
+        self.model_path = resolve_model_path(cfg.model.path)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.train_rows, self.eval_rows, _ = load_task_rows(cfg, self.tokenizer)
+        self.step = 0
+        self.tracker = tracker or make_tracker(cfg, self.job_kind, self.model_path, run_id=None)
+        self.roles = Roles(
+            cfg,
+            self.model_path,
+            self.tokenizer.pad_token_id or 0,
+            think_budget(cfg),
+            weights_trained=lambda: self.step > 0,
+            on_fault=lambda counter, value: self.tracker.log_metrics({f"faults/{counter}": value}, self.step),
+        )
+
+    def start(self) -> None:
+        connect_ray(self.cfg)
+        self.roles.start(JudgePool)
+
+    def __enter__(self) -> DPOJob:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close("FAILED" if exc_type else "FINISHED")
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.roles.close()
+        self.tracker.close(status)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate_policy(
+            self.cfg, self.roles, self.eval_rows, render(self.cfg, self.tokenizer, self.eval_rows)
+        )
 
     def collect_pairs(self) -> tuple[TrainBatch, dict[str, float], list[dict[str, Any]]]:
         """Sample two responses per prompt, let the RRM choose, keep the decided pairs."""
-        cfg = self.cfg
+        cfg, roles = self.cfg, self.roles
         rows = self.train_rows[: cfg.dpo.max_prompts]
-        completions = self.generate(  # seeded like a GRPO step's samples (rrm_ray.seeds)
-            self.render(rows), 2, cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.trainer.seed
+        completions = roles.rollout.generate(  # seeded like a GRPO step's samples (rrm_ray.seeds)
+            render(cfg, self.tokenizer, rows),
+            2,
+            cfg.rollout.temperature,
+            cfg.rollout.max_new_tokens,
+            cfg.trainer.seed,
         )
         pairs = [
             JudgePair(query_text(rows[i].prompt), completions[2 * i].text, completions[2 * i + 1].text)
             for i in range(len(rows))
         ]
-        self.share.before("judge")  # roles sharing its GPUs sleep (rrm_ray.colocation)
-        judgments = self._with_restarts("judge", lambda _: self.judge.compare(pairs, votes=cfg.judge.votes))
+        judgments = roles.judge.compare(pairs, votes=cfg.judge.votes)
         chosen, rejected, table = [], [], []
         for i, j in enumerate(judgments):
             a, b = completions[2 * i], completions[2 * i + 1]
@@ -89,15 +145,14 @@ class DPOJob(GRPOJob):
                         "votes": f"{j.wins_a}-{j.wins_b}",
                     }
                 )
-        ranks = len(self.learner)
+        ranks = len(roles.learner)
         keep = len(chosen) // ranks * ranks  # every rank trains on the same number of whole pairs
         stats = {
             "dpo/pairs_judged": len(pairs),
             "dpo/pairs_undecided": len(pairs) - len(chosen),
             "dpo/pairs_used": keep,
         }
-        judge_stats = self._with_restarts("judge", lambda _: self.judge.stats(reset=True))
-        stats.update({f"judge/{k}": float(v) for k, v in judge_stats.items()})
+        stats.update({f"judge/{k}": float(v) for k, v in roles.judge.stats(reset=True).items()})
         if keep == 0:
             raise RuntimeError(
                 f"the RRM decided {len(chosen)} of {len(pairs)} pairs: too few for {ranks} learner ranks"
@@ -113,7 +168,7 @@ class DPOJob(GRPOJob):
         return batch, stats, table
 
     def run(self) -> dict[str, Any]:
-        cfg, d = self.cfg, self.cfg.dpo
+        cfg, d, learner = self.cfg, self.cfg.dpo, self.roles.learner
         started = time.perf_counter()
         before = self.evaluate()
         self.tracker.log_metrics({k.replace("eval/", "eval_before/"): v for k, v in before.items()}, step=0)
@@ -122,10 +177,9 @@ class DPOJob(GRPOJob):
             batch, stats, table = self.collect_pairs()
         self.tracker.log_metrics(stats, step=0)
         self.tracker.log_table(table, "dpo_pairs")
-        ranks = len(self.learner)
+        ranks = len(learner)
         with timer.phase("reference_logps"):
-            self.share.before("learner")
-            ref = torch.cat(self.learner.call_sharded("compute_sequence_logps", shard_pairs(batch, ranks)))
+            ref = learner.sequence_logps(shard_pairs(batch, ranks))
         per_step = min(d.pairs_per_step, len(batch) // 2)  # both multiples of the rank count
         steps_per_epoch = (len(batch) // 2) // per_step
         total = d.epochs * steps_per_epoch
@@ -137,19 +191,13 @@ class DPOJob(GRPOJob):
                     rows = slice(2 * s * per_step, 2 * (s + 1) * per_step)
                     part, part_ref = batch.select(rows), ref[rows]
                     shards = shard_pairs(part, ranks)
-                    refs = torch.split(part_ref, [len(x) for x in shards])
+                    refs = list(torch.split(part_ref, [len(x) for x in shards]))
                     lr = lrs[epoch * steps_per_epoch + s]
                     step_timer = PhaseTimer()
                     with step_timer.phase("update"):
-                        outs = self.learner.get(
-                            [
-                                a.dpo_step.remote(x, r, d.beta, d.label_smoothing, lr)
-                                for a, x, r in zip(self.learner.actors, shards, refs, strict=True)
-                            ],
-                            "dpo_step",
-                        )
+                        out = learner.dpo_step(shards, refs, d.beta, d.label_smoothing, lr)
                     self.step += 1
-                    metrics = {f"dpo/{k}": v for k, v in outs[0].items()}
+                    metrics = {f"dpo/{k}": v for k, v in out.items()}
                     metrics.update({f"time/{k}_s": v for k, v in step_timer.seconds.items()}, epoch=epoch)
                     self.tracker.log_metrics(metrics, step=self.step)
                     history.append(metrics)
@@ -163,12 +211,12 @@ class DPOJob(GRPOJob):
                         },
                     )
         with timer.phase("weight_sync"):
-            self.sync_weights()
+            self.roles.sync_weights()
         after = self.evaluate()
         self.tracker.log_metrics({k.replace("eval/", "eval_after/"): v for k, v in after.items()}, self.step)
         self.tracker.log_metrics({f"time/{k}_s": v for k, v in timer.seconds.items()}, self.step)
-        final_dir = self.save_final()
-        self.log_figures()
+        final_dir = save_final(cfg, learner, self.tracker, self.step)
+        log_figures(cfg, self.tracker)
         return {
             "before": before,
             "after": after,

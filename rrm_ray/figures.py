@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 
 import matplotlib.pyplot as plt  # after choosing the backend
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 History = dict[str, list[tuple[int, float]]]
 
@@ -164,4 +164,77 @@ def rewardbench_scores(metrics: dict[str, float], path: str | Path) -> Path | No
     for x, v in enumerate(values):
         right.text(x, v + 0.02, f"{v:.3f}", ha="center", fontsize="small")
     fig.subplots_adjust(left=0.2, right=0.98, bottom=0.14, top=0.92, wspace=0.25)
+    return _save(fig, path)
+
+
+def _number(text: object) -> float | None:
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _axis_positions(ax: plt.Axes, values: list[str]) -> dict[str, float]:
+    """Where each swept value sits on the x axis: numeric values at their number (a log2 axis when they
+    span a factor of 4 or more, as thinking budgets do), anything else evenly spaced by first appearance."""
+    numbers = {v: _number(v) for v in values}
+    if all(n is not None for n in numbers.values()):
+        positive = [n for n in numbers.values() if n is not None and n > 0]
+        if len(positive) == len(numbers) and max(positive) >= 4 * min(positive):
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ticks = sorted(set(numbers.values()))  # type: ignore[type-var]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])  # type: ignore[misc]
+        return numbers  # type: ignore[return-value]
+    order = list(dict.fromkeys(values))
+    ax.set_xticks(range(len(order)), order)
+    return {v: float(i) for i, v in enumerate(order)}
+
+
+def sweep_accuracy(rows: list[dict], x_key: str, line_keys: list[str], path: str | Path) -> Path | None:
+    """A test-time-scaling sweep (`rrm-ray eval --sweep`). Left: accuracy against `x_key` (the thinking
+    budget), one line per combination of `line_keys` (the vote count). Right: accuracy against the judge
+    tokens the point spent. Error bars: the 95% Wilson interval. `rows`: one record per grid point with
+    the swept keys as columns and `accuracy`, `ci_low`, `ci_high`, `generated_tokens`."""
+    if not rows:
+        return None
+    lines: dict[str, list[dict]] = {}
+    for r in rows:
+        name = ", ".join(f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in line_keys) or "accuracy"
+        lines.setdefault(name, []).append(r)
+    fig, (left, right) = plt.subplots(1, 2, figsize=WIDE, sharey=True)
+    positions = _axis_positions(left, [str(r[x_key]) for r in rows])
+    tokens = [float(r["generated_tokens"]) for r in rows]
+    if min(tokens) > 0 and max(tokens) >= 10 * min(tokens):
+        right.set_xscale("log")
+        right.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        right.xaxis.set_minor_formatter(NullFormatter())
+    for name, points in lines.items():
+        points = sorted(points, key=lambda r: positions[str(r[x_key])])
+        acc = [r["accuracy"] for r in points]
+        err = [[r["accuracy"] - r["ci_low"] for r in points], [r["ci_high"] - r["accuracy"] for r in points]]
+        xs = [positions[str(r[x_key])] for r in points]
+        left.errorbar(xs, acc, yerr=err, marker="o", capsize=3, label=name)
+        by_tokens = sorted(points, key=lambda r: r["generated_tokens"])
+        right.errorbar(
+            [r["generated_tokens"] for r in by_tokens],
+            [r["accuracy"] for r in by_tokens],
+            yerr=[
+                [r["accuracy"] - r["ci_low"] for r in by_tokens],
+                [r["ci_high"] - r["accuracy"] for r in by_tokens],
+            ],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
+    for ax in (left, right):
+        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    left.set_ylim(-0.05, 1.05)
+    left.set_ylabel("accuracy (95% Wilson interval)")
+    left.set_xlabel(x_key)
+    left.set_title(f"Accuracy by {x_key.rsplit('.', 1)[-1]}")
+    right.set_xlabel("judge tokens generated")
+    right.set_title("Accuracy by judge tokens spent")
+    right.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    fig.subplots_adjust(left=0.08, right=0.82, bottom=0.13, top=0.9, wspace=0.08)
     return _save(fig, path)

@@ -56,7 +56,7 @@ class StepPrinter:
             f"len {m.get('response/length_mean', 0):.0f}",
             f"kl {m.get('train/approx_kl', 0):.4f}  gnorm {m['train/grad_norm']:.2f}"
             if "train/grad_norm" in m
-            else "no update (every group's rewards were equal)",
+            else "no update (no group had a non-zero advantage)",
             f"{m.get('time/step_s', 0):.1f}s",
             "("
             + " ".join(

@@ -32,6 +32,7 @@ MODEL_TRAINING = "custom_model_development"
 # sidebar switch, remembered per browser), not from the tag: links to a run page carry it.
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 LOG_MODEL_MODES = ("none", "path", "artifacts")
+PARENT_RUN_TAG = "mlflow.parentRunId"  # how MLflow nests a run under another
 
 
 def sanitize(name: str) -> str:
@@ -152,6 +153,8 @@ class MLflowTracker:
     `system_metrics_interval_s`: sample MLflow's system metrics (CPU, memory, disk, network; GPU when
     `nvidia-ml-py` is installed and a GPU is visible) on the driver's machine every that many seconds,
     as `mlflow.start_run(log_system_metrics=True)` does; None: off.
+    `parent_run_id`: a new run is nested under that run (MLflow's `mlflow.parentRunId` tag), as the
+    points of `rrm-ray eval --sweep` are under the sweep's run.
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class MLflowTracker:
         *,
         experiment_kind: str = MODEL_TRAINING,
         system_metrics_interval_s: float | None = None,
+        parent_run_id: str | None = None,
     ):
         import mlflow
 
@@ -180,7 +184,8 @@ class MLflowTracker:
                 self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, experiment_kind)
         resumed = run_id is not None
         if run_id is None:
-            run = self.client.create_run(exp_id, run_name=run_name)
+            tags = {PARENT_RUN_TAG: parent_run_id} if parent_run_id else None
+            run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
             run_id = run.info.run_id
         self.run_id = run_id
         self.experiment_id = exp_id

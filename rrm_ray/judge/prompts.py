@@ -77,8 +77,11 @@ _FINAL_INSTRUCTION = {
 # judge.verdict=choice (direct mode only): the prompt ends inside the verdict and the engine may emit
 # exactly one of two tokens, so every vote is decided. This is the likelihood comparison p("1") vs
 # p("2") that small or untrained judges need (their free text is rarely a parseable box).
+# judge.verdict=choice_prob: the same prompt, but the engine returns p("1") and p("2") from one forward
+# instead of sampling (rrm_ray.judge.verdict.choice_probability).
 CHOICE_PREFIX = "\\boxed{Assistant "
 CHOICES = ("1", "2")
+PREFIXED_VERDICTS = ("choice", "choice_prob")  # judge.verdict values whose prompt ends in CHOICE_PREFIX
 
 
 def choice_token_ids(tokenizer: ChatTokenizer) -> list[int]:
@@ -90,8 +93,8 @@ def choice_token_ids(tokenizer: ChatTokenizer) -> list[int]:
         extra = full[len(base) :]
         if full[: len(base)] != base or len(extra) != 1:
             raise ValueError(
-                f"judge.verdict=choice needs {choice!r} to be one token after {CHOICE_PREFIX!r} in this "
-                f"tokenizer, got {len(extra)} tokens; use judge.verdict=generate"
+                f"judge.verdict=choice and choice_prob need {choice!r} to be one token after "
+                f"{CHOICE_PREFIX!r} in this tokenizer, got {len(extra)} tokens; use judge.verdict=generate"
             )
         ids.append(extra[0])
     return ids
@@ -145,6 +148,10 @@ def build_judge_messages(
 
     The answers are fenced by explicit start/end lines so that an answer which itself contains
     headings or the word "Assistant" cannot blur where one answer ends and the next begins.
+    Everything before the first answer (system prompt, the question, the first fence) depends on
+    the query alone, so all pairs of one query, in both orders, share that token prefix and the
+    engine's prefix cache computes it once (``judge.prefix_caching``); the closing instruction
+    stays after the answers, where the paper's prompt has it.
     ``style="compact"`` swaps in the short system prompt (``COMPACT_SYSTEM_PROMPTS``).
     """
     _check_mode(mode)
@@ -180,7 +187,8 @@ def render_judge_prompt(
     then fail the ``</think>`` requirement of the verdict parser and the format reward. Adding it
     only when missing keeps it exactly once. "direct" mode appends nothing (but an R1 template
     still adds its own ``<think>\\n``; that is the model's format, not ours to remove).
-    ``verdict="choice"`` ends the prompt with ``CHOICE_PREFIX``, so the next token is the verdict.
+    ``verdict="choice"`` or ``"choice_prob"`` ends the prompt with ``CHOICE_PREFIX``, so the next
+    token is the verdict.
     """
     _check_mode(mode)
     if getattr(tokenizer, "chat_template", None):
@@ -190,7 +198,7 @@ def render_judge_prompt(
         text = "".join(parts) + "Assistant:\n"
     if mode == "rrm" and not text.endswith(THINK_PREFIX):
         text += "\n" if text.endswith(THINK_PREFIX.rstrip("\n")) else THINK_PREFIX
-    if verdict == "choice":
+    if verdict in PREFIXED_VERDICTS:
         text += CHOICE_PREFIX
     return text
 

@@ -22,12 +22,21 @@ How a batch of pairs is judged (``compare``):
    wave gathers the presentations ALL pairs still need into one ``generate`` call;
 4. a vote whose text has no parseable verdict, or that timed out, is no vote for either side;
    results with a time-out are not cached (a time-out says nothing about the pair).
+
+``verdict="choice_prob"`` (direct mode) replaces step 3 by ONE wave of two presentations per pair,
+one per order, each scored by a second engine callable instead of sampled:
+
+    choice_probs(prompts) -> for each prompt, P("Assistant 1") renormalised over {1, 2}, or None
+
+and the pair's outcome is ``voting.prob_winner`` of the swap-corrected mean (a wins if mean
+P(a) > 0.5; exactly 0.5, or an order that timed out, goes to the tie rule).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -44,11 +53,18 @@ from rrm_ray.judge.tournament import (
     run_many,
     swiss_max_rounds,
 )
-from rrm_ray.judge.verdict import parse_verdict
-from rrm_ray.judge.voting import PairVote, Presentation, translate
+from rrm_ray.judge.verdict import (
+    choice_verdict,
+    describe_choice_probability,
+    parse_choice_probability,
+    parse_verdict,
+)
+from rrm_ray.judge.voting import PairVote, Presentation, prob_winner, swap_corrected_prob_a, translate
 
 Side = Literal["a", "b"]
 GenerateFn = Callable[[list[str], int], list[list[str] | None]]
+ChoiceProbFn = Callable[[list[str]], list[float | None]]
+VERDICTS = ("generate", "choice", "choice_prob")  # judge.verdict
 _FLIP: dict[Side | None, Side | None] = {"a": "b", "b": "a", None: None}
 METHODS = ("knockout", "elo", "swiss")  # judge.method
 
@@ -79,7 +95,9 @@ class JudgeTrace:
 @dataclass
 class PairJudgment:
     """The outcome of one pair. ``votes`` counts judge calls made for it in this call (0 when it
-    came from the cache); ``error`` is set when its prompt was rejected as too long."""
+    came from the cache); ``error`` is set when its prompt was rejected as too long. ``prob_a``
+    (verdict choice_prob): the swap-corrected P(a is better); wins_a / wins_b are then 1 / 0 for
+    the side it favours, so ``decided`` and vote-based credit read it like one majority vote."""
 
     winner: Side | None
     wins_a: int
@@ -92,6 +110,7 @@ class PairJudgment:
     from_cache: bool = False
     truncated: bool = False
     error: str | None = None
+    prob_a: float | None = None
 
     @property
     def decided(self) -> bool:
@@ -140,7 +159,9 @@ class RankResult:
 @dataclass
 class JudgeStats:
     """Counters since the last reset. ``judge_calls`` counts sampled judgments, ``waves`` engine
-    batches; ``comparisons`` counts every pair asked for, including cached and identical ones."""
+    batches; ``comparisons`` counts every pair asked for, including cached and identical ones;
+    ``prompts_judged`` counts the queries ``rank`` / ``best_of_n`` ranked, ``rank_seconds`` the wall
+    time spent in those calls (the judge's cost per policy prompt, see ``judge_rates``)."""
 
     comparisons: int = 0
     judge_calls: int = 0
@@ -152,6 +173,28 @@ class JudgeStats:
     rejected: int = 0
     truncated: int = 0
     identical: int = 0
+    prompts_judged: int = 0
+    rank_seconds: float = 0.0
+
+
+def judge_rates(totals: dict[str, float]) -> dict[str, float]:
+    """``totals`` (judge counters summed over engines) plus the ratios that cannot be summed:
+
+    - ``prefix_cache_hit_rate``: prefix_cached_tokens / prefill_tokens, the share of prompt tokens
+      vLLM's prefix cache supplied instead of computing them;
+    - ``tokens_per_prompt`` / ``seconds_per_prompt``: generated_tokens and rank_seconds per ranked
+      query (seconds are each engine's own, summed over engines). Counters span every call since
+      the last reset, so they are per policy prompt when only ``rank`` ran, as in a GRPO step.
+
+    A ratio whose denominator is 0 is left out, not reported as 0.
+    """
+    out = dict(totals)
+    if totals.get("prefill_tokens", 0) > 0:
+        out["prefix_cache_hit_rate"] = totals.get("prefix_cached_tokens", 0) / totals["prefill_tokens"]
+    if totals.get("prompts_judged", 0) > 0:
+        out["tokens_per_prompt"] = totals.get("generated_tokens", 0) / totals["prompts_judged"]
+        out["seconds_per_prompt"] = totals.get("rank_seconds", 0.0) / totals["prompts_judged"]
+    return out
 
 
 @dataclass(frozen=True)
@@ -160,7 +203,7 @@ class JudgeSettings:
     (judge model and checkpoint, sampling parameters) and goes into every cache key."""
 
     mode: Literal["rrm", "direct"] = "rrm"
-    verdict: Literal["generate", "choice"] = "generate"
+    verdict: Literal["generate", "choice", "choice_prob"] = "generate"
     prompt_style: Literal["full", "compact"] = "full"
     votes: int = 1
     adaptive_votes: bool = True
@@ -178,7 +221,7 @@ class JudgeSettings:
     def __post_init__(self) -> None:
         for name, allowed in (
             ("mode", ("rrm", "direct")),
-            ("verdict", ("generate", "choice")),
+            ("verdict", VERDICTS),
             ("prompt_style", ("full", "compact")),
             ("tie_rule", ("random", "first", "none")),
             ("method", METHODS),
@@ -194,8 +237,15 @@ class JudgeSettings:
         rounds = self.swiss_rounds
         if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
             raise ValueError(f"judge settings: swiss_rounds must be None or an int >= 1, got {rounds!r}")
-        if self.verdict == "choice" and self.mode != "direct":
-            raise ValueError("judge settings: verdict 'choice' needs mode 'direct' (an RRM reasons first)")
+        if self.verdict in ("choice", "choice_prob") and self.mode != "direct":
+            raise ValueError(
+                f"judge settings: verdict {self.verdict!r} needs mode 'direct' (an RRM reasons first)"
+            )
+        if self.verdict == "choice_prob" and self.votes != 1:
+            raise ValueError(
+                "judge settings: verdict 'choice_prob' scores both orders once, so votes must be 1, "
+                f"got {self.votes}"
+            )
 
     @classmethod
     def from_config(cls, judge: Any, seed: int, cache_key: str = "") -> JudgeSettings:
@@ -256,14 +306,26 @@ def flip_judgment(j: PairJudgment) -> PairJudgment:
         dataclasses.replace(t, order="ba" if t.order == "ab" else "ab", winner=_FLIP[t.winner])
         for t in j.traces
     ]
-    return dataclasses.replace(j, winner=_FLIP[j.winner], wins_a=j.wins_b, wins_b=j.wins_a, traces=traces)
+    prob_a = None if j.prob_a is None else 1.0 - j.prob_a
+    return dataclasses.replace(
+        j, winner=_FLIP[j.winner], wins_a=j.wins_b, wins_b=j.wins_a, traces=traces, prob_a=prob_a
+    )
 
 
 class JudgeService:
     """Pairwise judging, tournaments and best-of-n on top of a batched ``generate`` callable."""
 
-    def __init__(self, generate: GenerateFn, tokenizer: Any, settings: JudgeSettings) -> None:
+    def __init__(
+        self,
+        generate: GenerateFn,
+        tokenizer: Any,
+        settings: JudgeSettings,
+        choice_probs: ChoiceProbFn | None = None,
+    ) -> None:
+        if settings.verdict == "choice_prob" and choice_probs is None:
+            raise ValueError("JudgeService: verdict 'choice_prob' needs a choice_probs engine callable")
         self.generate = generate
+        self.choice_probs = choice_probs
         self.tokenizer = tokenizer
         self.settings = settings
         self.cache = ComparisonCache(settings.cache_max_entries)
@@ -289,6 +351,11 @@ class JudgeService:
         k = self.settings.votes if votes is None else votes
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"compare: votes must be an int >= 1, got {k!r}")
+        if self.settings.verdict == "choice_prob" and k != 1:
+            raise ValueError(
+                f"compare: verdict 'choice_prob' scores both orders once instead of sampling votes, so "
+                f"votes must be 1, got {k}"
+            )
         pairs = [as_pair(p, i) for i, p in enumerate(pairs)]
         key = self._settings_key(k)
         results: list[PairJudgment | None] = [None] * len(pairs)
@@ -320,7 +387,10 @@ class JudgeService:
             else:
                 todo.append(i)
 
-        judged = self._vote(pairs, canon, todo, k)
+        if self.settings.verdict == "choice_prob":
+            judged = self._score_choices(pairs, canon, todo)
+        else:
+            judged = self._vote(pairs, canon, todo, k)
         for i, j in judged.items():
             if j.error is None and j.timed_out == 0:
                 first, second, _ = canon[i]
@@ -351,7 +421,15 @@ class JudgeService:
             side: Side | None = None if won is None else ("a" if won else "b")
             traces.append(JudgeTrace(v, "ba" if p.swapped else "ab", text, verdict, side))
         unparseable = sum(t.verdict is None for t in traces)
-        j = PairJudgment(hit.winner, hit.wins_a, hit.wins_b, 0, 0, unparseable, 0, traces, from_cache=True)
+        prob_a = None
+        if self.settings.verdict == "choice_prob":
+            unparseable = 0  # a probability of exactly 0.5 names neither assistant but is a judgment
+            p_ab, p_ba = (parse_choice_probability(t) for t in hit.traces)  # cached: both orders scored
+            assert p_ab is not None and p_ba is not None, f"cached choice probabilities {hit.traces!r}"
+            prob_a = swap_corrected_prob_a(p_ab, p_ba)
+        j = PairJudgment(
+            hit.winner, hit.wins_a, hit.wins_b, 0, 0, unparseable, 0, traces, from_cache=True, prob_a=prob_a
+        )
         return flip_judgment(j) if flipped else j
 
     def _render(self, i: int, query: str, first: str, second: str) -> JudgePrompt:
@@ -370,7 +448,11 @@ class JudgeService:
         )
 
     def _parse(self, text: str) -> Literal[1, 2] | None:
-        """The verdict of one judge output (a forced choice is first completed to its box)."""
+        """The verdict of one judge output (a forced choice is first completed to its box; a choice
+        probability names the more likely assistant)."""
+        if self.settings.verdict == "choice_prob":
+            p = parse_choice_probability(text)
+            return None if p is None else choice_verdict(p)
         if self.settings.verdict == "choice":
             text = complete_choice(text)
         return parse_verdict(text, require_think_close=self.settings.mode == "rrm")
@@ -380,21 +462,7 @@ class JudgeService:
     ) -> dict[int, PairJudgment]:
         """Vote on the pairs ``todo`` in canonical orientation; judgments in that orientation."""
         s = self.settings
-        out: dict[int, PairJudgment] = {}
-        prompts: dict[tuple[int, bool], str] = {}
-        truncated: dict[int, bool] = {}
-        for i in todo:
-            first, second, _ = canon[i]
-            try:
-                shown = self._render(i, pairs[i].query, first, second)
-                swapped = self._render(i, pairs[i].query, second, first) if k > 1 else shown
-            except PromptTooLongError as exc:
-                self.stats.rejected += 1
-                out[i] = PairJudgment(None, 0, 0, 0, 0, 0, 0, error=str(exc))
-                continue
-            prompts[(i, False)], prompts[(i, True)] = shown.text, swapped.text
-            truncated[i] = shown.truncated or swapped.truncated
-            self.stats.truncated += truncated[i]
+        prompts, truncated, out = self._render_both(pairs, canon, todo, both=k > 1)
         state = {i: PairVote(k, s.adaptive_votes, s.tie_rule, s.seed, pair_index=i) for i in truncated}
         traces: dict[int, list[JudgeTrace]] = {i: [] for i in state}
         while True:
@@ -425,6 +493,72 @@ class JudgeService:
                 timed_out=timed_out,
                 traces=ts,
                 truncated=truncated[i],
+            )
+        return out
+
+    def _render_both(
+        self, pairs: Sequence[JudgePair], canon: list[tuple[str, str, bool]], todo: list[int], both: bool
+    ) -> tuple[dict[tuple[int, bool], str], dict[int, bool], dict[int, PairJudgment]]:
+        """Prompts of the pairs ``todo`` by (pair, swapped) (the swapped one only if ``both``, else
+        the shown one again), whether either was truncated, and judgments of rejected pairs."""
+        prompts: dict[tuple[int, bool], str] = {}
+        truncated: dict[int, bool] = {}
+        rejected: dict[int, PairJudgment] = {}
+        for i in todo:
+            first, second, _ = canon[i]
+            try:
+                shown = self._render(i, pairs[i].query, first, second)
+                swapped = self._render(i, pairs[i].query, second, first) if both else shown
+            except PromptTooLongError as exc:
+                self.stats.rejected += 1
+                rejected[i] = PairJudgment(None, 0, 0, 0, 0, 0, 0, error=str(exc))
+                continue
+            prompts[(i, False)], prompts[(i, True)] = shown.text, swapped.text
+            truncated[i] = shown.truncated or swapped.truncated
+            self.stats.truncated += truncated[i]
+        return prompts, truncated, rejected
+
+    def _score_choices(
+        self, pairs: Sequence[JudgePair], canon: list[tuple[str, str, bool]], todo: list[int]
+    ) -> dict[int, PairJudgment]:
+        """verdict choice_prob: both orders of every pair ``todo`` in ONE ``choice_probs`` call (one
+        forward each), outcome by ``prob_winner``; judgments in canonical orientation."""
+        s = self.settings
+        assert self.choice_probs is not None
+        prompts, truncated, out = self._render_both(pairs, canon, todo, both=True)
+        keys = [(i, swapped) for i in truncated for swapped in (False, True)]
+        probs = list(self.choice_probs([prompts[key] for key in keys])) if keys else []
+        if len(probs) != len(keys):
+            raise ValueError(f"judge choice_probs returned {len(probs)} results for {len(keys)} prompts")
+        self.stats.waves += bool(keys)
+        self.stats.judge_calls += len(keys)
+        by_key = dict(zip(keys, probs, strict=True))
+        for i in truncated:
+            traces = []
+            for vote, swapped in enumerate((False, True)):
+                p = by_key[(i, swapped)]
+                if p is not None and not 0.0 <= p <= 1.0:
+                    raise ValueError(f"judge choice_probs: pair {i}: expected a probability, got {p!r}")
+                verdict = None if p is None else choice_verdict(p)
+                won = translate(Presentation(i, vote, swapped), verdict)
+                side: Side | None = None if won is None else ("a" if won else "b")
+                text = None if p is None else describe_choice_probability(p)
+                traces.append(JudgeTrace(vote, "ba" if swapped else "ab", text, verdict, side))
+            p_ab, p_ba = by_key[(i, False)], by_key[(i, True)]
+            prob_a = None if p_ab is None or p_ba is None else swap_corrected_prob_a(p_ab, p_ba)
+            timed_out = sum(t.text is None for t in traces)
+            self.stats.timed_out += timed_out
+            out[i] = PairJudgment(
+                winner=prob_winner(prob_a, s.tie_rule, s.seed, i),
+                wins_a=int(prob_a is not None and prob_a > 0.5),
+                wins_b=int(prob_a is not None and prob_a < 0.5),
+                votes=2,
+                calls_saved=0,
+                unparseable=0,
+                timed_out=timed_out,
+                traces=traces,
+                truncated=truncated[i],
+                prob_a=prob_a,
             )
         return out
 
@@ -473,6 +607,7 @@ class JudgeService:
         method = method or s.method
         if method not in METHODS:
             raise ValueError(f"rank: method must be one of {METHODS}, got {method!r}")
+        started = time.perf_counter()
         tournaments: list[Tournament] = []
         for k, item in enumerate(items):
             if not isinstance(item, tuple | list) or len(item) != 2:
@@ -498,6 +633,8 @@ class JudgeService:
             return outcomes
 
         run_many(tournaments, compare_batch)
+        self.stats.prompts_judged += len(items)
+        self.stats.rank_seconds += time.perf_counter() - started
         return [rank_result(t, rec) for t, rec in zip(tournaments, records, strict=True)]
 
     def best_of_n(

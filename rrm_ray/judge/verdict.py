@@ -17,7 +17,9 @@ Choices where the reference is silent (all documented on the functions below):
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 THINK_OPEN = "<think>"
@@ -128,3 +130,61 @@ def verdict_score(verdict: Literal[1, 2] | None, label: Literal[1, 2]) -> float:
     if verdict not in (1, 2):
         raise ValueError(f"verdict_score: verdict must be 1, 2 or None, got {verdict!r}")
     return 1.0 if verdict == label else 0.0
+
+
+# -- judge.verdict=choice_prob: the verdict as a probability instead of a sampled text ----------------
+# The prompt ends with the fixed verdict prefix ``\boxed{Assistant `` (rrm_ray.judge.prompts), so ONE
+# forward gives the log-probs of the next token; those of "1" and "2" are the judge's choice. vLLM
+# returns exactly the requested tokens' log-probs (``SamplingParams.logprob_token_ids``), so there is
+# no top-k cut-off that could drop one of them.
+_CHOICE_PROB_TEXT = "P(Assistant 1)="
+
+
+def choice_probability(logprobs: Mapping[int, float], choice_ids: Sequence[int]) -> float:
+    """P("1") renormalised over {"1", "2"}, from ``logprobs`` (token id -> log-prob at the verdict
+    position; other tokens may be present and are ignored). ``choice_ids``: the ids of "1" and "2".
+
+    Renormalising drops the mass the judge put on any other token: a forced choice has only two
+    answers. Computed as a logistic of the log-prob difference, so it is exact even when both
+    log-probs are very negative (a judge that barely considers either digit).
+    """
+    if len(choice_ids) != 2 or choice_ids[0] == choice_ids[1]:
+        raise ValueError(
+            f"choice_probability: expected the two distinct ids of '1' and '2', got {choice_ids!r}"
+        )
+    missing = [t for t in choice_ids if t not in logprobs]
+    if missing:
+        raise ValueError(
+            f"choice_probability: no log-prob for verdict token(s) {missing} among {sorted(logprobs)[:8]}; "
+            "the engine must be asked for exactly these tokens (logprob_token_ids)"
+        )
+    one, two = (float(logprobs[t]) for t in choice_ids)
+    if math.isnan(one) or math.isnan(two) or one == two == -math.inf:
+        raise ValueError(f"choice_probability: log-probs of '1' and '2' are {one} and {two}: no choice")
+    diff = two - one
+    if diff > 0:  # the stable branch of 1 / (1 + exp(diff))
+        e = math.exp(-diff)
+        return e / (1.0 + e)
+    return 1.0 / (1.0 + math.exp(diff))
+
+
+def choice_verdict(p_first: float) -> Literal[1, 2] | None:
+    """What one presentation says: 1 if "1" is more likely, 2 if less, None at exactly 0.5."""
+    return 1 if p_first > 0.5 else 2 if p_first < 0.5 else None
+
+
+def describe_choice_probability(p_first: float) -> str:
+    """The trace text of a choice-probability judgment; ``repr`` keeps the float exact, so
+    ``parse_choice_probability`` (the comparison cache rebuilds traces from texts) gets it back."""
+    return f"{_CHOICE_PROB_TEXT}{p_first!r}"
+
+
+def parse_choice_probability(text: str) -> float | None:
+    """The P("1") a ``describe_choice_probability`` text holds; None for any other text."""
+    if not text.startswith(_CHOICE_PROB_TEXT):
+        return None
+    try:
+        p = float(text[len(_CHOICE_PROB_TEXT) :])
+    except ValueError:
+        return None
+    return p if 0.0 <= p <= 1.0 else None

@@ -6,6 +6,9 @@ loop; the judge actor does the same with its vLLM engine).
 Vocabulary: a pair is (a, b) in the caller's order. A presentation shows it to the judge either as
 (a, b) or swapped as (b, a); a verdict names "Assistant 1" or "Assistant 2", which ``translate``
 turns back into "a won" / "b won".
+
+``judge.verdict=choice_prob`` replaces the sampled votes by one probability per order:
+``swap_corrected_prob_a`` averages them and ``prob_winner`` applies the same majority and tie rule.
 """
 
 from __future__ import annotations
@@ -18,6 +21,21 @@ from typing import Literal
 TieRule = Literal["first", "random", "none"]
 Verdict = Literal[1, 2] | None
 _TIE_RULES = ("first", "random", "none")
+
+
+def tie_coin(seed: int, pair_index: int) -> Literal["a", "b"]:
+    """The side tie rule "random" gives pair ``pair_index``. String seeds hash deterministically
+    (not via PYTHONHASHSEED), so the coin is reproducible."""
+    return "a" if random.Random(f"{seed}/{pair_index}").random() < 0.5 else "b"
+
+
+def tie_break(tie_rule: TieRule, seed: int, pair_index: int) -> Literal["a", "b"] | None:
+    """The winner of a tied pair: "first" -> a, "random" -> ``tie_coin``, "none" -> None."""
+    if tie_rule not in _TIE_RULES:
+        raise ValueError(f"pair {pair_index}: tie_rule must be one of {_TIE_RULES}, got {tie_rule!r}")
+    if tie_rule == "first":
+        return "a"
+    return tie_coin(seed, pair_index) if tie_rule == "random" else None
 
 
 @dataclass(frozen=True)
@@ -76,8 +94,7 @@ class PairVote:
         self.adaptive = adaptive
         self.tie_rule = tie_rule
         self.pair_index = pair_index
-        # String seeds hash deterministically (not via PYTHONHASHSEED), so the coin is reproducible.
-        self._coin: Literal["a", "b"] = "a" if random.Random(f"{seed}/{pair_index}").random() < 0.5 else "b"
+        self.seed = seed
         self._issued = 0  # votes 0.._issued-1 have been handed out
         self._results: dict[int, bool | None] = {}
 
@@ -172,11 +189,7 @@ class PairVote:
         wa, wb = self.wins_a, self.wins_b
         if wa != wb:
             return "a" if wa > wb else "b"
-        if self.tie_rule == "first":
-            return "a"
-        if self.tie_rule == "random":
-            return self._coin
-        return None
+        return tie_break(self.tie_rule, self.seed, self.pair_index)
 
     def __repr__(self) -> str:
         return (
@@ -214,3 +227,28 @@ def run_votes(
             )
         for p, v in zip(wave, verdicts, strict=True):
             pairs[p.pair_index].record(p.vote_index, translate(p, v))
+
+
+# -- judge.verdict=choice_prob: one probability per presentation order instead of sampled votes ------
+def swap_corrected_prob_a(p_first_ab: float, p_first_ba: float) -> float:
+    """P(a is better), averaged over both presentation orders.
+
+    ``p_first_ab``: P("Assistant 1") with a shown first; ``p_first_ba``: the same with b shown first,
+    where a is Assistant 2 and wins with 1 - P("Assistant 1"). The mean cancels a position bias that
+    adds the same amount to P("Assistant 1") in both orders.
+    """
+    for name, p in (("p_first_ab", p_first_ab), ("p_first_ba", p_first_ba)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"swap_corrected_prob_a: {name} must be a probability in [0, 1], got {p!r}")
+    return (p_first_ab + (1.0 - p_first_ba)) / 2.0
+
+
+def prob_winner(
+    prob_a: float | None, tie_rule: TieRule = "first", seed: int = 0, pair_index: int = 0
+) -> Literal["a", "b"] | None:
+    """The outcome of a choice-probability verdict, by the majority rule of ``PairVote`` with the
+    probability as a's vote share: a if P(a) > 0.5, b if < 0.5, and exactly 0.5 (or None, no
+    probability: an order timed out) is a tie that goes to the tie rule, seeded as ``PairVote``'s."""
+    if prob_a is not None and prob_a != 0.5:
+        return "a" if prob_a > 0.5 else "b"
+    return tie_break(tie_rule, seed, pair_index)

@@ -229,8 +229,8 @@ def grpo_run(ray_local, tiny_model, tmp_path_factory):
         learner = job.learner.call_all("probe_logprobs", probe)[0]
         engine_params = job.rollout.call_rank0("checksums")
         # As after an engine restart: the transfer is set up anew (a new gloo group) and used again.
-        job._init_weight_transfer()
-        resync = job.sync_weights()
+        job.roles.rollout.init_weight_transfer()
+        resync = job.roles.sync_weights()
         engine_after_resync = job.rollout.call_rank0("probe_logprobs", probe)
     finally:
         job.close()

@@ -69,8 +69,19 @@ def baseline_line(console: str) -> str:
 
 @runs_command("train", "export")
 def test_train_console_resume_after_a_kill_and_export(tiny_model, tmp_path):
+    mmlu = REPO / "tests" / "fixtures" / "downstream" / "mmlu_pro_sample.jsonl"
     overrides = tiny_overrides(
-        tiny_model, tmp_path, **{"trainer.total_steps": 3, "checkpoint.every": 1, "checkpoint.keep_last": 3}
+        tiny_model,
+        tmp_path,
+        **{
+            "trainer.total_steps": 3,
+            "checkpoint.every": 1,
+            "checkpoint.keep_last": 3,
+            # lm-eval on the starting policy (first run) and the final one (the resumed run's end)
+            "trainer.downstream_eval.enabled": "true",
+            "trainer.downstream_eval.tasks.mmlu_pro": str(mmlu),
+            "trainer.downstream_eval.limit": 4,
+        },
     )
     ckpt = tmp_path / "ckpt"
     first = "".join(train_until_checkpoint(["configs/quickstart.yaml", *overrides], ckpt / "step_000001"))
@@ -97,6 +108,11 @@ def test_train_console_resume_after_a_kill_and_export(tiny_model, tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_before/reward_mean")] == [0]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "reward/mean")]
     assert sorted(set(steps)) == [1, 2, 3]
+    # downstream accuracy of the initial policy at step 0, of the final one at the last step; the
+    # resumed run does not evaluate the initial policy again
+    acc = client.get_metric_history(run.info.run_id, "downstream/mmlu_pro/acc")
+    assert [m.step for m in acc] == [0, 3] and all(0 <= m.value <= 1 for m in acc)
+    assert re.search(r"^downstream mmlu_pro: after \d\.\d{3}$", resumed, flags=re.M), resumed
 
     out = tmp_path / "hf"
     ok(rrm_ray_cli("export", str(ckpt / "step_000003"), "--out", str(out), "--dtype", "bfloat16"))
@@ -211,12 +227,150 @@ def test_best_of_n_command_picks_one_response_per_prompt(tiny_model, tmp_path):
             "rollout.max_new_tokens=8",
             *forced_choice_judge(tiny_model),
             f"checkpoint.dir={tmp_path / 'run'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",  # best-of-n logs its table to MLflow
             env=cli_env(),
         )
     )
-    assert f"2 prompts x 3 responses -> {out}" in console
+    assert f"2 prompts x 3 responses x 1 settings -> {out}" in console
     picks = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(picks) == 2
     for pick in picks:
         assert len(pick["responses"]) == 3 and pick["best"] == pick["responses"][pick["pick"]]
         assert len(pick["comparisons"]) == 2  # knockout over 3: n - 1 matches
+
+
+@runs_command("eval")
+def test_eval_sweep_evaluates_every_point_in_one_session_as_child_runs(tiny_model, tmp_path):
+    """A 2x2 grid of sampling-time keys: one judge engine for all four points, a child run per point
+    under the sweep's run, the table on the console and in --out, the figure on the parent."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    swept = ("judge.votes=", "judge.max_new_tokens=")
+    judge = [o for o in judge_overrides(tiny_model) if not o.startswith(swept)]
+    table_file = tmp_path / "sweep.csv"
+    console = ok(
+        rrm_ray_cli(
+            "eval",
+            "--benchmark",
+            "rewardbench",
+            "--data",
+            str(REPO / "tests/fixtures/rewardbench_tiny.jsonl"),
+            "--limit",
+            "3",
+            "--sweep",
+            "judge.max_new_tokens=4,8",
+            "--sweep",
+            "votes=1,2",
+            "--out",
+            str(table_file),
+            *judge,
+            f"tracking.uri={uri}",
+            "tracking.experiment=sweep",
+            "cluster.local_num_cpus=4",
+            f"checkpoint.dir={tmp_path / 'run'}",
+            env=cli_env(),
+        )
+    )
+    assert "sweep: 4 points over judge.max_new_tokens, judge.votes, 3 items each; one judge" in console
+    sessions = [line for line in console.splitlines() if line.startswith("judge session ")]
+    assert sessions == ["judge session 1/1: points 1, 2, 3, 4"]  # the engine started once
+    points = [line for line in console.splitlines() if line.startswith("point ")]
+    assert len(points) == 4 and "accuracy 0.500 (95% CI" in points[0]  # a line per point as it ends
+    header = next(line for line in console.splitlines() if line.split()[:2] == ["max_new_tokens", "votes"])
+    assert header.split()[2:4] == ["n", "accuracy"]
+    table = console[console.index(header) :].splitlines()[2:6]
+    # no verdicts from random weights: every point earns the half credit
+    expected = [[b, k, "3", "0.500"] for b in ("4", "8") for k in ("1", "2")]
+    assert [line.split()[:4] for line in table] == expected
+    written = table_file.read_text().splitlines()
+    assert written[0].startswith("judge.max_new_tokens,judge.votes,point,") and len(written) == 5
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("rrm_ray.job") == "eval-sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and len(runs) == 5
+    assert parent.data.params["sweep.judge.votes"] == "1,2" and parent.data.params["sweep.sessions"] == "1"
+    assert "judge.votes" not in parent.data.params and parent.data.params["judge.max_model_len"] == "1024"
+    for child in children:
+        votes = int(child.data.params["judge.votes"])
+        assert child.data.params["judge.max_new_tokens"] in ("4", "8")
+        assert child.data.metrics["judge/comparisons"] == 3
+        assert child.data.metrics["judge/judge_calls"] == 3 * votes  # a fresh cache per point
+        assert child.data.metrics["accuracy/all_items"] == 0.5
+        assert child.data.metrics["judge/generated_tokens"] > 0 and child.data.metrics["judge/seconds"] > 0
+    figures = [a.path for a in client.list_artifacts(parent.info.run_id, "figures")]
+    assert figures == ["figures/sweep_accuracy.png"]
+    tables = [a.path for a in client.list_artifacts(parent.info.run_id, "tables")]
+    assert "tables/sweep.json" in tables
+
+
+@runs_command("best-of-n")
+def test_best_of_n_scores_picks_against_the_verifier_per_setting(tiny_model, tmp_path):
+    """Arithmetic prompts with answers (and one without): generated once, judged per (method, votes),
+    every response scored with the arithmetic rule; the table agrees with the flags written."""
+    from rrm_ray.data.arithmetic import make_arithmetic_rows
+    from rrm_ray.rewards.rules import arithmetic_reward
+
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [*make_arithmetic_rows(3, seed=0, max_operand=9), {"prompt": "Say hi."}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "picks.jsonl"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    console = ok(
+        rrm_ray_cli(
+            "best-of-n",
+            "--data",
+            str(prompts),
+            "--n",
+            "3",
+            "--method",
+            "knockout,elo",
+            "--votes",
+            "1,2",
+            "--out",
+            str(out),
+            "--config",
+            "configs/judge_cpu.yaml",
+            f"model.path={tiny_model}",
+            "model.max_model_len=256",
+            "rollout.max_new_tokens=8",
+            *forced_choice_judge(tiny_model),
+            f"checkpoint.dir={tmp_path / 'run'}",
+            f"tracking.uri={uri}",
+            "tracking.experiment=best-of-n",
+            env=cli_env(),
+        )
+    )
+    assert f"4 prompts x 3 responses x 4 settings -> {out}" in console
+    picks = [json.loads(line) for line in out.read_text().splitlines()]
+    settings = [("knockout", 1), ("knockout", 2), ("elo", 1), ("elo", 2)]
+    assert len(picks) == 16 and [(p["method"], p["votes"]) for p in picks[::4]] == settings
+    responses = [p["responses"] for p in picks[:4]]
+    for p in picks:
+        assert p["responses"] == responses[picks.index(p) % 4]  # the same samples for every setting
+        if p["answer"] is None:
+            assert p["correct"] is None and p["pick_correct"] is None
+        else:
+            assert p["correct"] == [arithmetic_reward(r, p["answer"]) > 0 for r in p["responses"]]
+            assert p["pick_correct"] == p["correct"][p["pick"]]
+    assert "accuracies over the 3 of 4 prompts with a reference answer; the other 1 have picks" in console
+
+    scored = [p for p in picks[:4] if p["correct"] is not None]
+    oracle = sum(any(p["correct"]) for p in scored) / 3
+    random_pick = sum(sum(p["correct"]) / 3 for p in scored) / 3
+    lines = console.splitlines()
+    for i, (method, votes) in enumerate(settings):
+        setting = [p for p in picks[4 * i : 4 * i + 4] if p["correct"] is not None]
+        pick_acc = sum(p["pick_correct"] for p in setting) / 3
+        (line,) = [ln for ln in lines if ln.split()[:3] == [method, str(votes), "3"]]
+        assert line.split()[3:6] == [f"{pick_acc:.3f}", f"{oracle:.3f}", f"{random_pick:.3f}"]
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("best-of-n").experiment_id])
+    assert run.data.tags["rrm_ray.job"] == "best-of-n"
+    params = run.data.params
+    assert params["best_of_n.methods"] == "knockout,elo" and params["best_of_n.votes"] == "1,2"
+    assert run.data.metrics["best_of_n/oracle"] == pytest.approx(oracle)
+    assert run.data.metrics["best_of_n/random_pick"] == pytest.approx(random_pick)
+    assert run.data.metrics["best_of_n/elo/votes_2/judge_calls"] > 0
+    assert "tables/best_of_n.json" in [a.path for a in client.list_artifacts(run.info.run_id, "tables")]

@@ -4,6 +4,7 @@ only one alive at a time (the tests that start their own engine come first)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -143,3 +144,25 @@ def test_a_tiny_batch_timeout_aborts_and_counts(tiny_judge):
     assert stats["timed_out"] == 6 and stats["unparseable"] == 0
     # The aborted requests left nothing behind: the same pairs (not cached) now get real texts.
     assert all(t.text is not None for j in tiny_judge.compare(fresh) for t in j.traces)
+
+
+def test_choice_prob_is_one_forward_per_order_and_reuses_the_query_prefix(tiny_judge, tiny_model):
+    """judge.verdict=choice_prob (set on the running engine, as a sweep point is): a verdict for every
+    match from one single-token forward per presentation order; the second knockout round re-reads
+    the query's prompt head from vLLM's prefix cache (on by default; the head is longer than a KV
+    block: 128 tokens on CPU, 16 on GPU)."""
+    extra = {"judge.mode": "direct", "judge.verdict": "choice_prob", "judge.votes": 1}
+    tiny_judge.configure(dataclasses.asdict(load_config(None, judge_overrides(tiny_model, **extra)).judge))
+    query = "Which answer states every fact? " + " ".join(f"fact {i} holds." for i in range(40))
+    try:
+        (result,) = tiny_judge.rank([(query, ["All hold.", "Some hold.", "None hold.", "Facts 1-3 hold."])])
+        stats = tiny_judge.stats(reset=True)
+    finally:
+        tiny_judge.configure(dataclasses.asdict(load_config(None, judge_overrides(tiny_model)).judge))
+    matches = result.comparisons
+    assert len(matches) == 3  # knockout of 4: two rounds
+    assert all(m.judgment.prob_a is not None and m.outcome in ("a", "b") for m in matches)
+    assert stats["judge_calls"] == stats["generated_tokens"] == 2 * len(matches)  # 1 token per order
+    assert stats["waves"] == 2 and stats["prompts_judged"] == 1
+    assert 0 < stats["prefix_cached_tokens"] < stats["prefill_tokens"]
+    assert stats["tokens_per_prompt"] == 6 and stats["seconds_per_prompt"] > 0

@@ -209,7 +209,7 @@ PROFILE_CASES = [
 def test_every_gpu_profile_places_every_role(cluster, profile, overrides):
     """The driver's placement path with stand-in actors: every role starts on its share of a bundle,
     roles sharing a bundle land on the same node, and the asks on a bundle never exceed it."""
-    from rrm_ray.driver import check_fits, place_role, reserve_placement
+    from rrm_ray.roles import check_fits, place_role, reserve_placement
 
     cfg = load_config(CONFIGS / profile, [*SMALL_CPUS, *overrides])
     plan = plan_placement(cfg)

@@ -43,6 +43,8 @@ def test_defaults_and_overrides_are_typed():
         (["algorithm.mini_batches=3"], "algorithm.mini_batches"),
         (["judge.prompt_style=tiny"], "judge.prompt_style: got 'tiny', allowed: full, compact"),
         (["judge.mode=direct", "judge.think_budget=8"], "a thinking budget needs judge.mode=rrm"),
+        (["judge.verdict=choice_prob"], "'choice_prob' needs judge.mode=direct"),
+        (["judge.mode=direct", "judge.verdict=choice_prob", "judge.votes=3"], "judge.votes: must be 1"),
         (["judge.max_new_tokens=64", "judge.think_budget=64"], "room for the verdict"),
         (
             ["data.format=preference", "reward.rule=judge_rrm", "judge.think_budget=200"],

@@ -69,3 +69,11 @@ def test_dpo_layout_keeps_pairs_whole_on_each_rank():
     assert torch.equal(torch.cat([s.input_ids for s in shards]), batch.input_ids)
     with pytest.raises(ValueError, match="4 pairs do not split evenly over 3"):
         shard_pairs(batch, 3)
+
+
+def test_dpo_has_no_checkpoint_to_resume_from():
+    from rrm_ray.config import ConfigError, load_config, validate_dpo
+
+    cfg = load_config(None, ["judge.enabled=true", "dpo.pairs_per_step=2", "resume=auto"])
+    with pytest.raises(ConfigError, match=r"resume.*writes no checkpoints.*rrm-ray export"):
+        validate_dpo(cfg)

@@ -7,6 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from rrm_ray.judge.prompts import (
+    CHOICE_PREFIX,
     COMPACT_SYSTEM_PROMPTS,
     CUT_MARK,
     DIRECT_SYSTEM_PROMPT,
@@ -105,6 +106,45 @@ def test_build_judge_messages_layout(mode, style, system):
     assert "[The End of Assistant 1's Answer]" in user and "[The End of Assistant 2's Answer]" in user
     assert user.rstrip().endswith("\\boxed{Assistant 2}.")
     assert "\\boxed{Assistant 1}" in user.splitlines()[-1]
+
+
+@pytest.mark.parametrize("template", [PLAIN_TEMPLATE, R1_TEMPLATE, None])
+@pytest.mark.parametrize(
+    "mode, style, verdict",
+    [
+        ("rrm", "full", "generate"),
+        ("rrm", "compact", "generate"),
+        ("direct", "full", "generate"),
+        ("direct", "compact", "generate"),
+        ("direct", "compact", "choice"),
+        ("direct", "full", "choice_prob"),
+    ],
+)
+def test_pairs_of_one_query_share_the_token_prefix_up_to_the_first_response(
+    make_tokenizer, template, mode, style, verdict
+):
+    """What vLLM's prefix cache reuses: every pair of a query, in either order, starts with the same
+    tokens (system prompt, question, the first answer's fence), and they differ only after that."""
+    tok = make_tokenizer(template)
+    query = "Which fox is quicker? " + _words(30, "detail")
+    answers = ["Brown fox answer.", "Lazy dog answer.", "Quick answer explains."]
+    pairs = [(0, 1), (1, 0), (2, 0), (1, 2)]
+    texts = [
+        fit_pair_to_context(tok, query, answers[a], answers[b], 4096, mode, verdict=verdict, style=style).text
+        for a, b in pairs
+    ]
+    heads = [t[: t.index(answers[a])] for t, (a, _) in zip(texts, pairs, strict=True)]
+    assert len(set(heads)) == 1 and query in heads[0]
+    assert heads[0].endswith("[The Start of Assistant 1's Answer]\n")
+    head = tok.encode(heads[0], add_special_tokens=False)
+    for text in texts:
+        assert tok.encode(text, add_special_tokens=False)[: len(head)] == head
+        assert text.endswith(CHOICE_PREFIX) == (verdict != "generate")
+    # Nothing after the head is shared by all: it is the longest common token prefix (up to one
+    # boundary token).
+    ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+    common = next(k for k in range(min(map(len, ids))) if len({x[k] for x in ids}) > 1)
+    assert len(head) <= common <= len(head) + 1
 
 
 def test_compact_prompts_show_the_reply_they_want():

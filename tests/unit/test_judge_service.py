@@ -18,6 +18,7 @@ from rrm_ray.judge.service import (
     JudgeService,
     JudgeSettings,
     flip_judgment,
+    judge_rates,
 )
 
 TEMPLATE = (
@@ -219,6 +220,99 @@ def test_choice_tokens_are_single_tokens(tokenizer):
     ids = choice_token_ids(tokenizer)
     assert len(ids) == 2 and ids[0] != ids[1]
     assert complete_choice(" 2") == "\\boxed{Assistant 2}"
+
+
+class ProbJudge:
+    """A choice-probability engine: P("Assistant 1") = sigmoid(quality(1) - quality(2) + bias), from
+    the prompt that ends in the verdict prefix; ``bias`` > 0 is a pull towards the first position.
+    SLOW pairs time out (None). ``calls`` records the number of prompts of every call."""
+
+    def __init__(self, bias: float = 0.0) -> None:
+        self.bias = bias
+        self.calls: list[int] = []
+
+    def __call__(self, prompts: list[str]) -> list[float | None]:
+        self.calls.append(len(prompts))
+        out: list[float | None] = []
+        for prompt in prompts:
+            assert prompt.endswith(CHOICE_PREFIX)
+            shown = dict(_ANSWER.findall(prompt))
+            if "SLOW" in shown["1"] + shown["2"]:
+                out.append(None)
+                continue
+            margin = FakeJudge.quality(shown["1"]) - FakeJudge.quality(shown["2"]) + self.bias
+            out.append(1.0 / (1.0 + math.exp(-margin)))
+        return out
+
+
+def prob_service(tokenizer, judge: ProbJudge | None = None, **settings) -> tuple[JudgeService, ProbJudge]:
+    judge = judge or ProbJudge()
+    settings = JudgeSettings(mode="direct", verdict="choice_prob", **settings)
+    return JudgeService(FakeJudge(), tokenizer, settings, choice_probs=judge), judge
+
+
+def test_choice_prob_scores_both_orders_in_one_call(tokenizer):
+    svc, judge = prob_service(tokenizer)
+    out = svc.compare([pair(3, 1), pair(1, 4), pair(5, 9, q="Another question?")])
+    assert [j.winner for j in out] == ["a", "b", "b"] and judge.calls == [6]  # one forward per order
+    assert svc.generate.calls == []  # type: ignore[attr-defined]  (nothing sampled)
+    for j, margin in zip(out, (2, -3, -4), strict=True):
+        assert j.prob_a == pytest.approx(1 / (1 + math.exp(-margin))) and j.decided
+        assert (j.votes, j.wins_a + j.wins_b, j.unparseable, j.timed_out) == (2, 1, 0, 0)
+        assert {t.order for t in j.traces} == {"ab", "ba"} and {t.winner for t in j.traces} == {j.winner}
+    assert (svc.stats.judge_calls, svc.stats.waves) == (6, 1)
+
+
+def test_choice_prob_cancels_a_position_bias(tokenizer):
+    # A pull of 3 logits towards Assistant 1 outweighs a quality gap of 1 in each order alone, so
+    # both orders name Assistant 1; the mean over both orders still prefers the better response.
+    svc, _ = prob_service(tokenizer, ProbJudge(bias=3.0), tie_rule="none")
+    better, tied = svc.compare([pair(1, 2), JudgePair("q", "r4 x", "r4 y")])
+    assert {t.verdict for t in better.traces} == {1}
+    assert better.winner == "b" and better.prob_a is not None and better.prob_a < 0.5
+    # Equal quality, only the bias: mean P(a) is exactly 0.5, a tie for the tie rule.
+    assert tied.prob_a == pytest.approx(0.5) and not tied.decided
+
+
+def test_choice_prob_cache_keeps_the_probability(tokenizer):
+    svc, judge = prob_service(tokenizer)
+    (first,) = svc.compare([pair(1, 3)])
+    again, flipped = svc.compare([pair(1, 3), JudgePair("Which is better?", "r3 answer", "r1 answer")])
+    assert judge.calls == [2] and again.from_cache and flipped.from_cache
+    assert again.prob_a == first.prob_a and again.traces == first.traces
+    assert flipped.prob_a == pytest.approx(1 - first.prob_a) and flipped.winner == "a"
+
+
+def test_choice_prob_time_outs_leave_the_pair_to_the_tie_rule(tokenizer):
+    svc, judge = prob_service(tokenizer, tie_rule="none")
+    slow, fine = svc.compare([JudgePair("q", "r1 SLOW", "r2 SLOW"), pair(2, 1)])
+    assert (slow.winner, slow.prob_a, slow.timed_out, slow.decided) == (None, None, 2, False)
+    assert fine.winner == "a" and svc.stats.timed_out == 2
+    svc.compare([JudgePair("q", "r1 SLOW", "r2 SLOW")])
+    assert judge.calls == [4, 2]  # the timed-out pair was not cached
+
+
+def test_choice_prob_takes_no_votes(tokenizer):
+    svc, _ = prob_service(tokenizer)
+    with pytest.raises(ValueError, match="votes must be 1, got 3"):
+        svc.compare([pair(1, 2)], votes=3)
+    with pytest.raises(ValueError, match="votes must be 1"):
+        JudgeSettings(mode="direct", verdict="choice_prob", votes=2)
+    with pytest.raises(ValueError, match="verdict 'choice_prob' needs mode 'direct'"):
+        JudgeSettings(mode="rrm", verdict="choice_prob")
+    with pytest.raises(ValueError, match="needs a choice_probs engine callable"):
+        JudgeService(FakeJudge(), tokenizer, JudgeSettings(mode="direct", verdict="choice_prob"))
+
+
+def test_rank_counts_prompts_and_rates_leave_out_empty_denominators(tokenizer):
+    svc, _ = service(tokenizer, votes=1)
+    svc.rank([("q1", responses([1, 2, 3], "a")), ("q2", responses([2, 1], "b"))])
+    assert svc.stats.prompts_judged == 2 and svc.stats.rank_seconds >= 0
+    totals = {"prefill_tokens": 400, "prefix_cached_tokens": 100, "generated_tokens": 30}
+    assert judge_rates(totals) == {**totals, "prefix_cache_hit_rate": 0.25}
+    rates = judge_rates({**totals, "prompts_judged": 3, "rank_seconds": 6.0})
+    assert (rates["tokens_per_prompt"], rates["seconds_per_prompt"]) == (10.0, 2.0)
+    assert judge_rates({"prefill_tokens": 0}) == {"prefill_tokens": 0}
 
 
 def test_over_long_pairs_are_truncated_or_rejected(tokenizer):

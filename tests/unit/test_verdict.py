@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from rrm_ray.judge.verdict import (
     boxed_contents,
+    choice_probability,
+    choice_verdict,
+    describe_choice_probability,
     has_think_format,
     normalize_box_content,
+    parse_choice_probability,
     parse_verdict,
     verdict_score,
 )
@@ -112,3 +118,46 @@ def test_verdict_score(verdict, label, score):
 def test_verdict_score_rejects_bad_values(verdict, label):
     with pytest.raises(ValueError, match="must be"):
         verdict_score(verdict, label)
+
+
+# ---- choice probabilities (judge.verdict=choice_prob) -------------------------------------------------
+ONE, TWO = 17, 18  # token ids of "1" and "2"
+
+
+@pytest.mark.parametrize(
+    "logprobs, expected",
+    [
+        ({ONE: math.log(0.3), TWO: math.log(0.1)}, 0.75),  # renormalised over the two digits
+        ({ONE: math.log(0.3), TWO: math.log(0.1), 5: math.log(0.6)}, 0.75),  # other tokens ignored
+        ({ONE: -2.0, TWO: -2.0}, 0.5),
+        ({ONE: -1000.0, TWO: -1001.0}, 1 / (1 + math.exp(-1.0))),  # both tiny: still exact
+        ({ONE: -math.inf, TWO: -3.0}, 0.0),
+    ],
+)
+def test_choice_probability_renormalises_over_the_two_digits(logprobs, expected):
+    assert math.isclose(choice_probability(logprobs, (ONE, TWO)), expected, rel_tol=1e-12, abs_tol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "logprobs, ids, match",
+    [
+        ({ONE: -1.0}, (ONE, TWO), "no log-prob for verdict token"),
+        ({ONE: -1.0, TWO: -1.0}, (ONE, ONE), "two distinct ids"),
+        ({ONE: -math.inf, TWO: -math.inf}, (ONE, TWO), "no choice"),
+    ],
+)
+def test_choice_probability_rejects_what_it_cannot_read(logprobs, ids, match):
+    with pytest.raises(ValueError, match=match):
+        choice_probability(logprobs, ids)
+
+
+@pytest.mark.parametrize("p, verdict", [(0.9, 1), (0.5000001, 1), (0.5, None), (0.2, 2), (0.0, 2)])
+def test_choice_verdict_and_trace_text_round_trip(p, verdict):
+    assert choice_verdict(p) == verdict
+    assert parse_choice_probability(describe_choice_probability(p)) == p  # exact, for the cache
+    assert parse_choice_probability(f"</think>{B1}") is None
+
+
+def test_parse_choice_probability_rejects_other_numbers():
+    assert parse_choice_probability("P(Assistant 1)=1.5") is None
+    assert parse_choice_probability("P(Assistant 1)=abc") is None

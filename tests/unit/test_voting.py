@@ -6,7 +6,15 @@ import random
 
 import pytest
 
-from rrm_ray.judge.voting import PairVote, Presentation, run_votes, translate
+from rrm_ray.judge.voting import (
+    PairVote,
+    Presentation,
+    prob_winner,
+    run_votes,
+    swap_corrected_prob_a,
+    tie_break,
+    translate,
+)
 
 
 def judge_from(prefs: dict[int, list[str | None]]):
@@ -211,3 +219,33 @@ def test_record_twice_and_bad_value():
         pv.record(0, False)
     with pytest.raises(ValueError, match="expected True, False or None"):
         pv.record(1, 1)  # type: ignore[arg-type]
+
+
+# ---- choice probabilities (judge.verdict=choice_prob) -------------------------------------------------
+@pytest.mark.parametrize(
+    "p_ab, p_ba, prob_a",
+    [
+        (0.8, 0.2, 0.8),  # a named first with 0.8 in one order, named second with 0.8 in the other
+        (0.9, 0.7, 0.6),  # a position bias towards Assistant 1 (+0.2 both ways) cancels out
+        (0.6, 0.6, 0.5),  # pure position bias: no preference
+        (0.0, 1.0, 0.0),
+    ],
+)
+def test_swap_correction_averages_both_orders(p_ab, p_ba, prob_a):
+    assert swap_corrected_prob_a(p_ab, p_ba) == pytest.approx(prob_a)
+
+
+def test_swap_correction_rejects_non_probabilities():
+    with pytest.raises(ValueError, match="p_first_ba must be a probability"):
+        swap_corrected_prob_a(0.5, 1.2)
+
+
+@pytest.mark.parametrize("tie_rule", ["first", "random", "none"])
+def test_prob_winner_is_the_majority_rule_with_a_vote_share(tie_rule):
+    assert prob_winner(0.51, tie_rule) == "a" and prob_winner(0.49, tie_rule) == "b"
+    # Exactly 0.5 or no probability (an order timed out) is a tie: the tie rule decides, as for
+    # sampled votes (the same seeded coin as PairVote's for that pair).
+    for seed, index in [(0, 0), (3, 7), (11, 2)]:
+        tied = PairVote(2, tie_rule=tie_rule, seed=seed, pair_index=index).winner()
+        assert prob_winner(0.5, tie_rule, seed, index) == tied == tie_break(tie_rule, seed, index)
+        assert prob_winner(None, tie_rule, seed, index) == tied

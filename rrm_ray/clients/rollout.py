@@ -1,0 +1,139 @@
+"""The rollout role's client: the vLLM engines that sample the policy, and the weights they hold."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from actors.rollout import Completion, RolloutWorker, engine_env
+from rrm_ray.actor_group import ActorGroup
+from rrm_ray.clients.restarts import Restarts
+from rrm_ray.config import JobConfig, resolved_dtype, vllm_backend, weight_sync_method
+
+if TYPE_CHECKING:
+    from rrm_ray.clients.learner import LearnerClient
+    from rrm_ray.colocation import Colocation
+    from rrm_ray.roles import Placement
+
+
+class RolloutClient:
+    """`rollout.num_engines` engines: prompts split over them, completions gathered prompt-major.
+
+    `version` is the policy version the engines hold (`rrm_ray.pipeline`): the learner's at their last
+    weight sync. Weights come from `source`, the learner (None: the engines keep the weights they
+    loaded, as when the rollout samples without training). A dead engine is restarted by Ray and its
+    batch retried, after the learner's weights were synced to it again (it comes back with the
+    initial ones).
+    """
+
+    def __init__(
+        self,
+        group: ActorGroup,
+        cfg: JobConfig,
+        share: Colocation | None,
+        restarts: Restarts,
+        think_budget: int = 0,
+    ) -> None:
+        self.group, self.cfg, self.share, self.restarts = group, cfg, share, restarts
+        self.think_budget = think_budget  # judge training with budget forcing (rrm_ray.judge.budget)
+        self.source: LearnerClient | None = None
+        self.version = 0
+
+    @classmethod
+    def start(
+        cls,
+        cfg: JobConfig,
+        model_path: str,
+        place: Placement,
+        share: Colocation | None,
+        restarts: Restarts,
+        think_budget: int = 0,
+    ) -> RolloutClient:
+        """The engines on the rollout's bundles (`place`); engines that share them sleep at once."""
+        c, r = cfg.cluster, cfg.rollout
+        group = place(
+            "rollout",
+            RolloutWorker,
+            init_args=(model_path, resolved_dtype(cfg), cfg.model.max_model_len, cfg.trainer.seed, c.device),
+            init_kwargs={
+                "gpu_memory_utilization": r.gpu_memory_utilization,
+                "max_num_batched_tokens": r.max_num_batched_tokens,
+                "tensor_parallel_size": r.tensor_parallel_size,
+                "weight_transfer_backend": vllm_backend(weight_sync_method(cfg), c.device),
+                "enable_sleep_mode": place.shared("rollout"),
+            },
+            env={**engine_env(c.device, r.kv_cache_gib, r.threads), **c.env},
+            max_restarts=c.max_actor_restarts,
+            placement_timeout_s=c.placement_timeout_s,
+            call_timeout_s=c.call_timeout_s,
+        )
+        if share is not None:
+            share.register("rollout", group)
+        return cls(group, cfg, share, restarts, think_budget)
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+    # -- sampling ----------------------------------------------------------------------------------------
+    def generate(
+        self, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int | None
+    ) -> list[Completion]:
+        """n samples per prompt (flat, prompt-major); restarted and retried if an engine dies."""
+        resync = self.sync_weights if self.source is not None else None
+        return self.restarts.retry(
+            self.group, lambda _: self._generate_once(prompts, n, temperature, max_tokens, seed), resync
+        )
+
+    def _generate_once(
+        self, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int | None
+    ) -> list[Completion]:
+        """Contiguous chunks of the prompts, one per engine; `seed` streams follow the global index."""
+        if self.share is not None:
+            self.share.before("rollout")
+        engines = len(self.group)
+        chunk = -(-len(prompts) // engines)
+        refs = []
+        for e in range(engines):
+            part = prompts[e * chunk : (e + 1) * chunk]
+            if part:
+                refs.append(
+                    self.group.actors[e].generate.remote(
+                        part,
+                        n,
+                        temperature,
+                        self.cfg.rollout.top_p,
+                        max_tokens,
+                        seed,
+                        e * chunk,
+                        self.think_budget,
+                    )
+                )
+        return [c for out in self.group.get(refs, "generate") for c in out]
+
+    # -- weights in: vLLM's weight-transfer protocol, sent by the learner ----------------------------------
+    def connect(self, source: LearnerClient) -> None:
+        """Take weights from `source` from now on, and set the transfer up (again, after a rebuild)."""
+        self.source = source
+        if self.share is not None:
+            self.share.before("weight_transfer")
+        self.init_weight_transfer()
+
+    def init_weight_transfer(self) -> None:
+        """Every learner rank builds its trainer engine; rank 0 opens the transfer with every engine."""
+        assert self.source is not None, "connect() the learner first"
+        self.source.init_weight_transfer(self.group.actors)
+
+    def sync_weights(self, retried: bool = False) -> dict[str, int]:
+        """The learner's weights into every engine (each verifies completeness); their report. An engine
+        that Ray restarted lost its end of the transfer (and a collective group that held it is dead
+        for all), so the transfer is set up again first. `retried`: a sync that an engine's death
+        interrupts is retried once Ray restarted it (the restart and the resync paths sync unretried)."""
+        if retried:
+            return self.restarts.retry(self.group, lambda _: self.sync_weights())
+        assert self.source is not None, "connect() the learner first"
+        if self.share is not None:
+            self.share.before("weight_sync")  # the engines that take weights are awake
+        if not all(self.group.call_all("weight_transfer_ready")):
+            self.init_weight_transfer()
+        report = self.source.send_weights()
+        self.version = self.source.version
+        return report
