@@ -21,6 +21,7 @@ from rrm_ray.config import ConfigError, JobConfig, LearnerConfig
 from rrm_ray.data.tasks import load_task_rows
 from rrm_ray.driver import (
     PhaseTimer,
+    RoleJob,
     connect_ray,
     evaluate_policy,
     log_figures,
@@ -68,7 +69,7 @@ def dpo_lrs(learner: LearnerConfig, epochs: int, steps_per_epoch: int) -> list[f
     ]
 
 
-class DPOJob:
+class DPOJob(RoleJob):
     """DPO on RRM-labelled pairs, composed of the same role clients as GRPO (`rrm_ray.roles.Roles`):
     rollout samples and evaluates, the judge labels, the learner trains, the reward actor scores the
     held-out prompts. Use as a context manager."""
@@ -96,16 +97,6 @@ class DPOJob:
     def start(self) -> None:
         connect_ray(self.cfg)
         self.roles.start(JudgePool)
-
-    def __enter__(self) -> DPOJob:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.close("FAILED" if exc_type else "FINISHED")
-
-    def close(self, status: str = "FINISHED") -> None:
-        self.roles.close()
-        self.tracker.close(status)
 
     def evaluate(self) -> dict[str, float]:
         return evaluate_policy(

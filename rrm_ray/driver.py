@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import ray
 
@@ -250,7 +250,25 @@ class Batch:
     ready: float
 
 
-class GRPOJob:
+class RoleJob:
+    """A job that owns `self.roles` and `self.tracker`: as a context manager it closes both, the run
+    marked FAILED when the block raised (GRPOJob, DPOJob)."""
+
+    roles: Roles
+    tracker: Tracker
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close("FAILED" if exc_type else "FINISHED")
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.roles.close()
+        self.tracker.close(status)
+
+
+class GRPOJob(RoleJob):
     """Owns the roles of a GRPO run and runs the loop; use as a context manager."""
 
     job_kind = "grpo"  # the `rrm_ray.job` tag and the first word of the default run name
@@ -325,16 +343,6 @@ class GRPOJob:
         self.placement = self.roles.placement()
         if self.resume_from:
             self._restore(self.resume_from)
-
-    def __enter__(self) -> GRPOJob:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.close("FAILED" if exc_type else "FINISHED")
-
-    def close(self, status: str = "FINISHED") -> None:
-        self.roles.close()
-        self.tracker.close(status)
 
     # -- checkpoints and recovery --------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rrm_ray.judge.service import METHODS
+from rrm_ray.tables import aligned_table
 
 
 class BestOfNError(ValueError):
@@ -132,9 +133,7 @@ def format_table(rows: Sequence[SettingRow], prompts: int) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in [head, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = aligned_table(head, body)
     with_answers = rows[0].scores.prompts if rows else 0
     if with_answers == 0:
         lines.append(f"no prompt has a reference answer ({prompts} prompts): only the picks are written")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rrm_ray.stats import wilson_interval
+from rrm_ray.tables import aligned_table
 
 # Keys a running judge engine takes in place: decoding, votes, prompt and tournament rules.
 SESSION_KEYS = frozenset(
@@ -211,9 +212,7 @@ def format_table(keys: Sequence[str], rows: Sequence[SweepRow]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in [head, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = aligned_table(head, body)
     return "\n".join(lines)
 
 
