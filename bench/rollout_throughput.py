@@ -413,9 +413,9 @@ def measure(
     call, one after the other: load that comes and goes on the machine meets both sides alike."""
     import ray
 
-    from actors.rollout import RolloutWorker, engine_env
+    from actors.rollout import RolloutWorker
     from rrm_ray.actor_group import ActorGroup
-    from rrm_ray.config import resolved_dtype, vllm_backend, weight_sync_method
+    from rrm_ray.clients.rollout import engine_spec
     from rrm_ray.logs import ray_init_kwargs
     from rrm_ray.placement import own_spec
 
@@ -432,14 +432,7 @@ def measure(
         group = ActorGroup(
             RolloutWorker,
             dataclasses.replace(own_spec(cfg, "rollout"), num_workers=1),
-            init_args=(model_path, resolved_dtype(cfg), cfg.model.max_model_len, cfg.trainer.seed, c.device),
-            init_kwargs={
-                "gpu_memory_utilization": r.gpu_memory_utilization,
-                "max_num_batched_tokens": r.max_num_batched_tokens,
-                "tensor_parallel_size": r.tensor_parallel_size,
-                "weight_transfer_backend": vllm_backend(weight_sync_method(cfg), c.device),
-            },
-            env={**engine_env(c.device, r.kv_cache_gib, r.threads), **c.env},
+            **engine_spec(cfg, model_path),  # as the driver starts it
             placement_timeout_s=c.placement_timeout_s,
             call_timeout_s=c.call_timeout_s,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from actors.rollout import Completion, RolloutWorker, engine_env
 from rrm_ray.actor_group import ActorGroup
@@ -13,6 +13,23 @@ if TYPE_CHECKING:
     from rrm_ray.clients.learner import LearnerClient
     from rrm_ray.colocation import Colocation
     from rrm_ray.roles import Placement
+
+
+def engine_spec(cfg: JobConfig, model_path: str, enable_sleep_mode: bool = False) -> dict[str, Any]:
+    """A rollout engine's `init_args`, `init_kwargs` and `env` as the driver starts it (for
+    `ActorGroup`/`place`): benchmarks that measure the rollout actor build it from the same place."""
+    c, r = cfg.cluster, cfg.rollout
+    return {
+        "init_args": (model_path, resolved_dtype(cfg), cfg.model.max_model_len, cfg.trainer.seed, c.device),
+        "init_kwargs": {
+            "gpu_memory_utilization": r.gpu_memory_utilization,
+            "max_num_batched_tokens": r.max_num_batched_tokens,
+            "tensor_parallel_size": r.tensor_parallel_size,
+            "weight_transfer_backend": vllm_backend(weight_sync_method(cfg), c.device),
+            "enable_sleep_mode": enable_sleep_mode,
+        },
+        "env": {**engine_env(c.device, r.kv_cache_gib, r.threads), **c.env},
+    }
 
 
 class RolloutClient:
@@ -49,19 +66,11 @@ class RolloutClient:
         think_budget: int = 0,
     ) -> RolloutClient:
         """The engines on the rollout's bundles (`place`); engines that share them sleep at once."""
-        c, r = cfg.cluster, cfg.rollout
+        c = cfg.cluster
         group = place(
             "rollout",
             RolloutWorker,
-            init_args=(model_path, resolved_dtype(cfg), cfg.model.max_model_len, cfg.trainer.seed, c.device),
-            init_kwargs={
-                "gpu_memory_utilization": r.gpu_memory_utilization,
-                "max_num_batched_tokens": r.max_num_batched_tokens,
-                "tensor_parallel_size": r.tensor_parallel_size,
-                "weight_transfer_backend": vllm_backend(weight_sync_method(cfg), c.device),
-                "enable_sleep_mode": place.shared("rollout"),
-            },
-            env={**engine_env(c.device, r.kv_cache_gib, r.threads), **c.env},
+            **engine_spec(cfg, model_path, enable_sleep_mode=place.shared("rollout")),
             max_restarts=c.max_actor_restarts,
             placement_timeout_s=c.placement_timeout_s,
             call_timeout_s=c.call_timeout_s,

@@ -204,41 +204,6 @@ def test_judge_command_writes_a_verdict_per_pair(tiny_model, tmp_path):
     assert all(w["winner"] in ("a", "b") and w["votes"]["calls"] >= 1 for w in written)
 
 
-@runs_command("best-of-n")
-def test_best_of_n_command_picks_one_response_per_prompt(tiny_model, tmp_path):
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Say hi.", "Count to 3.")))
-    out = tmp_path / "picks.jsonl"
-    console = ok(
-        rrm_ray_cli(
-            "best-of-n",
-            "--data",
-            str(prompts),
-            "--n",
-            "3",
-            "--method",
-            "knockout",
-            "--out",
-            str(out),
-            "--config",
-            "configs/judge_cpu.yaml",
-            f"model.path={tiny_model}",
-            "model.max_model_len=256",
-            "rollout.max_new_tokens=8",
-            *forced_choice_judge(tiny_model),
-            f"checkpoint.dir={tmp_path / 'run'}",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",  # best-of-n logs its table to MLflow
-            env=cli_env(),
-        )
-    )
-    assert f"2 prompts x 3 responses x 1 settings -> {out}" in console
-    picks = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(picks) == 2
-    for pick in picks:
-        assert len(pick["responses"]) == 3 and pick["best"] == pick["responses"][pick["pick"]]
-        assert len(pick["comparisons"]) == 2  # knockout over 3: n - 1 matches
-
-
 @runs_command("eval")
 def test_eval_sweep_evaluates_every_point_in_one_session_as_child_runs(tiny_model, tmp_path):
     """A 2x2 grid of sampling-time keys: one judge engine for all four points, a child run per point
@@ -307,7 +272,8 @@ def test_eval_sweep_evaluates_every_point_in_one_session_as_child_runs(tiny_mode
 @runs_command("best-of-n")
 def test_best_of_n_scores_picks_against_the_verifier_per_setting(tiny_model, tmp_path):
     """Arithmetic prompts with answers (and one without): generated once, judged per (method, votes),
-    every response scored with the arithmetic rule; the table agrees with the flags written."""
+    one pick per prompt and setting, every response scored with the arithmetic rule; the table agrees
+    with the flags written."""
     from rrm_ray.data.arithmetic import make_arithmetic_rows
     from rrm_ray.rewards.rules import arithmetic_reward
 
@@ -348,6 +314,9 @@ def test_best_of_n_scores_picks_against_the_verifier_per_setting(tiny_model, tmp
     responses = [p["responses"] for p in picks[:4]]
     for p in picks:
         assert p["responses"] == responses[picks.index(p) % 4]  # the same samples for every setting
+        assert len(p["responses"]) == 3 and p["best"] == p["responses"][p["pick"]]
+        if p["method"] == "knockout":
+            assert len(p["comparisons"]) == 2  # knockout over 3: n - 1 matches
         if p["answer"] is None:
             assert p["correct"] is None and p["pick_correct"] is None
         else:
