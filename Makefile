@@ -44,6 +44,7 @@ bench: install
 	$(PY) bench/rollout_throughput.py
 	$(PY) bench/step_overhead.py --judge
 	$(PY) bench/step_overhead.py --no-judge
+	$(PY) bench/async_pipeline.py
 
 lint: install
 	$(VENV)/bin/ruff check rrm_ray actors tests bench

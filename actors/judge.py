@@ -156,9 +156,13 @@ class JudgeWorker(VLLMEngine):
         return self.service.compare(pairs, votes)
 
     def rank(
-        self, items: Sequence[tuple[str, Sequence[str]]], method: str | None = None, votes: int | None = None
+        self,
+        items: Sequence[tuple[str, Sequence[str]]],
+        method: str | None = None,
+        votes: int | None = None,
+        keys: Sequence[int] | None = None,
     ) -> list[RankResult]:
-        return self.service.rank(items, method, votes)
+        return self.service.rank(items, method, votes, keys)
 
     def best_of_n(
         self, items: Sequence[tuple[str, Sequence[str]]], method: str | None = None, votes: int | None = None
@@ -250,14 +254,32 @@ class JudgePool:
         return self._sharded("compare", pairs, votes=votes)
 
     def rank(
-        self, items: Sequence[tuple[str, Sequence[str]]], method: str | None = None, votes: int | None = None
+        self,
+        items: Sequence[tuple[str, Sequence[str]]],
+        method: str | None = None,
+        votes: int | None = None,
+        keys: Sequence[int] | None = None,
     ) -> list[RankResult]:
-        return self._sharded("rank", items, method=method, votes=votes)
+        """Every item ranked; its tournament seeded by its key (default: its position in `items`), so
+        the result does not depend on how many engines share the work."""
+        keyed = list(zip(items, range(len(items)) if keys is None else keys, strict=True))
+        shards = _chunks(keyed, len(self.group))
+        refs = [
+            a.rank.remote([i for i, _ in s], method=method, votes=votes, keys=[k for _, k in s])
+            for a, s in zip(self.group.actors, shards, strict=True)
+            if s
+        ]
+        return [x for part in self.group.get(refs, what="rank") for x in part]
+
+    def rank_on(self, engine: int, items: Sequence[tuple[str, Sequence[str]]], keys: Sequence[int]) -> Any:
+        """One engine ranks these items (a Ray ref): the streaming judge sends each idle engine the
+        groups that finished meanwhile (`rrm_ray.streaming.JudgeDispatch`)."""
+        return self.group.actors[engine].rank.remote(list(items), keys=list(keys))
 
     def best_of_n(
         self, items: Sequence[tuple[str, Sequence[str]]], method: str | None = None, votes: int | None = None
     ) -> list[int]:
-        return self._sharded("best_of_n", items, method=method, votes=votes)
+        return [r.winner for r in self.rank(items, method, votes)]
 
     def stats(self, reset: bool = False) -> dict[str, float]:
         """Counters summed over the engines, plus the ratios of `judge_rates` (prefix-cache hit rate,

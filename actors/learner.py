@@ -260,10 +260,17 @@ class LearnerWorker(Worker):
         return stats
 
     def _all_reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
-        keys = sorted(sums)
-        t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return dict(zip(keys, t.tolist(), strict=True))
+        """Sums over the ranks; `_max` stats (the same keys on every rank) by max."""
+        out = {}
+        for keys, op in (
+            (sorted(k for k in sums if not k.endswith("_max")), dist.ReduceOp.SUM),
+            (sorted(k for k in sums if k.endswith("_max")), dist.ReduceOp.MAX),
+        ):
+            if keys:
+                t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+                dist.all_reduce(t, op=op)
+                out.update(zip(keys, t.tolist(), strict=True))
+        return out
 
     # -- weights out ----------------------------------------------------------------------------------
     def _full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -406,7 +413,11 @@ class LearnerWorker(Worker):
 
 
 def _add(sums: dict[str, float], key: str, value: float) -> None:
-    sums[key] = sums.get(key, 0.0) + value
+    """Accumulate a stat over micro-batches: `_max` stats by max, the rest by sum."""
+    if key.endswith("_max"):
+        sums[key] = max(sums.get(key, value), value)
+    else:
+        sums[key] = sums.get(key, 0.0) + value
 
 
 def _step_stats(outcomes: list[StepOutcome]) -> dict[str, float]:

@@ -19,6 +19,17 @@ class ScoredBatch:
     errors: int = 0
     error_messages: list[str] = field(default_factory=list)
 
+    @classmethod
+    def concat(cls, parts: list[ScoredBatch]) -> ScoredBatch:
+        """Batches scored separately (the streamed groups), as one, in the order given."""
+        return cls(
+            [r for p in parts for r in p.rewards],
+            [c for p in parts for c in p.correct],
+            sum(p.timeouts for p in parts),
+            sum(p.errors for p in parts),
+            [m for p in parts for m in p.error_messages],
+        )
+
 
 class RewardWorker(Worker):
     """Scores with the reward rule (a name, an import path or weighted rules); `accuracy_rule`, when it
@@ -44,8 +55,9 @@ class RewardWorker(Worker):
         texts, refs = [responses[i] for i in idx], [answers[i] for i in idx]
         batch = self.runner.score(texts, refs)
         judged = batch if self.accuracy is None else self.accuracy.score(texts, refs)
-        for i, reward, acc in zip(idx, batch.rewards, judged.rewards, strict=True):
-            out.rewards[i], out.correct[i] = reward, acc > 0
+        failed = set(judged.failed_indices)  # a timed-out or raising item got the fallback: not correct
+        for k, (i, reward, acc) in enumerate(zip(idx, batch.rewards, judged.rewards, strict=True)):
+            out.rewards[i], out.correct[i] = reward, acc > 0 and k not in failed
         out.timeouts, out.errors, out.error_messages = batch.timeouts, batch.errors, batch.error_messages
         return out
 

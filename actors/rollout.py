@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,21 @@ def _sampled_logprobs(sample: Any) -> list[float]:
     return [float(s[tok].logprob) for tok, s in zip(sample.token_ids, steps, strict=True)]
 
 
+def _completions(prompt_index: int, out: Any) -> list[Completion]:
+    """One prompt's finished vLLM `RequestOutput` as its n Completions."""
+    return [
+        Completion(
+            prompt_index=prompt_index,
+            prompt_ids=list(out.prompt_token_ids),
+            response_ids=list(sample.token_ids),
+            response_logprobs=_sampled_logprobs(sample),
+            text=sample.text,
+            finish_reason=str(sample.finish_reason),
+        )
+        for sample in out.outputs
+    ]
+
+
 def engine_env(device: str, kv_cache_gib: float, threads: int) -> dict[str, str]:
     """Environment an engine needs before vLLM is imported (set through the actor's runtime env)."""
     env = {
@@ -77,7 +92,8 @@ def engine_env(device: str, kv_cache_gib: float, threads: int) -> dict[str, str]
 
 
 class VLLMEngine(Worker):
-    """A vLLM `LLM` plus the weight-receiving extension; base of the rollout and judge actors."""
+    """A vLLM `LLM` (with the weight-receiving extension when it takes weights); base of the rollout
+    and judge actors."""
 
     def __init__(
         self,
@@ -111,6 +127,9 @@ class VLLMEngine(Worker):
             import actors.weight_transfer  # noqa: F401  (our engines join vLLM's registry first)
 
             kwargs["weight_transfer_config"] = {"backend": weight_transfer_backend}
+            # Only an engine that takes weights carries the receiver: on CPU it keeps dense weights
+            # beside the packed kernels (twice the linear weights' memory) and re-packs after a sync.
+            kwargs["worker_extension_cls"] = "actors.vllm_ext.WeightReceiver"
         if enable_prefix_caching is not None:
             kwargs["enable_prefix_caching"] = enable_prefix_caching
         self.llm = LLM(
@@ -120,7 +139,6 @@ class VLLMEngine(Worker):
             seed=seed,
             enforce_eager=device == "cpu",
             logprobs_mode="processed_logprobs",  # log-probs after temperature, as the learner computes them
-            worker_extension_cls="actors.vllm_ext.WeightReceiver",
             max_num_batched_tokens=max(max_num_batched_tokens, max_model_len),
             **kwargs,
         )
@@ -160,44 +178,74 @@ class VLLMEngine(Worker):
         prefill, so on CPU seeds are used only when the whole batch's prefill fits into one scheduler step.
         ``think_budget`` > 0: budget forcing for a thinking judge (see ``_generate_with_budget``).
         """
-        from vllm import SamplingParams
-
         self._check_awake("generate")
-        if seed is not None and self.device_kind == "cpu":
-            prefill = sum(len(self.tokenizer.encode(p)) for p in prompts) * n
-            if prefill > self.max_num_batched_tokens:
-                seed = None
-
+        seed = self._usable_seed(prompts, n, seed)
         if think_budget > 0:
             return self._generate_with_budget(
                 prompts, n, temperature, top_p, max_tokens, seed, prompt_offset, think_budget
             )
-        params = [
+        params = self._sampling(len(prompts), n, temperature, top_p, max_tokens, seed, prompt_offset)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [c for i, out in enumerate(outputs) for c in _completions(prompt_offset + i, out)]
+
+    def generate_stream(
+        self,
+        prompts: list[str],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        seed: int | None = None,
+        prompt_offset: int = 0,
+    ) -> Iterator[list[Completion]]:
+        """`generate`, yielding each prompt's n samples as soon as they are all done (a Ray streaming
+        generator: the caller scores and judges finished groups while the rest still generate). The
+        same requests as `generate`, so the same samples; the order of the groups is the engine's."""
+        self._check_awake("generate")
+        seed = self._usable_seed(prompts, n, seed)
+        params = self._sampling(len(prompts), n, temperature, top_p, max_tokens, seed, prompt_offset)
+        engine = self.llm.llm_engine
+        ids = self.llm.enqueue(prompts, params, use_tqdm=False)
+        index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}  # as in `_run_until`
+        pending = set(range(len(prompts)))
+        try:
+            while pending and engine.has_unfinished_requests():
+                for out in engine.step():
+                    i = index.get(out.request_id)
+                    if i is not None and out.finished:
+                        pending.discard(i)
+                        yield _completions(prompt_offset + i, out)
+        finally:
+            if pending:  # the caller stopped reading (or the engine failed): free the engine
+                engine.abort_request([ids[i] for i in pending], internal=True)
+        if pending:
+            raise RuntimeError(f"generate_stream: the engine finished without {len(pending)} prompts")
+
+    def _usable_seed(self, prompts: list[str], n: int, seed: int | None) -> int | None:
+        """vLLM's CPU sampler keeps per-request seeds only when the whole prefill fits one step."""
+        if seed is not None and self.device_kind == "cpu":
+            prefill = sum(len(self.tokenizer.encode(p)) for p in prompts) * n
+            if prefill > self.max_num_batched_tokens:
+                return None
+        return seed
+
+    @staticmethod
+    def _sampling(
+        count: int, n: int, temperature: float, top_p: float, max_tokens: int, seed: int | None, offset: int
+    ) -> list[Any]:
+        from vllm import SamplingParams
+
+        return [
             SamplingParams(
                 n=n,
                 temperature=temperature,
                 top_p=top_p,
                 max_tokens=max_tokens,
                 logprobs=0,
-                seed=None if seed is None else request_seed(seed, prompt_offset + i, n),
+                seed=None if seed is None else request_seed(seed, offset + i, n),
             )
-            for i in range(len(prompts))
+            for i in range(count)
         ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        completions = []
-        for i, out in enumerate(outputs):
-            for sample in out.outputs:
-                completions.append(
-                    Completion(
-                        prompt_index=prompt_offset + i,
-                        prompt_ids=list(out.prompt_token_ids),
-                        response_ids=list(sample.token_ids),
-                        response_logprobs=_sampled_logprobs(sample),
-                        text=sample.text,
-                        finish_reason=str(sample.finish_reason),
-                    )
-                )
-        return completions
 
     def _generate_with_budget(
         self,

@@ -15,10 +15,10 @@ bare   `vllm.LLM` in a fresh process: the engine arguments read back from the ac
        temperature, top_p, max_tokens, per-request seeds, logprobs) the actor handed its engine,
        recorded inside the actor during its warm-up call. Plain vLLM: it leaves out what makes the
        actor's engine take weights, the worker extension (actors.vllm_ext.WeightReceiver) and the
-       weight-transfer config. That extension is not free: on CPU it replaces vLLM's packed oneDNN
-       linears with dense `F.linear` so that synced weights reach the kernels (measured here: about
-       half the tokens/s). `--bare-weight-receiver` gives the bare engine both, which leaves in the
-       ratio only what Ray and the actor add.
+       weight-transfer config. On CPU that extension keeps the dense weights beside vLLM's packed
+       oneDNN/SGL kernels and re-packs them after a sync (it used to run dense `F.linear` instead,
+       which halved CPU generation). `--bare-weight-receiver` gives the bare engine both, which
+       leaves in the ratio only what Ray and the actor add.
 
 The prompts are the config's (the demo's arithmetic problems; `data.generate_dir` writes them when
 missing), rendered as the driver renders them. The sides never run at the same time: between its

@@ -24,10 +24,10 @@ bound  the same work, bare, one process at a time after the job is shut down:
        Each bare process warms up on the warm-up steps' work first, and runs at the nice value of the
        actors it stands for (Ray starts its workers at nice 15; priorities must not decide the ratio).
        The bare engines are plain vLLM: without the actors' weight receiver (`worker_extension_cls`
-       actors.vllm_ext.WeightReceiver, `weight_transfer_config`). On CPU that extension swaps vLLM's
-       packed oneDNN linears for dense `F.linear` so that synced weights reach the kernels, which is
-       a cost of the step, not of the bound; `--bare-weight-receiver` gives the bare engines the
-       extension too, which leaves in the gap only what Ray and the actors add.
+       actors.vllm_ext.WeightReceiver, `weight_transfer_config`). On CPU that extension keeps the dense
+       weights beside vLLM's packed kernels and re-packs them after each sync (part of the sync's
+       seconds); `--bare-weight-receiver` gives the bare engines the extension too, which leaves in
+       the gap only what Ray and the actors add.
 
 What the bound leaves out, so the ratio is an upper bound on the overhead, not all of it waste:
 weight sync (learner -> engine, a real cost of every synchronous step, printed separately and counted

@@ -465,7 +465,9 @@ def policy_loss(
       tokens, pg_loss_sum, clipfrac_sum (tokens whose gradient the clip removed), clipfrac_low_sum (A < 0,
       ratio < 1 - clip_low), clipfrac_high_sum (A > 0, ratio > 1 + clip_high), approx_kl_sum (k3 of the
       policy against old), ratio_sum; with rollout_logprobs also rollout_kl_sum (k3 of old against rollout)
-      and, with tis_cap, tis_weight_sum and tis_capped_sum (tokens whose weight hit the cap).
+      and, with tis_cap, tis_weight_sum, tis_capped_sum (tokens whose weight hit the cap) and
+      tis_weight_max (the largest weight before the cap: how far off-policy the batch got; combine
+      `_max` stats with max, not sum).
     """
     fn = "policy_loss"
     _check(logprobs.dim() == 2, f"{fn}: logprobs must be [B, T], got shape {tuple(logprobs.shape)}")
@@ -502,10 +504,12 @@ def policy_loss(
         rollout = rollout_logprobs.detach()
         stats["rollout_kl_sum"] = masked_sum(kl_k3(rollout, old), valid)
         if tis_cap is not None:
-            weight = torch.exp(old - rollout).clamp(max=tis_cap)
+            raw = torch.exp(old - rollout)
+            weight = raw.clamp(max=tis_cap)
             per_token = per_token * weight
             stats["tis_weight_sum"] = masked_sum(weight, valid)
             stats["tis_capped_sum"] = masked_sum((weight >= tis_cap).to(weight.dtype), valid)
+            stats["tis_weight_max"] = raw[valid].max() if valid.any() else raw.new_zeros(())
 
     loss_sum = masked_sum(per_token, valid)
 
@@ -527,7 +531,7 @@ def policy_loss(
 def stats_to_means(stats: dict[str, Tensor | float]) -> dict[str, float]:
     """Turn aggregated sums into per-token means: every `<name>_sum` becomes `<name>` = sum / tokens.
 
-    stats: the (summed) dict from `policy_loss`; keys without the suffix are passed through as floats.
+    stats: the aggregated dict from `policy_loss`; other keys (counts, `_max` maxima) pass through.
     """
     _check("tokens" in stats, "stats_to_means: stats has no 'tokens' count (expected policy_loss stats)")
     tokens = max(float(stats["tokens"]), 1.0)

@@ -132,6 +132,12 @@ class RewardConfig:
     fallback: float = 0.0  # reward of an item whose rule timed out or raised
     num_workers: int = 1
     cpus: float = 0.5
+    # auto | always | never. always: each prompt's group goes to the rule actor and the judge as soon as its n
+    # samples are generated, so scoring and judging overlap generation (rrm_ray.clients.streaming);
+    # never: the whole batch is generated, then scored. auto: streams, unless the rollout and the judge share
+    # bundles (cluster.colocate: they take turns) or judge training uses budget forcing (two-phase
+    # generation); `always` with either is a config error.
+    streaming: str = "auto"
 
 
 @dataclass
@@ -462,6 +468,7 @@ def validate(cfg: JobConfig) -> None:
         f"must be null or > 0 minutes, got {cfg.trainer.time_limit_min}",
     )
     validate_staleness(cfg)
+    validate_streaming(cfg)
     _require(
         not (d.format == "preference" and d.order_balanced) or r.n_samples % 2 == 0,
         "rollout.n_samples",
@@ -682,6 +689,45 @@ def validate_learner_numerics(cfg: JobConfig) -> None:
         "the truncated importance weights would be biased below 1; set rollout.top_p=1.0 or "
         "algorithm.tis_cap=null",
     )
+
+
+def streaming_blockers(cfg: JobConfig) -> list[str]:
+    """Why a batch cannot be scored as it streams out of the rollout (empty: it can)."""
+    blockers = []
+    if cfg.judge.enabled:
+        blockers += [
+            f"cluster.colocate puts the rollout and the judge on the same bundles ({group}): they take turns"
+            for group in cfg.cluster.colocate
+            if {"rollout", "judge"} <= set(group)
+        ]
+    if cfg.data.format == "preference" and cfg.judge.think_budget > 0:
+        blockers.append(
+            f"judge training with budget forcing (judge.think_budget={cfg.judge.think_budget}) generates in "
+            "two phases"
+        )
+    return blockers
+
+
+def streaming_enabled(cfg: JobConfig) -> bool:
+    """Whether `reward.streaming` (auto | always | never) streams this job's batches."""
+    mode = cfg.reward.streaming
+    return mode == "always" or (mode == "auto" and not streaming_blockers(cfg))
+
+
+def validate_streaming(cfg: JobConfig) -> None:
+    mode = cfg.reward.streaming
+    _require(
+        mode in ("auto", "always", "never"),
+        "reward.streaming",
+        f"must be auto, always or never, got {mode!r}",
+    )
+    if mode == "always":
+        blockers = streaming_blockers(cfg)
+        _require(
+            not blockers,
+            "reward.streaming",
+            f"always, but {'; '.join(blockers)}; set reward.streaming=auto or never",
+        )
 
 
 def validate_staleness(cfg: JobConfig) -> None:

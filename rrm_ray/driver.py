@@ -45,8 +45,9 @@ from rrm_ray.checkpoint import (
 )
 from rrm_ray.clients.learner import LearnerClient
 from rrm_ray.clients.reward import JudgeClient, StepRewards
+from rrm_ray.clients.streaming import generate_and_score
 from rrm_ray.colocation import Colocation
-from rrm_ray.config import JobConfig, to_flat_dict, to_yaml
+from rrm_ray.config import JobConfig, streaming_enabled, to_flat_dict, to_yaml
 from rrm_ray.data.prompts import PromptRow, render_prompt
 from rrm_ray.data.tasks import RENDERED, load_task_rows
 from rrm_ray.downstream import downstream_metrics
@@ -301,6 +302,7 @@ class GRPOJob(RoleJob):
             on_fault=lambda counter, value: self.tracker.log_metrics({f"faults/{counter}": value}, self.step),
         )
         self.ahead: Schedule[Batch] = Schedule(cfg.trainer.max_staleness)  # batches generated ahead
+        self.streaming = streaming_enabled(cfg)  # reward.streaming: groups scored as they are generated
         self.placement: list[dict[str, Any]] = []
         self.before: dict[str, float] = {}  # the held-out baseline, kept across resumes
         self.on_phase: Callable[[str], None] | None = None
@@ -433,14 +435,20 @@ class GRPOJob(RoleJob):
         n = cfg.rollout.n_samples  # the group: one prompt's samples, or one pair's in both orders
         position, started = self.stream.position, time.perf_counter()
         rows = self.stream.next()
-        with timer.phase("generate"):
-            seed = cfg.trainer.seed * 1_000_003 + step * 1009
-            completions = rollout.generate(
-                self.render(rows), n // self.orders, cfg.rollout.temperature, cfg.rollout.max_new_tokens, seed
-            )
+        seed = cfg.trainer.seed * 1_000_003 + step * 1009
+        r = cfg.rollout
+        args = (self.render(rows), n // self.orders, r.temperature, r.max_new_tokens, seed)
+        if self.streaming:  # each group is scored and judged as soon as it is generated
+            timer.show("generate+reward")
+            streamed = generate_and_score(rollout, self.roles.reward, rows, *args, step)
+            completions, scored = streamed.completions, streamed.rewards
+            timer.seconds.update(generate=streamed.generate_s, reward=streamed.reward_s)
+        else:
+            with timer.phase("generate"):
+                completions = rollout.generate(*args)
+            with timer.phase("reward"):  # the rule actor scores while the judge ranks
+                scored = self.roles.reward.score_step(rows, completions, n, step)
         version = rollout.version  # read after the call: an engine restarted inside it was re-synced
-        with timer.phase("reward"):  # the rule actor scores while the judge ranks
-            scored = self.roles.reward.score_step(rows, completions, n, step)
         batch = Batch(rows, completions, scored, timer.seconds, started, time.perf_counter())
         return Scheduled(step, position, version, batch)
 

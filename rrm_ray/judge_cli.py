@@ -6,11 +6,14 @@ rrm-ray eval --benchmark rewardbench --data rb.jsonl --sweep judge.max_new_token
 rrm-ray best-of-n --data prompts.jsonl --n 8 --method knockout,elo --votes 1,3 --out picks.jsonl
 
 Each command validates its config first (every sweep point too), then starts a local Ray (or
-connects to cluster.address), starts the judge engines through `ActorGroup`, and shuts everything
-down on the way out, errors included. `eval` logs its config, scores and the first judge traces to
-MLflow (`tracking`); a sweep is a parent run with a child run per point (`rrm_ray.judge.sweep`);
-`best-of-n` scores the picks against the verifier where prompts carry answers
-(`rrm_ray.judge.best_of_n`) and logs the table.
+connects to cluster.address) and the roles it needs through the training driver's typed clients
+(`rrm_ray.clients`: the JudgeClient; best-of-n's RolloutClient and RewardClient too), each on its own
+placement group and none with a learner, so a call an engine's death interrupts is retried once Ray
+restarted it, and shuts everything down on the way out, errors included. `eval` logs its config,
+scores and the first judge traces to MLflow (`tracking`); a sweep is a parent run with a child run
+per point (`rrm_ray.judge.sweep`); `best-of-n` scores the picks against the verifier where prompts
+carry answers (`rrm_ray.judge.best_of_n`) and logs the table. What the verdicts mean (benchmark
+passes, output records) is `rrm_ray.judge.evaluation`'s.
 """
 
 from __future__ import annotations
@@ -18,49 +21,71 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rrm_ray.cli import add_run_options, with_verbose
 from rrm_ray.config import JobConfig, load_config, to_flat_dict
 from rrm_ray.data.io import DataFormatError, read_records, require_str
+from rrm_ray.judge.evaluation import Scored, judgment_fields, stats_line
+from rrm_ray.judge.evaluation import credit as credit  # re-exported: the credit rule's unit tests
 from rrm_ray.judge.service import JudgePair, PairJudgment
 from rrm_ray.progress import map_in_chunks
 
-TRACE_TEXT_CHARS = 4000  # per trace in the MLflow table; the JSONL outputs keep the whole text
+if TYPE_CHECKING:
+    from actors.rollout import Completion
+    from rrm_ray.clients.restarts import Restarts
+    from rrm_ray.clients.reward import JudgeClient
+    from rrm_ray.data.prompts import PromptRow
+
 CHUNK_PER_ENGINE = 32  # items per judge call and engine: the progress bar moves this often
 
+Client = TypeVar("Client")
 
-def _compare(pool: Any, pairs: list[JudgePair], cfg: JobConfig, label: str = "judging") -> list[PairJudgment]:
-    """All pairs judged, a chunk at a time behind a progress bar over items."""
-    return map_in_chunks(label, pairs, pool.compare, CHUNK_PER_ENGINE * cfg.judge.num_engines)
+
+def _alone(cfg: JobConfig, start: Callable[[Restarts], Client]) -> Client:
+    """A client started without a learner (`start(restarts)`); its restarts watch its own group."""
+    from rrm_ray.clients.restarts import Restarts
+
+    groups: list[Any] = []
+    client = start(Restarts.alone(cfg, groups))
+    groups.append(client.group)  # type: ignore[attr-defined]
+    return client
 
 
 @contextlib.contextmanager
-def judge_session(cfg: JobConfig, job: str = "judge") -> Iterator[Any]:
-    """Ray up (unless already connected), a JudgePool started; both torn down on exit."""
+def judge_session(cfg: JobConfig, job: str = "judge") -> Iterator[JudgeClient]:
+    """Ray up (unless already connected), the judge engines started behind a JudgeClient; both torn
+    down on exit."""
     import ray
 
     from actors.judge import JudgePool
+    from rrm_ray.clients.reward import JudgeClient
     from rrm_ray.driver import connect_ray
 
     started = not ray.is_initialized()
     connect_ray(cfg, job)
-    pool = None
+    judge = None
     try:
-        pool = JudgePool(cfg)
-        yield pool
+        judge = _alone(cfg, lambda restarts: JudgeClient(JudgePool(cfg), None, restarts))
+        yield judge
     finally:
-        if pool is not None:
-            pool.shutdown()
+        if judge is not None:
+            judge.shutdown()
         if started:
             ray.shutdown()
+
+
+def _compare(
+    judge: JudgeClient, pairs: list[JudgePair], cfg: JobConfig, label: str = "judging"
+) -> list[PairJudgment]:
+    """All pairs judged, a chunk at a time behind a progress bar over items."""
+    return map_in_chunks(label, pairs, judge.compare, CHUNK_PER_ENGINE * cfg.judge.num_engines)
 
 
 def _write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> None:
@@ -71,40 +96,9 @@ def _write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _coin(seed: int, key: object) -> bool:
-    """Reproducible per-item coin: which side the chosen response is listed on."""
-    return hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()[0] & 1 == 1
-
-
-def credit(j: PairJudgment, good_is_a: bool) -> float:
-    """Evaluation credit from the votes: 1 if the good response got more, 0 if fewer, 0.5 on a tie
-    (an unparseable single vote included: the paper's half credit), whatever the tie rule."""
-    good, bad = (j.wins_a, j.wins_b) if good_is_a else (j.wins_b, j.wins_a)
-    return 1.0 if good > bad else 0.0 if good < bad else 0.5
-
-
-def _judgment_fields(j: PairJudgment) -> dict[str, Any]:
-    return {
-        "verdict": j.winner if j.decided else None,
-        "winner": j.winner,
-        "votes": {"a": j.wins_a, "b": j.wins_b, "calls": j.votes, "saved": j.calls_saved},
-        "unparseable": j.unparseable,
-        "timed_out": j.timed_out,
-        "from_cache": j.from_cache,
-        "truncated": j.truncated,
-        "error": j.error,
-        "traces": [dataclasses.asdict(t) for t in j.traces],
-    }
-
-
-def _print_stats(stats: dict[str, float], seconds: float) -> None:
-    s = {k: int(v) if k != "generate_s" else v for k, v in stats.items()}
-    print(
-        f"{s['comparisons']} comparisons in {seconds:.1f}s: {s['judge_calls']} judge calls in {s['waves']} "
-        f"waves ({s['calls_saved']} saved by adaptive voting, {s['cache_hits']} cache hits), "
-        f"{s['unparseable']} unparseable, {s['timed_out']} timed out, {s['truncated']} truncated, "
-        f"{s['rejected']} rejected; {s['generated_tokens']} tokens generated"
-    )
+def _mlflow_line(tracker: Any, cfg: JobConfig) -> None:
+    if tracker.run_id:
+        print(f"MLflow run {tracker.run_id} at {cfg.tracking.uri} (experiment {cfg.tracking.experiment!r})")
 
 
 # ---------------------------------------------------------------------------------------------- judge
@@ -115,20 +109,20 @@ def _judge(args: argparse.Namespace) -> int:
         JudgePair(*(require_str(args.data, row, rec, f) for f in ("query", "response_a", "response_b")))
         for row, rec in records
     ]
-    with judge_session(cfg) as pool:
+    with judge_session(cfg) as judge:
         started = time.perf_counter()  # judging only, not the engine start
-        judgments = _compare(pool, pairs, cfg)
+        judgments = _compare(judge, pairs, cfg)
         seconds = time.perf_counter() - started
-        stats = pool.stats()
+        stats = judge.stats()
     _write_jsonl(
-        [{**rec, **_judgment_fields(j)} for (_, rec), j in zip(records, judgments, strict=True)], args.out
+        [{**rec, **judgment_fields(j)} for (_, rec), j in zip(records, judgments, strict=True)], args.out
     )
     decided = [j.winner for j in judgments if j.decided]
     print(
         f"{len(pairs)} pairs -> {args.out}: a {decided.count('a')}, b {decided.count('b')}, "
         f"undecided {len(pairs) - len(decided)}"
     )
-    _print_stats(stats, seconds)
+    print(stats_line(stats, seconds))
     return 0
 
 
@@ -153,128 +147,15 @@ def _tracker(
     )
 
 
-def _trace_rows(ids: list[Any], judgments: list[PairJudgment], extra: list[dict], limit: int) -> list[dict]:
-    """The first `limit` judge traces as table rows (text cut to TRACE_TEXT_CHARS)."""
-    rows: list[dict[str, Any]] = []
-    for item_id, j, more in zip(ids, judgments, extra, strict=True):
-        for t in j.traces:
-            if len(rows) >= limit:
-                return rows
-            text = t.text if t.text is not None else "<timed out>"
-            rows.append(
-                {
-                    "id": str(item_id),
-                    **more,
-                    "vote": t.vote,
-                    "order": t.order,
-                    "verdict": t.verdict,
-                    "vote_for": t.winner,
-                    "text": text[:TRACE_TEXT_CHARS],
-                }
-            )
-    return rows
-
-
-@dataclasses.dataclass
-class Scored:
-    """One benchmark pass: its metrics, the first judge traces, and the headline accuracy as a
-    binomial count (`successes` of `n`; RewardBench's half credits count half) for its interval."""
-
-    metrics: dict[str, float]
-    traces: list[dict[str, Any]]
-    successes: float
-    n: int
-
-
-def _eval_rewardbench(
-    args: argparse.Namespace, cfg: JobConfig, items: list[Any], pool: Any, label: str, show: bool
-) -> Scored:
-    from rrm_ray.judge.benchmarks import score_rewardbench
-
-    chosen_a = [_coin(cfg.trainer.seed, it.id) for it in items]
-    pairs = [
-        JudgePair(it.prompt, it.chosen, it.rejected) if a else JudgePair(it.prompt, it.rejected, it.chosen)
-        for it, a in zip(items, chosen_a, strict=True)
-    ]
-    judgments = _compare(pool, pairs, cfg, label)
-    credits = [credit(j, a) for j, a in zip(judgments, chosen_a, strict=True)]
-    report = score_rewardbench(zip(items, credits, strict=True))
-    metrics: dict[str, float] = {f"accuracy/{s}": a for s, a in report.subset_accuracy.items()}
-    metrics.update({f"unknown_subset/{s}": a for s, a in report.unknown_subsets.items()})
-    metrics.update({f"section/{name}": v for name, v in report.sections.items() if v is not None})
-    if report.overall is not None:
-        metrics["overall"] = report.overall
-    metrics["accuracy/all_items"] = sum(credits) / max(len(credits), 1)
-    if show:
-        print(f"\n{'subset':<28}{'n':>6}{'accuracy':>10}")
-        for subset, acc in {**report.subset_accuracy, **report.unknown_subsets}.items():
-            mark = "  (not a RewardBench subset)" if subset in report.unknown_subsets else ""
-            print(f"{subset:<28}{report.subset_counts[subset]:>6}{acc:>10.3f}{mark}")
-        for name, score in report.sections.items():
-            print(f"section {name:<20}{'-' if score is None else f'{score:.3f}':>16}")
-        print(f"{'overall':<28}{'-' if report.overall is None else f'{report.overall:.3f}':>16}")
-        print(
-            f"{'mean credit over all items':<28}{metrics['accuracy/all_items']:>16.3f}  ({len(items)} items)"
-        )
-    extra = [
-        {"subset": it.subset, "chosen_shown_as": "a" if a else "b", "credit": c}
-        for it, a, c in zip(items, chosen_a, credits, strict=True)
-    ]
-    traces = _trace_rows([it.id for it in items], judgments, extra, args.traces)
-    return Scored(metrics, traces, sum(credits), len(items))
-
-
-def _eval_pandalm(
-    args: argparse.Namespace, cfg: JobConfig, items: list[Any], pool: Any, label: str, show: bool
-) -> Scored:
-    from rrm_ray.judge.benchmarks import score_pandalm
-
-    keep = [not _coin(cfg.trainer.seed, it.idx) for it in items]  # response1 listed as a?
-    pairs = [
-        JudgePair(it.query, it.response1, it.response2)
-        if k
-        else JudgePair(it.query, it.response2, it.response1)
-        for it, k in zip(items, keep, strict=True)
-    ]
-    judgments = _compare(pool, pairs, cfg, label)
-    predictions: list[int | None] = []
-    for j, k in zip(judgments, keep, strict=True):
-        if not j.decided:
-            predictions.append(None)
-        else:
-            predictions.append(1 if (j.winner == "a") == k else 2)
-    report = score_pandalm([it.label for it in items], predictions)  # type: ignore[misc]
-    excl = report.accuracy_excluding_ties
-    if show:
-        print(f"\nPandaLM: {report.n_items} items ({report.n_ties} ties, {report.n_unparseable} undecided)")
-        print(
-            f"accuracy {report.accuracy:.3f}  macro-F1 {report.macro_f1:.3f}  accuracy excluding ties "
-            f"{'-' if excl is None else f'{excl:.3f}'}"
-        )
-        for c, s in report.per_class.items():
-            scores = f"precision {s.precision:.3f} recall {s.recall:.3f} f1 {s.f1:.3f}"
-            print(f"  class {c}: {scores} (support {s.support})")
-    metrics = {"accuracy": report.accuracy, "macro_f1": report.macro_f1}
-    if excl is not None:
-        metrics["accuracy_excluding_ties"] = excl
-    extra = [
-        {"label": it.label, "prediction": p, "response1_shown_as": "a" if k else "b"}
-        for it, p, k in zip(items, predictions, keep, strict=True)
-    ]
-    correct = sum(p is not None and p == it.label for it, p in zip(items, predictions, strict=True))
-    return Scored(
-        metrics, _trace_rows([it.idx for it in items], judgments, extra, args.traces), correct, len(items)
-    )
-
-
 def _load_benchmark(args: argparse.Namespace, cfg: JobConfig) -> tuple[list[Any], str, dict[str, float], Any]:
     """(items, the console line on what was read, data/* metrics, the benchmark's scoring pass)."""
     from rrm_ray.judge.benchmarks import load_pandalm, load_rewardbench, read_summary
+    from rrm_ray.judge.evaluation import pandalm_pass, rewardbench_pass
 
     load, run = (
-        (load_rewardbench, _eval_rewardbench)
+        (load_rewardbench, rewardbench_pass)
         if args.benchmark == "rewardbench"
-        else (load_pandalm, _eval_pandalm)
+        else (load_pandalm, pandalm_pass)
     )
     data = load(args.data, on_error=cfg.data.on_error)  # a bad file fails here, before Ray starts
     items = data.items[: args.limit]
@@ -283,13 +164,13 @@ def _load_benchmark(args: argparse.Namespace, cfg: JobConfig) -> tuple[list[Any]
 
 
 def _judged(
-    args: argparse.Namespace, cfg: JobConfig, items: list[Any], pool: Any, run: Any, label: str, show: bool
+    args: argparse.Namespace, cfg: JobConfig, items: list[Any], judge: JudgeClient, run: Any, label: str
 ) -> tuple[Scored, dict[str, float], float]:
-    """One benchmark pass on a running pool, with the judge's counters (reset after) and seconds."""
+    """One benchmark pass on running engines, with the judge's counters (reset after) and seconds."""
     started = time.perf_counter()  # judging only, not the engine start
-    scored = run(args, cfg, items, pool, label, show)
+    scored = run(items, lambda pairs: _compare(judge, pairs, cfg, label), cfg.trainer.seed, args.traces)
     seconds = time.perf_counter() - started
-    stats = pool.stats(reset=True)
+    stats = judge.stats(reset=True)
     scored.metrics.update({f"judge/{k}": float(v) for k, v in stats.items()})
     scored.metrics["judge/unparseable_rate"] = stats["unparseable"] / max(stats["judge_calls"], 1)
     scored.metrics["judge/comparisons_per_s"] = max(stats["comparisons"], 1) / seconds
@@ -333,16 +214,16 @@ def _eval(args: argparse.Namespace) -> int:
     items, data_line, data_metrics, run = _load_benchmark(args, cfg)
     print(data_line)
     tracker = _tracker(cfg)
-    if tracker.run_id:
-        print(f"MLflow run {tracker.run_id} at {cfg.tracking.uri} (experiment {cfg.tracking.experiment!r})")
+    _mlflow_line(tracker, cfg)
     tracker.log_params(_eval_params(args, cfg))
     tracker.set_tags({"rrm_ray.job": "eval", "rrm_ray.benchmark": args.benchmark})
     tracker.log_metrics(data_metrics, step=0)
     status = "FAILED"
     try:
-        with judge_session(cfg, "eval") as pool:
-            scored, stats, seconds = _judged(args, cfg, items, pool, run, "judging", show=True)
-        _print_stats(stats, seconds)
+        with judge_session(cfg, "eval") as judge:
+            scored, stats, seconds = _judged(args, cfg, items, judge, run, "judging")
+        print("\n".join(scored.report))
+        print(stats_line(stats, seconds))
         _log_scored(tracker, args, scored)
         tracker.log_dataset(args.data, "eval")
         status = "FINISHED"
@@ -389,8 +270,7 @@ def _eval_sweep(args: argparse.Namespace) -> int:
     print(f"sweep: {len(points)} points over {', '.join(keys)}, {len(items)} items each; {sessions}")
     run_name = cfg.tracking.run_name or default_run_name("eval-sweep", cfg.judge.model_path)
     parent = _tracker(cfg, "eval-sweep", run_name)
-    if parent.run_id:
-        print(f"MLflow run {parent.run_id} at {cfg.tracking.uri} (experiment {cfg.tracking.experiment!r})")
+    _mlflow_line(parent, cfg)
     parent.log_params(
         {
             **{k: v for k, v in _eval_params(args, cfg).items() if k not in keys},
@@ -409,9 +289,9 @@ def _eval_sweep(args: argparse.Namespace) -> int:
         connect_ray(cfg, "eval-sweep")  # one Ray for every session
         for g, group in enumerate(groups):
             print(f"judge session {g + 1}/{len(groups)}: points {', '.join(str(i + 1) for i in group)}")
-            with judge_session(cfgs[group[0]], "eval") as pool:
+            with judge_session(cfgs[group[0]], "eval") as judge:
                 for i in group:
-                    rows[i] = _sweep_point(args, cfgs[i], items, pool, run, i, points, parent, run_name)
+                    rows[i] = _sweep_point(args, cfgs[i], items, judge, run, i, points, parent, run_name)
         done = [r for r in rows if r is not None]
         print("\n" + sweep.format_table(keys, done))
         records = sweep.table_records(keys, done)
@@ -436,14 +316,14 @@ def _sweep_point(
     args: argparse.Namespace,
     cfg: JobConfig,
     items: list[Any],
-    pool: Any,
+    judge: JudgeClient,
     run: Any,
     i: int,
     points: list[dict[str, str]],
     parent: Any,
     run_name: str,
 ) -> Any:
-    """Point i on a running pool (set to its sampling-time settings), as a child run of `parent`."""
+    """Point i on running engines (set to its sampling-time settings), as a child run of `parent`."""
     from rrm_ray.judge import sweep
 
     point, tag = points[i], f"point {i + 1}/{len(points)}"
@@ -454,8 +334,8 @@ def _sweep_point(
         child.set_tags(
             {"rrm_ray.job": "eval", "rrm_ray.benchmark": args.benchmark, "rrm_ray.sweep_point": str(i)}
         )
-        pool.configure(dataclasses.asdict(cfg.judge))  # the point's decoding, votes; a fresh cache
-        scored, stats, seconds = _judged(args, cfg, items, pool, run, f"{tag} judging", show=False)
+        judge.configure(dataclasses.asdict(cfg.judge))  # the point's decoding, votes; a fresh cache
+        scored, stats, seconds = _judged(args, cfg, items, judge, run, f"{tag} judging")
         _log_scored(child, args, scored)
         row = sweep.SweepRow.from_scores(i, point, scored.successes, scored.n, stats, seconds, child.run_id)
         print(
@@ -470,107 +350,57 @@ def _sweep_point(
 
 
 # ---------------------------------------------------------------------------------------------- best-of-n
-def _generate_responses(cfg: JobConfig, rows: list[Any], n: int) -> list[list[str]]:
-    """n policy samples per prompt, on a rollout engine that is shut down before the judge starts, so
-    the two never need resources at the same time (one GPU, or a small CPU machine, holds either)."""
+def _sample(cfg: JobConfig, rows: list[PromptRow], n: int) -> list[Completion]:
+    """n policy samples per prompt (prompt-major), on rollout engines started as training starts
+    them (`rollout.*`), shut down before the judge starts, so the two never need resources at the
+    same time (one GPU, or a small CPU machine, holds either). They keep the weights they loaded:
+    no learner, no weight-transfer backend."""
     from transformers import AutoTokenizer
 
-    from actors.rollout import RolloutWorker, engine_env
-    from rrm_ray.actor_group import ActorGroup, RoleSpec
-    from rrm_ray.config import resolved_dtype
+    from rrm_ray.clients.rollout import RolloutClient
     from rrm_ray.data.prompts import render_prompt
     from rrm_ray.models import resolve_model_path
+    from rrm_ray.roles import OwnGroups
 
-    c, r, m = cfg.cluster, cfg.rollout, cfg.model
+    r, m = cfg.rollout, cfg.model
     policy = resolve_model_path(m.path)
     tokenizer = AutoTokenizer.from_pretrained(policy)
     prompts = [render_prompt(tokenizer, row.prompt, m.system_prompt, m.use_chat_template) for row in rows]
-    rollout = ActorGroup(
-        RolloutWorker,
-        RoleSpec("rollout", 1, r.cpus_per_engine, r.gpus_per_engine if c.device == "cuda" else 0),
-        init_args=(policy, resolved_dtype(cfg), m.max_model_len, cfg.trainer.seed, c.device),
-        init_kwargs={"gpu_memory_utilization": r.gpu_memory_utilization},
-        env={**engine_env(c.device, r.kv_cache_gib, r.threads), **c.env},
-        placement_timeout_s=c.placement_timeout_s,
-        call_timeout_s=c.call_timeout_s,
+    rollout = _alone(
+        cfg,
+        lambda restarts: RolloutClient.start(
+            cfg, policy, OwnGroups(cfg), None, restarts, takes_weights=False
+        ),
     )
     try:
-        completions = rollout.call_rank0(
-            "generate", prompts, n, r.temperature, r.top_p, r.max_new_tokens, cfg.trainer.seed
-        )
+        return rollout.generate(prompts, n, r.temperature, r.max_new_tokens, cfg.trainer.seed)
     finally:
-        rollout.shutdown()
-    responses: list[list[str]] = [[] for _ in rows]
-    for comp in completions:
-        responses[comp.prompt_index].append(comp.text)
-    return responses
+        rollout.group.shutdown()
 
 
-def _score_responses(cfg: JobConfig, rule: str, rows: list[Any], responses: list[list[str]]) -> list[Any]:
-    """Per prompt, whether each response is correct by `rule` (value > 0), or None without an answer.
+def _score(cfg: JobConfig, rule: str, rows: list[PromptRow], samples: list[Completion]) -> list[Any]:
+    """Per prompt, whether each response is correct, or None without an answer: the reward actor's
+    accuracy (`rule`, `reward.timeout_s` per item), as training reports it. A response the rule
+    times out or fails on gets `reward.fallback`, and the console says how many."""
+    from rrm_ray.clients.reward import RewardClient
+    from rrm_ray.judge import best_of_n as bon
+    from rrm_ray.roles import OwnGroups
 
-    The rule runs as the reward actor runs it (`RewardRunner`: worker processes, `reward.timeout_s`
-    per item), here in the driver: rules are pure, no Ray needed. A response the rule times out or
-    fails on counts as incorrect, and the console says how many."""
-    from rrm_ray.rewards.runner import RewardRunner
-
-    index = [(i, k) for i, row in enumerate(rows) if row.answer is not None for k in range(len(responses[i]))]
-    correct: list[list[bool] | None] = [[] if row.answer is not None else None for row in rows]
-    if not index:
-        return correct
-    r = cfg.reward
-    with RewardRunner(rule, r.timeout_s, fallback_reward=0.0, num_workers=r.num_workers) as runner:
-        batch = runner.score([responses[i][k] for i, k in index], [rows[i].answer for i, _ in index])
-    for (i, _), value in zip(index, batch.rewards, strict=True):
-        correct[i].append(value > 0)  # type: ignore[union-attr]
-    if batch.timeouts or batch.errors:
+    answers = [row.answer for row in rows]
+    index = [s.prompt_index for s in samples]
+    if all(a is None for a in answers):  # nothing to verify: no reward actor
+        return bon.correct_flags(answers, index, [None] * len(samples))
+    reward = _alone(cfg, lambda restarts: RewardClient.start(cfg, OwnGroups(cfg), restarts, judge=None))
+    try:
+        scored = reward.score(samples, rows)
+    finally:
+        reward.group.shutdown()
+    if scored.timeouts or scored.errors:
         print(
-            f"rule {rule!r}: {batch.timeouts} responses timed out and {batch.errors} failed; counted as "
-            f"incorrect. {'; '.join(batch.error_messages)}"
+            f"rule {rule!r}: {scored.timeouts} responses timed out and {scored.errors} failed; counted as "
+            f"incorrect. {'; '.join(scored.error_messages)}"
         )
-    return correct
-
-
-def _pick_rows(
-    rows: list[Any],
-    queries: list[str],
-    responses: list[list[str]],
-    correct: list[Any],
-    results: list[Any],
-    votes: int,
-) -> list[dict[str, Any]]:
-    out = []
-    for row, query, resp, flags, res in zip(rows, queries, responses, correct, results, strict=True):
-        out.append(
-            {
-                "row": row.row,
-                "query": query,
-                "responses": resp,
-                "pick": res.winner,
-                "best": resp[res.winner],
-                "method": res.method,
-                "votes": votes,
-                "answer": row.answer,
-                "correct": flags,  # per response, by the verifier's rule; null without an answer
-                "pick_correct": None if flags is None else flags[res.winner],
-                "ranking": res.ranking,
-                "scores": res.scores,
-                "rewards": res.rewards,
-                "bracket": res.bracket,
-                "ratings": res.ratings,
-                "comparisons": [
-                    {
-                        "round": mr.round,
-                        "a": mr.a,
-                        "b": mr.b,
-                        "outcome": mr.outcome,
-                        **_judgment_fields(mr.judgment),
-                    }
-                    for mr in res.comparisons
-                ],
-            }
-        )
-    return out
+    return bon.correct_flags(answers, index, scored.correct)
 
 
 def _best_of_n(args: argparse.Namespace) -> int:
@@ -601,8 +431,7 @@ def _best_of_n(args: argparse.Namespace) -> int:
     rows = load_prompts(args.data, cfg.data.prompt_field, answer_field=cfg.data.answer_field)
     queries = [row.prompt if isinstance(row.prompt, str) else render_conversation(row.prompt) for row in rows]
     tracker = _tracker(cfg, "best-of-n")
-    if tracker.run_id:
-        print(f"MLflow run {tracker.run_id} at {cfg.tracking.uri} (experiment {cfg.tracking.experiment!r})")
+    _mlflow_line(tracker, cfg)
     tracker.log_params(
         {
             **to_flat_dict(cfg),
@@ -621,27 +450,27 @@ def _best_of_n(args: argparse.Namespace) -> int:
     out: list[dict[str, Any]] = []
     try:
         connect_ray(cfg, "best-of-n")
-        responses = _generate_responses(cfg, rows, args.n)
-        correct = _score_responses(cfg, rule, rows, responses)
-        with judge_session(cfg) as pool:
+        samples = _sample(cfg, rows, args.n)
+        responses = bon.per_prompt([s.prompt_index for s in samples], [s.text for s in samples], len(rows))
+        correct = _score(cfg, rule, rows, samples)
+        with judge_session(cfg) as judge:
             for method, votes in grid:
-                pool.clear_cache()  # each setting pays for its own comparisons
+                judge.clear_cache()  # each setting pays for its own comparisons
                 judge_started = time.perf_counter()
                 results = map_in_chunks(
                     f"judging ({method}, {votes} votes)",
                     list(zip(queries, responses, strict=True)),
-                    lambda part, m=method, k=votes: pool.rank(part, method=m, votes=k),
+                    lambda part, m=method, k=votes: judge.rank(part, method=m, votes=k),
                     CHUNK_PER_ENGINE,
                 )
                 seconds = time.perf_counter() - judge_started
-                stats = pool.stats(reset=True)
-                print(f"{method}, {votes} votes: ", end="")
-                _print_stats(stats, seconds)
+                stats = judge.stats(reset=True)
+                print(f"{method}, {votes} votes: {stats_line(stats, seconds)}")
                 scores = bon.pick_scores(correct, [res.winner for res in results])
                 table.append(
                     bon.SettingRow(method, votes, args.n, scores, int(stats["judge_calls"]), seconds)
                 )
-                out += _pick_rows(rows, queries, responses, correct, results, votes)
+                out += bon.pick_records(rows, queries, responses, correct, results, votes)
         _write_jsonl(out, args.out)
         print(f"{len(rows)} prompts x {args.n} responses x {len(grid)} settings -> {args.out}")
         print(f"total {time.perf_counter() - started:.1f}s (generation, engine starts and judging)")

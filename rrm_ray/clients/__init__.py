@@ -7,11 +7,13 @@
     Restarts       the recovery they share: wait for Ray's restart, count it, retry the call
 
 `rrm_ray.roles.Roles` starts them for a job. A command that needs only some builds those on their
-own placement groups, e.g. best-of-n (the rollout without a learner keeps the weights it loaded):
+own placement groups, e.g. best-of-n (`rrm_ray.judge_cli`; a rollout without a learner keeps the
+weights it loaded, so it takes no weight-transfer backend):
 
     groups: list[ActorGroup] = []
     restarts = Restarts.alone(cfg, groups)
-    rollout = RolloutClient.start(cfg, model_path, OwnGroups(cfg), None, restarts)   # rrm_ray.roles
-    judge = JudgeClient(JudgePool(cfg), None, restarts)                              # actors.judge
-    groups += [rollout.group, judge.group]
+    rollout = RolloutClient.start(cfg, model_path, OwnGroups(cfg), None, restarts, takes_weights=False)
+    reward = RewardClient.start(cfg, OwnGroups(cfg), restarts, judge=None)    # OwnGroups: rrm_ray.roles
+    judge = JudgeClient(JudgePool(cfg), None, restarts)                       # JudgePool: actors.judge
+    groups += [rollout.group, reward.group, judge.group]
 """

@@ -98,17 +98,23 @@ class Restarts:
             except ray.exceptions.RayActorError as exc:
                 if self.role_of(exc, default=role) != role:
                     raise
-                decision = self.decide(role, exc)
-                if decision.action == "fail":
-                    raise RoleFailure(role, f"{decision.message}\n  Ray: {str(exc)[:500]}") from exc
-                self.count(decision.counter)
-                warnings.warn(
-                    f"a {role} actor died ({type(exc).__name__}); Ray restarts it and the call is retried",
-                    stacklevel=3,
-                )
-                self.wait_for_restart(group)
-                resync_first = decision.resync_weights and resync is not None
+                resync_first = self.recover(group, exc) and resync is not None
                 attempt += 1
+
+    def recover(self, group: ActorGroup, exc: ray.exceptions.RayActorError) -> bool:
+        """One of `group`'s actors died (`exc`): fail naming the role if the policy says so, else count
+        the restart and wait until Ray brought it back. True: the engine needs the learner's weights."""
+        role = group.spec.name
+        decision = self.decide(role, exc)
+        if decision.action == "fail":
+            raise RoleFailure(role, f"{decision.message}\n  Ray: {str(exc)[:500]}") from exc
+        self.count(decision.counter)
+        warnings.warn(
+            f"a {role} actor died ({type(exc).__name__}); Ray restarts it and the call is retried",
+            stacklevel=4,
+        )
+        self.wait_for_restart(group)
+        return decision.resync_weights
 
     def wait_for_restart(self, group: ActorGroup) -> None:
         """Until every actor of `group` answers again (a restart re-runs `__init__`: an engine reloads its

@@ -37,21 +37,37 @@ class JudgeClient:
 
     def __init__(self, pool: Any, share: Colocation | None, restarts: Restarts) -> None:
         self.pool, self.share, self.restarts = pool, share, restarts
+        self.settings: dict[str, Any] | None = None  # set by `configure`; None: the ones it started with
 
     @property
     def group(self) -> ActorGroup:
         return self.pool.group
 
     def _call(self, call: Any) -> Any:
-        def once(_attempt: int) -> Any:
+        def once(attempt: int) -> Any:
             if self.share is not None:
                 self.share.before("judge")  # roles sharing its GPUs sleep (rrm_ray.colocation)
+            if attempt and self.settings is not None:  # a restarted engine came back with its first ones
+                self.pool.configure(self.settings)
             return call()
 
         return self.restarts.retry(self.pool.group, once)
 
-    def rank(self, items: list[tuple[str, list[str]]]) -> list[RankResult]:
-        return self._call(lambda: self.pool.rank(items))
+    def rank(
+        self,
+        items: list[tuple[str, list[str]]],
+        method: str | None = None,
+        votes: int | None = None,
+        keys: list[int] | None = None,
+    ) -> list[RankResult]:
+        """`method` / `votes` None: `judge.method` / `judge.votes` (best-of-n compares others); `keys`
+        seed each item's tournament (None: its position)."""
+        return self._call(lambda: self.pool.rank(items, method=method, votes=votes, keys=keys))
+
+    def wake(self) -> None:
+        """Make the engines ready for work sent directly (the streaming judge's `pool.rank_on`)."""
+        if self.share is not None:
+            self.share.before("judge")
 
     def compare(self, pairs: list[JudgePair], votes: int | None = None) -> list[PairJudgment]:
         return self._call(lambda: self.pool.compare(pairs, votes=votes))
@@ -59,6 +75,16 @@ class JudgeClient:
     def stats(self, reset: bool = False) -> dict[str, float]:
         """Counters summed over the engines (no wake-up: reading them is no work)."""
         return self.restarts.retry(self.pool.group, lambda _: self.pool.stats(reset=reset))
+
+    def configure(self, judge: dict[str, Any]) -> None:
+        """New sampling-time settings (`actors.judge.JudgeWorker.configure`: a sweep's next point; an
+        empty cache, counters from zero), kept to be set again on an engine Ray restarts."""
+        self.settings = judge
+        self.restarts.retry(self.pool.group, lambda _: self.pool.configure(judge))
+
+    def clear_cache(self) -> None:
+        """Every engine's verdict cache emptied (best-of-n: each setting pays for its comparisons)."""
+        self.restarts.retry(self.pool.group, lambda _: self.pool.clear_cache())
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -133,6 +159,10 @@ class RewardClient:
         rule_ref = self.score_async(completions, rows)  # the rule actor scores while the judge ranks
         judged = self.judge_rewards(rows, completions, n) if self.judge else {}
         scored = self.score(completions, rows, in_flight=rule_ref)
+        return self.combine(scored, judged, n, step)
+
+    def combine(self, scored: ScoredBatch, judged: dict[int, Any], n: int, step: int) -> StepRewards:
+        """The rule's scores and the judge's rankings (by prompt index) as per-sample rewards."""
         j = self.cfg.judge
         rewards = torch.tensor(
             sample_rewards(
@@ -150,14 +180,22 @@ class RewardClient:
             self._judge_metrics(out, n, step + 1)
         return out
 
+    def judged_prompts(self, rows: list[PromptRow]) -> list[int]:
+        """The prompts whose groups the judge ranks (all, or those without a reference answer)."""
+        return prompts_to_judge([r.answer for r in rows], self.cfg.judge.reward_mix) if self.judge else []
+
+    @staticmethod
+    def judge_item(row: PromptRow, group: list[Completion]) -> tuple[str, list[str]]:
+        """What the judge ranks for one prompt: its query and its n responses."""
+        return query_text(row.prompt), [c.text for c in group]
+
     def judge_rewards(self, rows: list[PromptRow], completions: list[Completion], n: int) -> dict[int, Any]:
-        """Rank each judged prompt's samples with the RRM (one batched call for the whole step)."""
+        """Rank each judged prompt's samples with the RRM (one batched call for the whole step); each
+        tournament seeded by its prompt's index, as the streaming judge seeds it."""
         assert self.judge is not None
-        judged = prompts_to_judge([r.answer for r in rows], self.cfg.judge.reward_mix)
-        items = [
-            (query_text(rows[p].prompt), [c.text for c in completions[p * n : (p + 1) * n]]) for p in judged
-        ]
-        results = self.judge.rank(items) if items else []
+        judged = self.judged_prompts(rows)
+        items = [self.judge_item(rows[p], completions[p * n : (p + 1) * n]) for p in judged]
+        results = self.judge.rank(items, keys=judged) if items else []
         return dict(zip(judged, results, strict=True))
 
     def _judge_metrics(self, out: StepRewards, n: int, logged_step: int) -> None:

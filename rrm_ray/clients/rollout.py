@@ -15,17 +15,22 @@ if TYPE_CHECKING:
     from rrm_ray.roles import Placement
 
 
-def engine_spec(cfg: JobConfig, model_path: str, enable_sleep_mode: bool = False) -> dict[str, Any]:
+def engine_spec(
+    cfg: JobConfig, model_path: str, enable_sleep_mode: bool = False, takes_weights: bool = True
+) -> dict[str, Any]:
     """A rollout engine's `init_args`, `init_kwargs` and `env` as the driver starts it (for
-    `ActorGroup`/`place`): benchmarks that measure the rollout actor build it from the same place."""
+    `ActorGroup`/`place`): benchmarks that measure the rollout actor build it from the same place.
+    `takes_weights` False: an engine that samples the weights it loaded (best-of-n) gets no
+    weight-transfer backend, so none of the receiver's cost (`actors.rollout.VLLMEngine`)."""
     c, r = cfg.cluster, cfg.rollout
+    backend = vllm_backend(weight_sync_method(cfg), c.device) if takes_weights else None
     return {
         "init_args": (model_path, resolved_dtype(cfg), cfg.model.max_model_len, cfg.trainer.seed, c.device),
         "init_kwargs": {
             "gpu_memory_utilization": r.gpu_memory_utilization,
             "max_num_batched_tokens": r.max_num_batched_tokens,
             "tensor_parallel_size": r.tensor_parallel_size,
-            "weight_transfer_backend": vllm_backend(weight_sync_method(cfg), c.device),
+            "weight_transfer_backend": backend,
             "enable_sleep_mode": enable_sleep_mode,
         },
         "env": {**engine_env(c.device, r.kv_cache_gib, r.threads), **c.env},
@@ -64,13 +69,15 @@ class RolloutClient:
         share: Colocation | None,
         restarts: Restarts,
         think_budget: int = 0,
+        takes_weights: bool = True,
     ) -> RolloutClient:
-        """The engines on the rollout's bundles (`place`); engines that share them sleep at once."""
+        """The engines on the rollout's bundles (`place`); engines that share them sleep at once.
+        `takes_weights` False: engines never `connect`ed to a learner (no weight-transfer backend)."""
         c = cfg.cluster
         group = place(
             "rollout",
             RolloutWorker,
-            **engine_spec(cfg, model_path, enable_sleep_mode=place.shared("rollout")),
+            **engine_spec(cfg, model_path, place.shared("rollout"), takes_weights),
             max_restarts=c.max_actor_restarts,
             placement_timeout_s=c.placement_timeout_s,
             call_timeout_s=c.call_timeout_s,
@@ -117,6 +124,24 @@ class RolloutClient:
                     )
                 )
         return [c for out in self.group.get(refs, "generate") for c in out]
+
+    def stream(
+        self, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int | None
+    ) -> list[Any]:
+        """`generate` as one Ray streaming generator per engine, each yielding a prompt's n samples as
+        soon as they are done (`rrm_ray.clients.streaming`, which also retries it as a whole)."""
+        if self.share is not None:
+            self.share.before("rollout")
+        chunk = -(-len(prompts) // len(self.group))
+        streams = []
+        for e, actor in enumerate(self.group.actors):
+            part = prompts[e * chunk : (e + 1) * chunk]
+            if part:
+                call = actor.generate_stream.options(num_returns="streaming")
+                streams.append(
+                    call.remote(part, n, temperature, self.cfg.rollout.top_p, max_tokens, seed, e * chunk)
+                )
+        return streams
 
     # -- weights in: vLLM's weight-transfer protocol, sent by the learner ----------------------------------
     def connect(self, source: LearnerClient) -> None:

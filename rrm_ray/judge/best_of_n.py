@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rrm_ray.judge.evaluation import judgment_fields
 from rrm_ray.judge.service import METHODS
 from rrm_ray.tables import aligned_table
 
@@ -67,6 +68,26 @@ def correctness_rule(reward: Any) -> str:
     """The rule whose value > 0 means correct: `reward.accuracy_rule`, else the first weighted rule,
     else `reward.rule`, the way training reports accuracy (a reward may mix in format terms)."""
     return reward.accuracy_rule or next(iter(reward.rule_weights), reward.rule)
+
+
+def per_prompt(prompt_index: Sequence[int], values: Sequence[Any], prompts: int) -> list[list[Any]]:
+    """Flat per-sample values (sample k of prompt `prompt_index[k]`, the rollout's order) as one list
+    per prompt, in sample order."""
+    out: list[list[Any]] = [[] for _ in range(prompts)]
+    for p, value in zip(prompt_index, values, strict=True):
+        out[p].append(value)
+    return out
+
+
+def correct_flags(
+    answers: Sequence[str | None], prompt_index: Sequence[int], correct: Sequence[bool | None]
+) -> list[list[bool] | None]:
+    """Per prompt, the reward actor's per-sample correctness (`ScoredBatch.correct`), or None for a
+    prompt without a reference answer: the `correct` that `pick_scores` takes."""
+    grouped = per_prompt(prompt_index, correct, len(answers))
+    return [
+        None if a is None else [bool(c) for c in flags] for a, flags in zip(answers, grouped, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -180,3 +201,47 @@ def table_records(rows: Sequence[SettingRow]) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def pick_records(
+    rows: Sequence[Any],
+    queries: Sequence[str],
+    responses: Sequence[Sequence[str]],
+    correct: Sequence[Sequence[bool] | None],
+    results: Sequence[Any],
+    votes: int,
+) -> list[dict[str, Any]]:
+    """The output JSONL of one setting, a record per prompt: its responses and their correctness,
+    the judge's pick, ranking and every comparison (`rows`: `PromptRow`s; `results`: `RankResult`s)."""
+    out = []
+    for row, query, resp, flags, res in zip(rows, queries, responses, correct, results, strict=True):
+        out.append(
+            {
+                "row": row.row,
+                "query": query,
+                "responses": list(resp),
+                "pick": res.winner,
+                "best": resp[res.winner],
+                "method": res.method,
+                "votes": votes,
+                "answer": row.answer,
+                "correct": flags,  # per response, by the verifier's rule; null without an answer
+                "pick_correct": None if flags is None else flags[res.winner],
+                "ranking": res.ranking,
+                "scores": res.scores,
+                "rewards": res.rewards,
+                "bracket": res.bracket,
+                "ratings": res.ratings,
+                "comparisons": [
+                    {
+                        "round": m.round,
+                        "a": m.a,
+                        "b": m.b,
+                        "outcome": m.outcome,
+                        **judgment_fields(m.judgment),
+                    }
+                    for m in res.comparisons
+                ],
+            }
+        )
+    return out

@@ -596,17 +596,21 @@ class JudgeService:
         items: Sequence[tuple[str, Sequence[str]]],
         method: str | None = None,
         votes: int | None = None,
+        keys: Sequence[int] | None = None,
     ) -> list[RankResult]:
         """Rank each query's responses; all tournaments advance together, one ``compare`` per wave.
 
         A match the votes leave undecided (split or no parseable verdict) goes to the tournament's
         own rule: a seeded coin in a knockout ("first" tie rule: response a), half a win each in a
-        round robin or Swiss round. Tournament seeds derive from ``settings.seed`` and the item's position.
+        round robin or Swiss round. Tournament seeds derive from ``settings.seed`` and each item's key
+        (default: its position), so an item is ranked alike whichever call or engine it comes in.
         """
         s = self.settings
         method = method or s.method
         if method not in METHODS:
             raise ValueError(f"rank: method must be one of {METHODS}, got {method!r}")
+        if keys is not None and len(keys) != len(items):
+            raise JudgeInputError(f"rank: {len(keys)} keys for {len(items)} items")
         started = time.perf_counter()
         tournaments: list[Tournament] = []
         for k, item in enumerate(items):
@@ -620,7 +624,8 @@ class JudgeService:
                 )
             for r, text in enumerate(responses):
                 _check_str(text, f"item {k}: response {r}")
-            tournaments.append(new_tournament(s, method, len(responses), s.seed * 1_000_003 + k))
+            key = k if keys is None else int(keys[k])
+            tournaments.append(new_tournament(s, method, len(responses), s.seed * 1_000_003 + key))
         records: list[list[MatchRecord]] = [[] for _ in tournaments]
 
         def compare_batch(batch: list[tuple[int, Match]]) -> list[Side | None]:

@@ -65,6 +65,7 @@ def test_one_step_off_trains_within_the_bound_recovers_and_resumes(ray_local, ti
         assert job.faults["rollout_restarts"] == 1
         assert second["train/grad_norm"] > 0 and 0 < second["train/tis_weight"] <= cfg.algorithm.tis_cap
         assert 0 <= second["train/tis_capped"] <= 1
+        assert second["train/tis_weight_max"] >= second["train/tis_weight"]
         assert {"time/generate_s", "time/update_s", "time/generate_wait_s"} <= set(second)
         # The restarted engine took the weights after step 2's update before generating again (the
         # re-sync waited for it), so the regenerated batch is fresh and no sync was left for the step.

@@ -157,3 +157,49 @@ def test_grpo_with_rrm_rewards(ray_local, tiny_model, tmp_path):
     assert {"figures/judge_agreement.png", "figures/phase_seconds.png"} <= set(figures)
     metrics = client.get_run(summary["run_id"]).data.metrics
     assert {"judge/unparseable", "judge/cache_hits", "judge/calls_saved", "judge/generate_s"} <= set(metrics)
+
+
+def test_streamed_batch_equals_the_batch_path_with_a_greedy_judge(ray_local, tiny_model, tmp_path):
+    """reward.streaming: groups go to the rule actor and the judge as they finish generating; with the
+    same seeds and a greedy judge the batch is the one the generate-then-score path produces."""
+    overrides = tiny_overrides(
+        tiny_model,
+        tmp_path,
+        **{
+            "judge.enabled": True,
+            "judge.model_path": tiny_model,
+            "judge.mode": "direct",
+            "judge.verdict": "choice",
+            "judge.temperature": 0.0,
+            "judge.method": "knockout",
+            "judge.votes": 1,
+            "judge.max_new_tokens": 8,
+            "judge.max_prompt_tokens": 400,
+            "judge.max_model_len": 512,
+            "judge.kv_cache_gib": 1,
+            "judge.threads": 1,
+            "judge.reward_mix": "weighted",
+            "judge.judge_weight": 0.5,
+            "data.prompts_per_step": 3,
+            "reward.streaming": "always",
+        },
+    )
+    cfg = load_config(None, overrides)
+    with GRPOJob(cfg) as job:
+        job.start()
+        assert job.streaming
+        position = job.stream.position
+        streamed = job.produce(0).batch
+        job.roles.judge.pool.clear_cache()  # the batch path judges every pair again
+        job.stream.position, job.streaming = position, False
+        batched = job.produce(0).batch
+    n, prompts = cfg.rollout.n_samples, cfg.data.prompts_per_step
+    assert [c.prompt_index for c in streamed.completions] == [p for p in range(prompts) for _ in range(n)]
+    assert [c.response_ids for c in streamed.completions] == [c.response_ids for c in batched.completions]
+    assert streamed.scored.rewards.tolist() == batched.scored.rewards.tolist()
+    assert streamed.scored.scored.rewards == batched.scored.scored.rewards
+    for p in range(prompts):
+        assert streamed.scored.judged[p].ranking == batched.scored.judged[p].ranking
+    assert streamed.scored.judge_metrics["judge/comparisons"] == prompts * (n - 1)
+    assert 1 <= streamed.scored.judge_metrics["judge/stream_rank_calls"] <= prompts
+    assert {"generate", "reward"} <= set(streamed.seconds)

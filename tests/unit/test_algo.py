@@ -244,6 +244,7 @@ def test_policy_loss_truncated_importance_sampling():
     assert out.loss_sum.item() == pytest.approx(-4.0)
     assert out.stats["tis_weight_sum"].item() == pytest.approx(4.0)
     assert out.stats["tis_capped_sum"].item() == 1
+    assert out.stats["tis_weight_max"].item() == pytest.approx(5.0)  # before the cap
     (grad,) = torch.autograd.grad(out.loss_sum, lp)
     torch.testing.assert_close(grad, torch.tensor([[-0.5, -1.5, -2.0]], dtype=F64))
 

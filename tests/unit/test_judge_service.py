@@ -438,3 +438,22 @@ def test_swiss_rounds_over_many_queries(tokenizer):
     assert results[1].ranking == [1, 0] and len(results[1].comparisons) == 1
     with pytest.raises(ValueError, match="swiss_rounds must be None or an int >= 1"):
         JudgeSettings(swiss_rounds=0)
+
+
+def test_a_keyed_item_gets_the_same_tournament_in_any_call(tokenizer):
+    """The streaming judge ranks a prompt in whichever call its group lands: its tournament is seeded by
+    its key (the prompt's index), so the bracket is the one the whole-batch call gives it."""
+    svc, _ = service(tokenizer, votes=1, method="knockout")
+    item = ("q8", responses([3, 9, 1, 7, 5, 2, 8, 4], "k"))
+    other = ("q5", responses([2, 6, 4, 1, 3], "o"))
+    (alone,) = svc.rank([item], keys=[7])
+    svc.cache.clear()
+    together = svc.rank([other, item], keys=[3, 7])[1]
+
+    def matches(result):
+        return [(m.round, m.a, m.b) for m in result.comparisons]
+
+    assert matches(alone) == matches(together)
+    assert alone.ranking == together.ranking
+    with pytest.raises(JudgeInputError, match="1 keys for 2 items"):
+        svc.rank([item, other], keys=[0])

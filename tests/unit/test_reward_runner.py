@@ -175,3 +175,16 @@ def test_close_is_idempotent_and_final():
     assert not any(p.is_alive() for p in processes)
     with pytest.raises(RewardRunnerError, match="after close"):
         r.score(["a"], ["a"])
+
+
+def test_an_item_that_got_a_positive_fallback_is_not_correct():
+    """reward.fallback > 0 rewards an item whose rule failed, but the reward actor never calls it correct."""
+    from actors.reward import RewardWorker
+
+    worker = RewardWorker(f"{RULES}:scripted", TIMEOUT_S, fallback=0.5, num_workers=1)
+    try:
+        scored = worker.score(["a", "boom", "x"], ["a", "b", None])
+    finally:
+        worker.close()
+    assert scored.rewards == [1.0, 0.5, None] and scored.correct == [True, False, None]
+    assert scored.errors == 1

@@ -1,0 +1,205 @@
+"""One batch generated and scored as a stream (`reward.streaming`): each prompt's group goes to the
+rule actor and to the judge as soon as its n samples are done, so judging overlaps generation.
+
+    rollout engines .generate_stream --> group p --> rule actor .score(group p)
+                                             \\-> JudgeDispatch --> an idle judge engine .rank(ready)
+
+Judge engines rank every group that finished while they were busy in one call, so the tournaments of
+different prompts still share engine batches (`rrm_ray.streaming`); each tournament is seeded by its
+prompt's index, as the batch path seeds it, so a greedy judge gives the same rewards either way.
+
+A role's actor that dies midway is restarted by Ray (`rrm_ray.clients.restarts`) and the whole batch
+is produced again: the same seeds give the same samples. Work the failed attempt still had running on
+the surviving actors finishes there and is discarded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from actors.reward import ScoredBatch
+from actors.rollout import Completion
+from rrm_ray.actor_group import RemoteCallTimeout
+from rrm_ray.clients.reward import RewardClient, StepRewards
+from rrm_ray.clients.rollout import RolloutClient
+from rrm_ray.data.prompts import PromptRow
+from rrm_ray.streaming import JudgeDispatch
+
+
+@dataclass
+class StreamedBatch:
+    completions: list[Completion]  # prompt-major, as `RolloutClient.generate` returns them
+    rewards: StepRewards
+    generate_s: float  # until the last group was generated
+    reward_s: float  # after that, until every reward was in: the scoring and judging not overlapped
+
+
+class StreamFailure(Exception):
+    """Actors that died during one streamed attempt, every role's death (not only the first seen)."""
+
+    def __init__(self, deaths: list[ray.exceptions.RayActorError]) -> None:
+        super().__init__(f"{len(deaths)} actor(s) died while the batch streamed")
+        self.deaths = deaths
+
+
+def generate_and_score(
+    rollout: RolloutClient,
+    reward: RewardClient,
+    rows: list[PromptRow],
+    prompts: list[str],
+    n: int,
+    temperature: float,
+    max_tokens: int,
+    seed: int | None,
+    step: int,
+) -> StreamedBatch:
+    """`rollout.generate` then `reward.score_step`, streamed. After a failed attempt every role whose
+    actor died is recovered (counted, restarted; the engines re-synced when they need the learner's
+    weights), then the batch is produced again."""
+    restarts = rollout.restarts
+    groups = {g.spec.name: g for g in (rollout.group, reward.group, reward.judge and reward.judge.group) if g}
+    resync = False
+    while True:
+        try:
+            if resync:
+                rollout.sync_weights()
+                resync = False
+            return _stream(rollout, reward, rows, prompts, n, temperature, max_tokens, seed, step)
+        except StreamFailure as failure:
+            deaths = failure.deaths
+        except ray.exceptions.RayActorError as exc:  # the re-sync, or a judge counter read
+            deaths = [exc]
+        for exc in deaths:
+            group = groups.get(restarts.role_of(exc) or "")
+            if group is None:
+                raise exc  # not a role of the stream (a learner rank in the sync): the caller's to recover
+            needs_weights = restarts.recover(group, exc)
+            resync |= needs_weights and group is rollout.group and rollout.source is not None
+
+
+def _stream(
+    rollout: RolloutClient,
+    reward: RewardClient,
+    rows: list[PromptRow],
+    prompts: list[str],
+    n: int,
+    temperature: float,
+    max_tokens: int,
+    seed: int | None,
+    step: int,
+) -> StreamedBatch:
+    """One attempt. An actor death raises StreamFailure once every call in flight has settled."""
+    started = time.perf_counter()
+    judge = reward.judge
+    to_judge = set(reward.judged_prompts(rows))
+    if judge is not None and to_judge:
+        judge.wake()
+        judge.stats(reset=True)  # a failed attempt's counting is dropped (calls run in order per engine)
+    flow = _Flow(reward, rows, to_judge, rollout.group.call_timeout_s)
+    flow.streams = rollout.stream(prompts, n, temperature, max_tokens, seed)
+    try:
+        flow.drive()
+        if len(flow.groups) != len(prompts):
+            raise RuntimeError(f"streamed batch: {len(flow.groups)} of {len(prompts)} prompts came back")
+        order = range(len(prompts))
+        refs = [flow.rule_refs[p] for p in order]
+        scored = ScoredBatch.concat(reward.group.get(refs, "score"))
+    except ray.exceptions.RayActorError as exc:
+        others = flow.settle()
+        raise StreamFailure([exc, *(d for d in others if d.actor_id != exc.actor_id)]) from exc
+    rewards = reward.combine(scored, {p: flow.judged[p] for p in sorted(flow.judged)}, n, step)
+    if flow.dispatch is not None:  # rank calls: one per idle engine each time finished groups waited
+        rewards.judge_metrics["judge/stream_rank_calls"] = float(flow.dispatch.sent)
+    generated = (flow.generated_at or started) - started
+    return StreamedBatch(
+        [c for p in order for c in flow.groups[p]],
+        rewards,
+        generated,
+        time.perf_counter() - started - generated,
+    )
+
+
+class _Flow:
+    """The calls of one streamed attempt: engines' streams, rule scorings and rank calls in flight."""
+
+    def __init__(
+        self, reward: RewardClient, rows: list[PromptRow], to_judge: set[int], timeout: float
+    ) -> None:
+        self.reward, self.rows, self.to_judge, self.timeout = reward, rows, to_judge, timeout
+        judge = reward.judge
+        self.dispatch = JudgeDispatch(len(judge.group)) if judge is not None and to_judge else None
+        self.streams: list[Any] = []
+        self.groups: dict[int, list[Completion]] = {}
+        self.rule_refs: dict[int, ray.ObjectRef] = {}
+        self.judging: dict[ray.ObjectRef, int] = {}  # rank call in flight -> its engine
+        self.judged: dict[int, Any] = {}
+        self.generated_at: float | None = None
+
+    def drive(self) -> None:
+        """Until every group is generated and ranked: each event is a finished group or rank call."""
+        while self.streams or self.judging:
+            ready, _ = ray.wait([*self.streams, *self.judging], num_returns=1, timeout=self.timeout)
+            if not ready:
+                raise RemoteCallTimeout(
+                    f"streamed batch: no group was generated and no judge call returned within "
+                    f"cluster.call_timeout_s={self.timeout:g}s ({len(self.groups)} groups in)"
+                )
+            (done,) = ready
+            if isinstance(done, ray.ObjectRefGenerator):
+                self._group_from(done)
+            else:
+                assert self.dispatch is not None
+                results = ray.get(done)
+                self.judged.update(zip(self.dispatch.done(self.judging.pop(done)), results, strict=True))
+            if self.dispatch is not None:
+                assert self.reward.judge is not None
+                for engine, ps in self.dispatch.take():
+                    items = [self.reward.judge_item(self.rows[p], self.groups[p]) for p in ps]
+                    self.judging[self.reward.judge.pool.rank_on(engine, items, ps)] = engine
+
+    def _group_from(self, stream: Any) -> None:
+        try:
+            group: list[Completion] = ray.get(next(stream))
+        except StopIteration:
+            self.streams.remove(stream)
+            if not self.streams:
+                self.generated_at = time.perf_counter()
+            return
+        p = group[0].prompt_index
+        self.groups[p] = group
+        self.rule_refs[p] = self.reward.score_async(group, self.rows)  # cheap: every group at once
+        if p in self.to_judge:
+            assert self.dispatch is not None
+            self.dispatch.arrive([p])
+
+    def settle(self) -> list[Any]:
+        """After a failure: wait for every call still in flight and return each distinct actor death
+        among them. A live actor finishes its call before it can take the retry's anyway, so this costs
+        no time, and every role that died is recovered and counted, not only the first one seen."""
+        deaths: dict[Any, Any] = {}
+
+        def outcome(call: Any) -> None:
+            try:
+                ray.get(call, timeout=self.timeout)
+            except ray.exceptions.RayActorError as exc:
+                deaths.setdefault(exc.actor_id, exc)
+            except Exception:  # only deaths matter now; the first error is raised already
+                pass
+
+        for stream in self.streams:
+            while True:
+                try:
+                    ref = next(stream)
+                except StopIteration:
+                    break
+                except ray.exceptions.RayActorError as exc:
+                    deaths.setdefault(exc.actor_id, exc)
+                    break
+                outcome(ref)
+        for call in [*self.rule_refs.values(), *self.judging]:
+            outcome(call)
+        return list(deaths.values())
