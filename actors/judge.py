@@ -93,6 +93,9 @@ class JudgeWorker(VLLMEngine):
             choice_probs=self._choice_probs if settings.verdict == "choice_prob" else None,
         )
         self._engine_stats = self._new_engine_stats()
+        # vLLM's prefix cache too: a sweep point or best-of-n setting pays for its own prefill, so the
+        # seconds of points do not depend on the order they ran in
+        self.llm.reset_prefix_cache()
 
     @staticmethod
     def _new_engine_stats() -> dict[str, float]:
@@ -184,7 +187,9 @@ class JudgeWorker(VLLMEngine):
         self.batch_timeout_s = float(seconds)
 
     def clear_cache(self) -> None:
+        """The verdict cache and vLLM's prefix cache: the next calls pay for everything they judge."""
         self.service.cache.clear()
+        self.llm.reset_prefix_cache()
 
     def wake_up(self) -> bool:
         """After a level-2 sleep the judge's weights are read again from `judge.model_path` (vLLM's

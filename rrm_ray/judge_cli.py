@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from rrm_ray.cli import add_run_options, with_verbose
 from rrm_ray.config import JobConfig, load_config, to_flat_dict
 from rrm_ray.data.io import DataFormatError, read_records, require_str
-from rrm_ray.judge.evaluation import Scored, judgment_fields, stats_line
+from rrm_ray.judge.evaluation import Scored, counted, judgment_fields, stats_line
 from rrm_ray.judge.evaluation import credit as credit  # re-exported: the credit rule's unit tests
 from rrm_ray.judge.service import JudgePair, PairJudgment
 from rrm_ray.progress import map_in_chunks
@@ -366,12 +366,14 @@ def _sample(cfg: JobConfig, rows: list[PromptRow], n: int) -> list[Completion]:
     policy = resolve_model_path(m.path)
     tokenizer = AutoTokenizer.from_pretrained(policy)
     prompts = [render_prompt(tokenizer, row.prompt, m.system_prompt, m.use_chat_template) for row in rows]
+    print(f"starting {r.num_engines} rollout engine(s) for {policy}", flush=True)
     rollout = _alone(
         cfg,
         lambda restarts: RolloutClient.start(
             cfg, policy, OwnGroups(cfg), None, restarts, takes_weights=False
         ),
     )
+    print(f"sampling {n} responses for each of {len(prompts)} prompts", flush=True)
     try:
         return rollout.generate(prompts, n, r.temperature, r.max_new_tokens, cfg.trainer.seed)
     finally:
@@ -458,14 +460,14 @@ def _best_of_n(args: argparse.Namespace) -> int:
                 judge.clear_cache()  # each setting pays for its own comparisons
                 judge_started = time.perf_counter()
                 results = map_in_chunks(
-                    f"judging ({method}, {votes} votes)",
+                    f"judging ({method}, {counted(votes, 'vote')})",
                     list(zip(queries, responses, strict=True)),
                     lambda part, m=method, k=votes: judge.rank(part, method=m, votes=k),
                     CHUNK_PER_ENGINE,
                 )
                 seconds = time.perf_counter() - judge_started
                 stats = judge.stats(reset=True)
-                print(f"{method}, {votes} votes: {stats_line(stats, seconds)}")
+                print(f"{method}, {counted(votes, 'vote')}: {stats_line(stats, seconds)}")
                 scores = bon.pick_scores(correct, [res.winner for res in results])
                 table.append(
                     bon.SettingRow(method, votes, args.n, scores, int(stats["judge_calls"]), seconds)

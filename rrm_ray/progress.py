@@ -29,6 +29,7 @@ class StepPrinter:
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
+            disable=not self.console.is_terminal,  # piped to a file: the step lines only, no bar frames
         )
         self.task = self.progress.add_task("train", total=total_steps, completed=resumed_at)
         self.step = resumed_at
@@ -89,7 +90,7 @@ def map_in_chunks(label: str, items: list[Any], call: Any, chunk: int) -> list[A
         TimeRemainingColumn(),
     )
     out: list[Any] = []
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task(label, total=len(items))
         for start in range(0, len(items), max(1, chunk)):
             part = items[start : start + chunk]

@@ -52,12 +52,18 @@ def judgment_fields(j: PairJudgment) -> dict[str, Any]:
     }
 
 
+def counted(count: int, noun: str) -> str:
+    """A count with its noun: "1 vote", "3 votes"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def stats_line(stats: dict[str, float], seconds: float) -> str:
     """The judge's counters (`JudgeClient.stats`) as the console line every command prints."""
     s = {k: int(v) if k != "generate_s" else v for k, v in stats.items()}
     return (
-        f"{s['comparisons']} comparisons in {seconds:.1f}s: {s['judge_calls']} judge calls in {s['waves']} "
-        f"waves ({s['calls_saved']} saved by adaptive voting, {s['cache_hits']} cache hits), "
+        f"{counted(s['comparisons'], 'comparison')} in {seconds:.1f}s: "
+        f"{counted(s['judge_calls'], 'judge call')} in {counted(s['waves'], 'wave')} "
+        f"({s['calls_saved']} saved by adaptive voting, {counted(s['cache_hits'], 'cache hit')}), "
         f"{s['unparseable']} unparseable, {s['timed_out']} timed out, {s['truncated']} truncated, "
         f"{s['rejected']} rejected; {s['generated_tokens']} tokens generated"
     )

@@ -14,10 +14,11 @@ How a batch of pairs is judged (``compare``):
 
 1. identical responses need no judge (a tie); the cache answers pairs judged before; a pair that
    occurs twice in one batch is judged once;
-2. each remaining pair is shown in a canonical orientation: the response with the smaller sha256
-   first. The cache and the traces then do not depend on the order the caller listed the pair in,
-   and with one vote the judge's position bias falls on a pseudo-random side per pair instead of
-   always on the caller's first response;
+2. each remaining pair is shown in a canonical orientation, a coin of the unordered pair (a bit of
+   the sha256 of both responses' digests, smaller first). The cache and the traces then do not
+   depend on the order the caller listed the pair in, and with one vote the judge's position bias
+   falls on a pseudo-random side per pair: neither on the caller's first response, nor (as a total
+   order such as "smaller digest first" would) on the same response in every match of a group;
 3. voting follows ``rrm_ray.judge.voting.PairVote`` (vote i is shown swapped when i is odd); each
    wave gathers the presentations ALL pairs still need into one ``generate`` call;
 4. a vote whose text has no parseable verdict, or that timed out, is no vote for either side;
@@ -277,6 +278,13 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def shown_flipped(response_a: str, response_b: str) -> bool:
+    """Whether the canonical orientation shows response b first: a coin of the unordered pair."""
+    low, high = sorted((_digest(response_a), _digest(response_b)))
+    high_first = hashlib.sha256(f"{low}{high}".encode()).digest()[0] & 1 == 1
+    return (high if high_first else low) == _digest(response_b) != _digest(response_a)
+
+
 def _check_str(value: object, where: str) -> None:
     if not isinstance(value, str):
         raise JudgeInputError(f"{where}: expected a string, got {type(value).__name__}")
@@ -365,7 +373,7 @@ class JudgeService:
         todo: list[int] = []
         for i, p in enumerate(pairs):
             self.stats.comparisons += 1
-            flipped = _digest(p.response_b) < _digest(p.response_a)
+            flipped = shown_flipped(p.response_a, p.response_b)
             first, second = (p.response_b, p.response_a) if flipped else (p.response_a, p.response_b)
             canon.append((first, second, flipped))
             if p.response_a == p.response_b:
@@ -409,6 +417,12 @@ class JudgeService:
             self.stats.cache_hits += 1
         missing = [i for i, r in enumerate(results) if r is None]
         assert not missing, f"compare: no judgment for pairs {missing}"
+        if (
+            self.settings.tie_rule == "first"
+        ):  # undecided: the caller's first response, whichever was shown first
+            results = [
+                r if r.decided or r.winner is None else dataclasses.replace(r, winner="a") for r in results
+            ]
         return results  # type: ignore[return-value]
 
     def _from_cache(self, hit: CachedComparison, flipped: bool) -> PairJudgment:

@@ -457,3 +457,23 @@ def test_a_keyed_item_gets_the_same_tournament_in_any_call(tokenizer):
     assert alone.ranking == together.ranking
     with pytest.raises(JudgeInputError, match="1 keys for 2 items"):
         svc.rank([item, other], keys=[0])
+
+
+def test_the_shown_order_is_a_coin_per_pair_not_a_ranking_of_responses(tokenizer):
+    """With one vote a position-biased judge favours whichever response is shown first: that must be
+    a pseudo-random side per pair, not the same response in every match of its group."""
+    from rrm_ray.judge.service import shown_flipped
+
+    group = responses([1, 2, 3, 4, 5, 6, 7, 8], "g")
+    first_in = dict.fromkeys(group, 0)
+    for i, a in enumerate(group):
+        for b in group[i + 1 :]:
+            assert shown_flipped(a, b) != shown_flipped(b, a)  # one orientation per unordered pair
+            first_in[b if shown_flipped(a, b) else a] += 1
+    # a total order (e.g. "smaller digest first") would show one response first in all 7 of its
+    # matches, the next in 6, ... down to 0
+    assert sorted(first_in.values()) != list(range(8))
+    # "first" tie rule: an undecided pair goes to the caller's first response, whichever was shown
+    svc, _ = service(tokenizer, votes=2, tie_rule="first")
+    for a, b in [("r1 GARBAGE", "r2 GARBAGE"), ("r2 GARBAGE", "r1 GARBAGE")]:
+        assert svc.compare([JudgePair("q", a, b)])[0].winner == "a"
