@@ -204,6 +204,11 @@ class VLLMEngine(Worker):
         self._check_awake("generate")
         seed = self._usable_seed(prompts, n, seed)
         params = self._sampling(len(prompts), n, temperature, top_p, max_tokens, seed, prompt_offset)
+        for i, out in self._as_finished(prompts, params):
+            yield _completions(prompt_offset + i, out)
+
+    def _as_finished(self, prompts: list[str], params: list[Any]) -> Iterator[tuple[int, Any]]:
+        """(prompt index, its finished vLLM `RequestOutput`) in the order the engine finishes them."""
         engine = self.llm.llm_engine
         ids = self.llm.enqueue(prompts, params, use_tqdm=False)
         index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}  # as in `_run_until`
@@ -214,7 +219,7 @@ class VLLMEngine(Worker):
                     i = index.get(out.request_id)
                     if i is not None and out.finished:
                         pending.discard(i)
-                        yield _completions(prompt_offset + i, out)
+                        yield i, out
         finally:
             if pending:  # the caller stopped reading (or the engine failed): free the engine
                 engine.abort_request([ids[i] for i in pending], internal=True)

@@ -118,12 +118,13 @@ def engine_facts(worker: Any) -> dict[str, Any]:
 
 
 def start_recording(worker: Any) -> None:
-    """Record every batch this engine runs: `LLM.generate` (the rollout's path) and `_run_until` (the
-    judge's deadline-bounded stepping). Each record holds the prompts and `SamplingParams`, pickled
+    """Record every batch this engine runs: `LLM.generate` (the rollout's batch path), `_as_finished`
+    (its streaming path, `reward.streaming`) and `_run_until` (the judge's deadline-bounded stepping).
+    Each record holds the prompts and `SamplingParams`, pickled
     before vLLM sees them, the generated length of every sample (None: aborted at the deadline), and
     the call's wall seconds; `generate` also keeps the token ids (the learner trains on them)."""
     calls: list[dict[str, Any]] = worker.__dict__.setdefault("bench_calls", [])
-    generate, run_until = worker.llm.generate, worker._run_until
+    generate, run_until, as_finished = worker.llm.generate, worker._run_until, worker._as_finished
 
     def recorded_generate(prompts: Any, sampling_params: Any = None, **kwargs: Any) -> Any:
         args = pickle.dumps((prompts, sampling_params))
@@ -140,6 +141,24 @@ def start_recording(worker: Any) -> None:
             }
         )
         return outputs
+
+    def recorded_as_finished(prompts: list[str], params: list[Any]) -> Any:
+        """The streamed batch, recorded once the engine finished it (as one `generate` would be)."""
+        args = pickle.dumps((prompts, params))
+        start = time.perf_counter()
+        outputs: list[Any] = [None] * len(prompts)
+        for i, out in as_finished(prompts, params):
+            outputs[i] = out
+            yield i, out
+        calls.append(
+            {
+                "args": args,
+                "seconds": time.perf_counter() - start,
+                "lengths": [[len(s.token_ids) for s in o.outputs] for o in outputs],
+                "prompt_ids": [list(o.prompt_token_ids) for o in outputs],
+                "response_ids": [[list(s.token_ids) for s in o.outputs] for o in outputs],
+            }
+        )
 
     def recorded_run_until(prompts: list[str], params: list[Any], deadline: float, read: Any = None) -> Any:
         args = pickle.dumps((prompts, params))
@@ -159,6 +178,7 @@ def start_recording(worker: Any) -> None:
 
     worker.llm.generate = recorded_generate
     worker._run_until = recorded_run_until
+    worker._as_finished = recorded_as_finished
 
 
 def take_calls(worker: Any) -> list[dict[str, Any]]:
@@ -173,6 +193,7 @@ def stop_recording(worker: Any) -> list[dict[str, Any]]:
     """Unwrap (the class's methods again) and return what was recorded."""
     worker.llm.__dict__.pop("generate", None)
     worker.__dict__.pop("_run_until", None)
+    worker.__dict__.pop("_as_finished", None)
     return worker.__dict__.pop("bench_calls", [])
 
 

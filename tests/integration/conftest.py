@@ -40,6 +40,23 @@ def ray_local():
     ray.shutdown()
 
 
+# The forced-choice direct judge on the tiny model: one token per verdict, so judging is quick.
+CHOICE_JUDGE = {
+    "judge.enabled": True,
+    "judge.mode": "direct",
+    "judge.verdict": "choice",
+    "judge.method": "knockout",
+    "judge.votes": 1,
+    "judge.max_new_tokens": 8,
+    "judge.max_prompt_tokens": 400,
+    "judge.max_model_len": 512,
+    "judge.kv_cache_gib": 1,
+    "judge.threads": 1,
+    "judge.reward_mix": "weighted",
+    "judge.judge_weight": 0.5,
+}
+
+
 def tiny_overrides(model: str, tmp: Path, **extra: object) -> list[str]:
     """A small, fast job on the tiny model; `extra` adds key=value overrides."""
     data = tmp / "data"

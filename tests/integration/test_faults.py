@@ -17,26 +17,9 @@ from rrm_ray import driver
 from rrm_ray.config import load_config
 from rrm_ray.driver import GRPOJob
 from rrm_ray.recovery import RoleFailure
-from tests.integration.conftest import tiny_overrides
+from tests.integration.conftest import CHOICE_JUDGE, tiny_overrides
 
 pytestmark = pytest.mark.integration
-
-
-# The forced-choice direct judge on the tiny model: one token per verdict, so judging is quick.
-JUDGE = {
-    "judge.enabled": True,
-    "judge.mode": "direct",
-    "judge.verdict": "choice",
-    "judge.method": "knockout",
-    "judge.votes": 1,
-    "judge.max_new_tokens": 8,
-    "judge.max_prompt_tokens": 400,
-    "judge.max_model_len": 512,
-    "judge.kv_cache_gib": 1,
-    "judge.threads": 1,
-    "judge.reward_mix": "weighted",
-    "judge.judge_weight": 0.5,
-}
 
 
 def test_each_role_recovers_on_its_own_and_the_run_resumes(ray_local, tiny_model, tmp_path, monkeypatch):
@@ -50,7 +33,7 @@ def test_each_role_recovers_on_its_own_and_the_run_resumes(ray_local, tiny_model
         tiny_model,
         tmp_path,
         **{
-            **JUDGE,
+            **CHOICE_JUDGE,
             "judge.model_path": tiny_model,
             "checkpoint.every": 1,
             "checkpoint.keep_last": 1,

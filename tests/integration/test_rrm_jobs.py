@@ -11,7 +11,7 @@ import ray
 from rrm_ray.config import load_config
 from rrm_ray.driver import GRPOJob
 from rrm_ray.judge.budget import FORCED_CLOSE
-from tests.integration.conftest import tiny_overrides
+from tests.integration.conftest import CHOICE_JUDGE, tiny_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -166,20 +166,9 @@ def test_streamed_batch_equals_the_batch_path_with_a_greedy_judge(ray_local, tin
         tiny_model,
         tmp_path,
         **{
-            "judge.enabled": True,
+            **CHOICE_JUDGE,
             "judge.model_path": tiny_model,
-            "judge.mode": "direct",
-            "judge.verdict": "choice",
             "judge.temperature": 0.0,
-            "judge.method": "knockout",
-            "judge.votes": 1,
-            "judge.max_new_tokens": 8,
-            "judge.max_prompt_tokens": 400,
-            "judge.max_model_len": 512,
-            "judge.kv_cache_gib": 1,
-            "judge.threads": 1,
-            "judge.reward_mix": "weighted",
-            "judge.judge_weight": 0.5,
             "data.prompts_per_step": 3,
             "reward.streaming": "always",
         },
