@@ -16,8 +16,8 @@ shown as (first, second) and answers:
 
 So it is right with probability b + (1-b)p when the better response is shown first, (1-b)p when it is
 shown second, b/2 + (1-b)p on average, independent of the quality gap. As in ``JudgeService``, each
-pair is shown in an orientation that is a coin flip per pair (there: the order of the responses'
-sha256), and vote i of k is shown swapped when i is odd.
+pair is shown in an orientation that is a coin flip per pair (there: a bit of the sha256 of the
+pair, `shown_flipped`), and vote i of k is shown swapped when i is odd.
 
 Metrics per (method, n, p), averaged over trials:
 
@@ -192,7 +192,7 @@ def judge_match(
 ) -> tuple[Outcome, int]:
     """Vote one match as ``JudgeService.compare`` does; returns (outcome for the tournament, calls).
 
-    The pair is shown in a coin-flip orientation (the service's sha256 order); an undecided vote
+    The pair is shown in a coin-flip orientation (the service's `shown_flipped`); an undecided vote
     (a split) goes to the tournament as None, like the service does.
     """
     flipped = rng.random() < 0.5
