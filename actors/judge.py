@@ -167,11 +167,6 @@ class JudgeWorker(VLLMEngine):
     ) -> list[RankResult]:
         return self.service.rank(items, method, votes, keys)
 
-    def best_of_n(
-        self, items: Sequence[tuple[str, Sequence[str]]], method: str | None = None, votes: int | None = None
-    ) -> list[int]:
-        return self.service.best_of_n(items, method, votes)
-
     def stats(self, reset: bool = False) -> dict[str, float]:
         """Service counters plus generated tokens, engine seconds, prompt tokens and prefix-cache hits
         since the last reset: plain sums, so the pool can add engines up (ratios: `judge_rates`)."""
@@ -280,11 +275,6 @@ class JudgePool:
         """One engine ranks these items (a Ray ref): the streaming judge sends each idle engine the
         groups that finished meanwhile (`rrm_ray.streaming.JudgeDispatch`)."""
         return self.group.actors[engine].rank.remote(list(items), keys=list(keys))
-
-    def best_of_n(
-        self, items: Sequence[tuple[str, Sequence[str]]], method: str | None = None, votes: int | None = None
-    ) -> list[int]:
-        return [r.winner for r in self.rank(items, method, votes)]
 
     def stats(self, reset: bool = False) -> dict[str, float]:
         """Counters summed over the engines, plus the ratios of `judge_rates` (prefix-cache hit rate,

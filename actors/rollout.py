@@ -8,6 +8,7 @@ engine's completeness report.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -204,27 +205,34 @@ class VLLMEngine(Worker):
         self._check_awake("generate")
         seed = self._usable_seed(prompts, n, seed)
         params = self._sampling(len(prompts), n, temperature, top_p, max_tokens, seed, prompt_offset)
+        finished = 0
         for i, out in self._as_finished(prompts, params):
+            finished += 1
             yield _completions(prompt_offset + i, out)
+        if finished != len(prompts):
+            raise RuntimeError(f"generate_stream: the engine finished {finished} of {len(prompts)} prompts")
 
-    def _as_finished(self, prompts: list[str], params: list[Any]) -> Iterator[tuple[int, Any]]:
-        """(prompt index, its finished vLLM `RequestOutput`) in the order the engine finishes them."""
+    def _as_finished(
+        self, prompts: list[str], params: list[Any], deadline: float = math.inf
+    ) -> Iterator[tuple[int, Any]]:
+        """Step the engine over these requests, yielding (prompt index, its finished vLLM
+        `RequestOutput`) as each finishes, until all did or the deadline passed; the unfinished ones
+        (or all left, if the caller stops reading) are then aborted."""
         engine = self.llm.llm_engine
         ids = self.llm.enqueue(prompts, params, use_tqdm=False)
-        index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}  # as in `_run_until`
+        # enqueue names request i "<counter>-<random suffix>"; finished outputs carry "<counter>".
+        index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}
         pending = set(range(len(prompts)))
         try:
-            while pending and engine.has_unfinished_requests():
+            while pending and time.perf_counter() < deadline and engine.has_unfinished_requests():
                 for out in engine.step():
                     i = index.get(out.request_id)
                     if i is not None and out.finished:
                         pending.discard(i)
                         yield i, out
         finally:
-            if pending:  # the caller stopped reading (or the engine failed): free the engine
+            if pending:
                 engine.abort_request([ids[i] for i in pending], internal=True)
-        if pending:
-            raise RuntimeError(f"generate_stream: the engine finished without {len(pending)} prompts")
 
     def _usable_seed(self, prompts: list[str], n: int, seed: int | None) -> int | None:
         """vLLM's CPU sampler keeps per-request seeds only when the whole prefill fits one step."""
@@ -483,25 +491,11 @@ class VLLMEngine(Worker):
 
         Counts into ``self.prefill`` per finished request; vLLM reports cache hits per request, and a
         request with n > 1 samples reports only one sample's, so callers that count send n=1."""
-        engine = self.llm.llm_engine
-        ids = self.llm.enqueue(prompts, params, use_tqdm=False)
-        # enqueue names request i "<counter>-<random suffix>"; finished outputs carry "<counter>".
-        index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}
         results: list[Any] = [None] * len(prompts)
-        pending = set(range(len(prompts)))
-        try:
-            while pending and time.perf_counter() < deadline and engine.has_unfinished_requests():
-                for out in engine.step():
-                    i = index.get(out.request_id)
-                    if i is None or not out.finished:
-                        continue
-                    results[i] = read(out) if read else [(o.text, len(o.token_ids)) for o in out.outputs]
-                    self.prefill["prompt_tokens"] += len(out.prompt_token_ids)
-                    self.prefill["cached_tokens"] += out.num_cached_tokens or 0
-                    pending.discard(i)
-        finally:
-            if pending:
-                engine.abort_request([ids[i] for i in pending], internal=True)
+        for i, out in self._as_finished(prompts, params, deadline):
+            results[i] = read(out) if read else [(o.text, len(o.token_ids)) for o in out.outputs]
+            self.prefill["prompt_tokens"] += len(out.prompt_token_ids)
+            self.prefill["cached_tokens"] += out.num_cached_tokens or 0
         return results
 
 

@@ -117,67 +117,49 @@ def engine_facts(worker: Any) -> dict[str, Any]:
     return live_engine_facts(worker.llm)
 
 
+def _batch_record(args: bytes, seconds: float, outputs: list[Any]) -> dict[str, Any]:
+    """A batch as recorded: its pickled inputs, seconds, and every sample's tokens (None per prompt
+    that did not finish)."""
+
+    def each(get: Any) -> list[Any]:
+        return [None if o is None else get(o) for o in outputs]
+
+    return {
+        "args": args,
+        "seconds": seconds,
+        "lengths": each(lambda o: [len(s.token_ids) for s in o.outputs]),
+        "prompt_ids": each(lambda o: list(o.prompt_token_ids)),
+        "response_ids": each(lambda o: [list(s.token_ids) for s in o.outputs]),
+    }
+
+
 def start_recording(worker: Any) -> None:
-    """Record every batch this engine runs: `LLM.generate` (the rollout's batch path), `_as_finished`
-    (its streaming path, `reward.streaming`) and `_run_until` (the judge's deadline-bounded stepping).
-    Each record holds the prompts and `SamplingParams`, pickled
-    before vLLM sees them, the generated length of every sample (None: aborted at the deadline), and
-    the call's wall seconds; `generate` also keeps the token ids (the learner trains on them)."""
+    """Record every batch this engine runs: `LLM.generate` (the rollout's batch path) and
+    `_as_finished` (the engine stepping of its streaming path, `reward.streaming`, and of the judge's
+    deadline-bounded `_run_until`). Each record holds the prompts and `SamplingParams`, pickled before
+    vLLM sees them, the generated length of every sample (None: aborted at the deadline), its token
+    ids (the learner trains on the rollout's), and the call's wall seconds."""
     calls: list[dict[str, Any]] = worker.__dict__.setdefault("bench_calls", [])
-    generate, run_until, as_finished = worker.llm.generate, worker._run_until, worker._as_finished
+    generate, as_finished = worker.llm.generate, worker._as_finished
 
     def recorded_generate(prompts: Any, sampling_params: Any = None, **kwargs: Any) -> Any:
         args = pickle.dumps((prompts, sampling_params))
         start = time.perf_counter()
         outputs = generate(prompts, sampling_params, **kwargs)
-        seconds = time.perf_counter() - start
-        calls.append(
-            {
-                "args": args,
-                "seconds": seconds,
-                "lengths": [[len(s.token_ids) for s in o.outputs] for o in outputs],
-                "prompt_ids": [list(o.prompt_token_ids) for o in outputs],
-                "response_ids": [[list(s.token_ids) for s in o.outputs] for o in outputs],
-            }
-        )
+        calls.append(_batch_record(args, time.perf_counter() - start, outputs))
         return outputs
 
-    def recorded_as_finished(prompts: list[str], params: list[Any]) -> Any:
-        """The streamed batch, recorded once the engine finished it (as one `generate` would be)."""
+    def recorded_as_finished(prompts: list[str], params: list[Any], *deadline: float) -> Any:
+        """The batch, recorded once the engine is done with it (as one `generate` would be)."""
         args = pickle.dumps((prompts, params))
         start = time.perf_counter()
         outputs: list[Any] = [None] * len(prompts)
-        for i, out in as_finished(prompts, params):
+        for i, out in as_finished(prompts, params, *deadline):
             outputs[i] = out
             yield i, out
-        calls.append(
-            {
-                "args": args,
-                "seconds": time.perf_counter() - start,
-                "lengths": [[len(s.token_ids) for s in o.outputs] for o in outputs],
-                "prompt_ids": [list(o.prompt_token_ids) for o in outputs],
-                "response_ids": [[list(s.token_ids) for s in o.outputs] for o in outputs],
-            }
-        )
-
-    def recorded_run_until(prompts: list[str], params: list[Any], deadline: float, read: Any = None) -> Any:
-        args = pickle.dumps((prompts, params))
-        start = time.perf_counter()
-        if read is None:  # per prompt: its samples as (text, generated tokens)
-            results = run_until(prompts, params, deadline)
-            lengths = [None if r is None else [k for _, k in r] for r in results]
-        else:  # the caller reads each finished output itself: count its tokens on the way
-            pairs = run_until(
-                prompts, params, deadline, lambda out: ([len(o.token_ids) for o in out.outputs], read(out))
-            )
-            results = [None if r is None else r[1] for r in pairs]
-            lengths = [None if r is None else r[0] for r in pairs]
-        seconds = time.perf_counter() - start
-        calls.append({"args": args, "seconds": seconds, "lengths": lengths})
-        return results
+        calls.append(_batch_record(args, time.perf_counter() - start, outputs))
 
     worker.llm.generate = recorded_generate
-    worker._run_until = recorded_run_until
     worker._as_finished = recorded_as_finished
 
 
@@ -192,7 +174,6 @@ def take_calls(worker: Any) -> list[dict[str, Any]]:
 def stop_recording(worker: Any) -> list[dict[str, Any]]:
     """Unwrap (the class's methods again) and return what was recorded."""
     worker.llm.__dict__.pop("generate", None)
-    worker.__dict__.pop("_run_until", None)
     worker.__dict__.pop("_as_finished", None)
     return worker.__dict__.pop("bench_calls", [])
 

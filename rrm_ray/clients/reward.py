@@ -45,8 +45,7 @@ class JudgeClient:
 
     def _call(self, call: Any) -> Any:
         def once(attempt: int) -> Any:
-            if self.share is not None:
-                self.share.before("judge")  # roles sharing its GPUs sleep (rrm_ray.colocation)
+            self.wake()
             if attempt and self.settings is not None:  # a restarted engine came back with its first ones
                 self.pool.configure(self.settings)
             return call()
@@ -65,7 +64,8 @@ class JudgeClient:
         return self._call(lambda: self.pool.rank(items, method=method, votes=votes, keys=keys))
 
     def wake(self) -> None:
-        """Make the engines ready for work sent directly (the streaming judge's `pool.rank_on`)."""
+        """Roles sharing the judge's GPUs sleep (rrm_ray.colocation): before every call, and before
+        work sent to the engines directly (the streaming judge's `pool.rank_on`)."""
         if self.share is not None:
             self.share.before("judge")
 

@@ -61,7 +61,8 @@ def generate_and_score(
     actor died is recovered (counted, restarted; the engines re-synced when they need the learner's
     weights), then the batch is produced again."""
     restarts = rollout.restarts
-    groups = {g.spec.name: g for g in (rollout.group, reward.group, reward.judge and reward.judge.group) if g}
+    roles = [rollout.group, reward.group] + ([reward.judge.group] if reward.judge is not None else [])
+    groups = {g.spec.name: g for g in roles}
     resync = False
     while True:
         try:
@@ -71,7 +72,7 @@ def generate_and_score(
             return _stream(rollout, reward, rows, prompts, n, temperature, max_tokens, seed, step)
         except StreamFailure as failure:
             deaths = failure.deaths
-        except ray.exceptions.RayActorError as exc:  # the re-sync, or a judge counter read
+        except ray.exceptions.RayActorError as exc:  # the re-sync (the stream's own deaths come settled)
             deaths = [exc]
         for exc in deaths:
             group = groups.get(restarts.role_of(exc) or "")
