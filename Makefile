@@ -28,9 +28,8 @@ demo: install
 
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
 # tests/integration/test_mlflow_ui.py opens MLflow's run page in Debian's headless chromium.
-test: install
+test: install lint
 	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
-	$(VENV)/bin/ruff check rrm_ray actors tests bench
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
@@ -46,9 +45,11 @@ bench: install
 	$(PY) bench/step_overhead.py --no-judge
 	$(PY) bench/async_pipeline.py
 
+# ruff (style, and no imports inside functions but the listed ones) and the layers contract (.importlinter)
 lint: install
 	$(VENV)/bin/ruff check rrm_ray actors tests bench
 	$(VENV)/bin/ruff format --check rrm_ray actors tests bench
+	$(VENV)/bin/lint-imports
 
 clean-runs:
 	rm -rf runs data/arithmetic data/synthetic_easy

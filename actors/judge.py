@@ -11,8 +11,7 @@ vLLM's prefix cache (`judge.prefix_caching`) computes the prompt head that all p
 (system prompt and question, `rrm_ray.judge.prompts`) once; `stats()` reports the prompt tokens and
 how many of them the cache supplied.
 
-`JudgePool` is the driver-side facade over N judge engines (an `ActorGroup`): it splits pairs or
-queries into contiguous shards, one per engine, and gathers the results in order.
+The driver side, N engines behind one typed client, is `rrm_ray.clients.judge.JudgeClient`.
 """
 
 from __future__ import annotations
@@ -22,21 +21,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from actors.rollout import VLLMEngine, engine_env
-from rrm_ray.actor_group import ActorGroup, RoleSpec
-from rrm_ray.config import JobConfig, resolved_dtype
+from actors.engine import VLLMEngine
+from rrm_ray.config import JudgeConfig
 from rrm_ray.judge.prompts import PREFIXED_VERDICTS, choice_token_ids
-from rrm_ray.judge.service import (
-    JudgePair,
-    JudgeService,
-    JudgeSettings,
-    PairJudgment,
-    RankResult,
-    judge_rates,
-)
+from rrm_ray.judge.records import JudgePair, JudgeSettings, PairJudgment, RankResult
+from rrm_ray.judge.service import JudgeService
 from rrm_ray.judge.verdict import choice_probability
-from rrm_ray.models import resolve_model_path
-from rrm_ray.placement import own_spec, shares_bundles
 
 
 class JudgeWorker(VLLMEngine):
@@ -46,7 +36,7 @@ class JudgeWorker(VLLMEngine):
         self,
         model_path: str,
         dtype: str,
-        judge: dict[str, Any],
+        judge: JudgeConfig,
         seed: int,
         device: str = "cpu",
         max_num_batched_tokens: int = 16384,
@@ -55,28 +45,28 @@ class JudgeWorker(VLLMEngine):
         super().__init__(
             model_path,
             dtype,
-            judge["max_model_len"],
+            judge.max_model_len,
             seed,
             device,
-            gpu_memory_utilization=judge["gpu_memory_utilization"],
+            gpu_memory_utilization=judge.gpu_memory_utilization,
             enable_sleep_mode=enable_sleep_mode,
             max_num_batched_tokens=max_num_batched_tokens,
-            tensor_parallel_size=judge["tensor_parallel_size"],
-            enable_prefix_caching=bool(judge["prefix_caching"]),
+            tensor_parallel_size=judge.tensor_parallel_size,
+            enable_prefix_caching=judge.prefix_caching,
         )
         self.model_path, self.seed = model_path, seed
         self.configure(judge)
 
-    def configure(self, judge: dict[str, Any]) -> None:
+    def configure(self, judge: JudgeConfig) -> None:
         """Sampling-time settings (`rrm_ray.judge.sweep.SESSION_KEYS`: decoding, votes, prompt and
         tournament rules) on this running engine, e.g. a test-time-scaling sweep's next point. A new
         service: an empty cache (its keys name the old settings) and counters from zero."""
         model_path, seed = self.model_path, self.seed
-        self.temperature = float(judge["temperature"])
-        self.top_p = float(judge["top_p"])
-        self.max_new_tokens = int(judge["max_new_tokens"])
-        self.batch_timeout_s = float(judge["batch_timeout_s"])
-        self.think_budget = int(judge["think_budget"])
+        self.temperature = judge.temperature
+        self.top_p = judge.top_p
+        self.max_new_tokens = judge.max_new_tokens
+        self.batch_timeout_s = judge.batch_timeout_s
+        self.think_budget = judge.think_budget
         # Everything outside JudgeSettings that changes a verdict; weights changes clear the cache.
         cache_key = (
             f"{model_path}|t={self.temperature:g}|p={self.top_p:g}|max={self.max_new_tokens}"
@@ -176,11 +166,6 @@ class JudgeWorker(VLLMEngine):
             self._engine_stats = self._new_engine_stats()
         return out
 
-    def set_batch_timeout(self, seconds: float) -> None:
-        if seconds <= 0:
-            raise ValueError(f"judge batch timeout must be > 0 seconds, got {seconds}")
-        self.batch_timeout_s = float(seconds)
-
     def clear_cache(self) -> None:
         """The verdict cache and vLLM's prefix cache: the next calls pay for everything they judge."""
         self.service.cache.clear()
@@ -204,96 +189,3 @@ class JudgeWorker(VLLMEngine):
         report = super().finish_weight_update()
         self.service.cache.clear()
         return report
-
-
-def _chunks(items: Sequence[Any], parts: int) -> list[list[Any]]:
-    size = -(-len(items) // parts) if items else 0
-    return [list(items[k * size : (k + 1) * size]) for k in range(parts)]
-
-
-class JudgePool:
-    """The judge role: `judge.num_engines` JudgeWorkers on one placement group.
-
-    Work is split into contiguous shards (engine e gets shard e), so each engine batches its shard
-    in its own waves; every engine keeps its own cache.
-    """
-
-    def __init__(
-        self, cfg: JobConfig, spec: RoleSpec | None = None, pg: Any = None, worker_cls: type = JudgeWorker
-    ) -> None:
-        c, j = cfg.cluster, cfg.judge
-        self.model_path = resolve_model_path(j.model_path)
-        self.group = ActorGroup(
-            worker_cls,
-            spec or own_spec(cfg, "judge"),  # the judge alone (rrm-ray judge / eval / best-of-n)
-            init_args=(
-                self.model_path,
-                resolved_dtype(cfg),
-                dataclasses.asdict(j),
-                cfg.trainer.seed,
-                c.device,
-            ),
-            # engines that share GPUs with another role sleep while it works (rrm_ray.colocation)
-            init_kwargs={"enable_sleep_mode": shares_bundles(cfg, "judge")},
-            env={**engine_env(c.device, j.kv_cache_gib, j.threads), **c.env},
-            placement_timeout_s=c.placement_timeout_s,
-            call_timeout_s=c.call_timeout_s,
-            max_restarts=c.max_actor_restarts,  # a dead engine comes back; callers retry (rrm_ray.recovery)
-            pg=pg,
-        )
-        self.group.call_all("ping")  # engines loaded: later timings measure judging, not start-up
-
-    def _sharded(self, call: str, items: Sequence[Any], **kwargs: Any) -> list[Any]:
-        shards = _chunks(items, len(self.group))
-        refs = [
-            getattr(a, call).remote(s, **kwargs) for a, s in zip(self.group.actors, shards, strict=True) if s
-        ]
-        return [x for part in self.group.get(refs, what=call) for x in part]
-
-    def compare(self, pairs: Sequence[JudgePair], votes: int | None = None) -> list[PairJudgment]:
-        return self._sharded("compare", pairs, votes=votes)
-
-    def rank(
-        self,
-        items: Sequence[tuple[str, Sequence[str]]],
-        method: str | None = None,
-        votes: int | None = None,
-        keys: Sequence[int] | None = None,
-    ) -> list[RankResult]:
-        """Every item ranked; its tournament seeded by its key (default: its position in `items`), so
-        the result does not depend on how many engines share the work."""
-        keyed = list(zip(items, range(len(items)) if keys is None else keys, strict=True))
-        shards = _chunks(keyed, len(self.group))
-        refs = [
-            a.rank.remote([i for i, _ in s], method=method, votes=votes, keys=[k for _, k in s])
-            for a, s in zip(self.group.actors, shards, strict=True)
-            if s
-        ]
-        return [x for part in self.group.get(refs, what="rank") for x in part]
-
-    def rank_on(self, engine: int, items: Sequence[tuple[str, Sequence[str]]], keys: Sequence[int]) -> Any:
-        """One engine ranks these items (a Ray ref): the streaming judge sends each idle engine the
-        groups that finished meanwhile (`rrm_ray.streaming.JudgeDispatch`)."""
-        return self.group.actors[engine].rank.remote(list(items), keys=list(keys))
-
-    def stats(self, reset: bool = False) -> dict[str, float]:
-        """Counters summed over the engines, plus the ratios of `judge_rates` (prefix-cache hit rate,
-        generated tokens and seconds per ranked prompt)."""
-        total: dict[str, float] = {}
-        for part in self.group.call_all("stats", reset):
-            for k, v in part.items():
-                total[k] = total.get(k, 0) + v
-        return judge_rates(total)
-
-    def set_batch_timeout(self, seconds: float) -> None:
-        self.group.call_all("set_batch_timeout", seconds)
-
-    def configure(self, judge: dict[str, Any]) -> None:
-        """New sampling-time settings on every engine (`JudgeWorker.configure`); caches, counters anew."""
-        self.group.call_all("configure", judge)
-
-    def clear_cache(self) -> None:
-        self.group.call_all("clear_cache")
-
-    def shutdown(self) -> None:
-        self.group.shutdown()

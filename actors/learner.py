@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +25,12 @@ import ray
 import torch
 import torch.distributed as dist
 
-from actors.backends import (
-    DTYPES,
-    META_FILE,
-    CheckpointError,
-    StepOutcome,
-    build_backend,
-    read_meta,
-    write_hf,
-)
+from actors.backends import StepOutcome, build_backend
+from actors.model_io import DTYPES, META_FILE, CheckpointError, read_meta, write_hf
+from actors.worker import Worker
 from rrm_ray import algo
-from rrm_ray.actor_group import Worker
 from rrm_ray.batch import TrainBatch
-from rrm_ray.weight_sync import buckets, manifest_of
+from rrm_ray.config import AlgorithmConfig, LearnerConfig
 
 
 class LearnerWorker(Worker):
@@ -45,8 +39,8 @@ class LearnerWorker(Worker):
         model_path: str,
         dtype: str,
         device: str,
-        learner: dict[str, Any],
-        algorithm: dict[str, Any],
+        learner: LearnerConfig,
+        algorithm: AlgorithmConfig,
         temperature: float,
         seed: int,
     ) -> None:
@@ -55,15 +49,18 @@ class LearnerWorker(Worker):
         self.dtype = DTYPES[dtype]
         self.device_kind = device
         self.cfg = learner
-        self.backend_name = str(learner.get("backend", "fsdp2"))
+        self.backend_name = learner.backend
         self.algo_cfg = algorithm
         self.temperature = temperature
         self.seed = seed
         self.rank = int(os.environ.get("RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if device == "cpu":
-            torch.set_num_threads(int(learner["threads"]))
+            torch.set_num_threads(learner.threads)
         self.step = 0
+        # Seconds each train_step spent on this rank, from its first forward to its stats all-reduce
+        # (the Ray call around it excluded): benchmarks read them (bench/step_overhead.py).
+        self.update_seconds: list[float] = []
         self.transfer: Any = None  # the vLLM trainer-side weight-transfer engine (init_weight_transfer)
 
     # -- setup -----------------------------------------------------------------------------------------
@@ -81,9 +78,9 @@ class LearnerWorker(Worker):
         self.tied = bool(getattr(AutoConfig.from_pretrained(self.model_path), "tie_word_embeddings", False))
         args = (self.backend_name, self.model_path, self.dtype, self.device, self.cfg)
         self.policy = build_backend(*args)
-        # A frozen copy of the initial policy: the KL penalty's reference, and DPO's.
-        wants_reference = self.algo_cfg.get("kl_coef", 0) > 0 or self.algo_cfg.get("name") == "dpo"
-        self.reference = build_backend(*args, frozen=True) if wants_reference else None
+        # A frozen copy of the initial policy: the KL penalty's reference. (DPO's reference log-probs are
+        # the policy's own, computed once before it trains.)
+        self.reference = build_backend(*args, frozen=True) if self.algo_cfg.kl_coef > 0 else None
 
     @property
     def model(self) -> Any:
@@ -98,13 +95,13 @@ class LearnerWorker(Worker):
         fp32, and the (detached) entropy [B, L-1] if asked.
 
         Straight from the hidden states, `learner.logprob_chunk` positions at a time
-        (`actors.backends.install_logprob_forward`): no [B, L, V] logits, fp32 or otherwise, exist.
+        (`actors.model_io.install_logprob_forward`): no [B, L, V] logits, fp32 or otherwise, exist.
         """
         return model(
             input_ids=mb.input_ids.to(self.device),
             attention_mask=mb.attention_mask.to(self.device),
             logprob_temperature=self.temperature if temperature is None else temperature,
-            logprob_chunk=self.cfg["logprob_chunk"],
+            logprob_chunk=self.cfg.logprob_chunk,
             logprob_entropy=with_entropy,
         )
 
@@ -114,7 +111,7 @@ class LearnerWorker(Worker):
         if self.reference is None:
             raise RuntimeError(
                 "reference log-probs asked for, but no reference model was built "
-                "(it is built when algorithm.kl_coef > 0 or algorithm.name == 'dpo')"
+                "(it is built when algorithm.kl_coef > 0)"
             )
         return self.reference.model
 
@@ -123,8 +120,8 @@ class LearnerWorker(Worker):
         """Log-probs of the current policy (or the frozen reference) for this rank's shard, [B, L-1]."""
         model = self._frozen_or_policy(reference)
         out = torch.zeros_like(batch.loss_mask)
-        for start in range(0, len(batch), self.cfg["micro_batch_size"]):
-            mb = batch.select(slice(start, start + self.cfg["micro_batch_size"])).trimmed()
+        for start in range(0, len(batch), self.cfg.micro_batch_size):
+            mb = batch.select(slice(start, start + self.cfg.micro_batch_size)).trimmed()
             lp, _ = self._token_logprobs(model, mb)
             out[start : start + len(mb), : lp.shape[1]] = lp.cpu()
         return out
@@ -138,8 +135,8 @@ class LearnerWorker(Worker):
         """
         model = self._frozen_or_policy(reference)
         out = torch.zeros(len(batch), dtype=torch.float32)
-        for start in range(0, len(batch), self.cfg["micro_batch_size"]):
-            mb = batch.select(slice(start, start + self.cfg["micro_batch_size"])).trimmed()
+        for start in range(0, len(batch), self.cfg.micro_batch_size):
+            mb = batch.select(slice(start, start + self.cfg.micro_batch_size)).trimmed()
             lp, _ = self._token_logprobs(model, mb, temperature=1.0)
             out[start : start + len(mb)] = algo.sequence_logps(lp, mb.loss_mask.to(self.device)).cpu()
         return out
@@ -163,13 +160,14 @@ class LearnerWorker(Worker):
         stats count it in `skipped_steps`, and `grad_norm` is the mean over the applied steps.
         """
         a = self.algo_cfg
-        mbs = self.cfg["micro_batch_size"]
+        mbs = self.cfg.micro_batch_size
         lrs = [float(lr)] * len(mini_batch_tokens) if isinstance(lr, int | float) else [float(x) for x in lr]
         if len(lrs) != len(mini_batch_tokens):
             raise ValueError(
                 f"train_step: {len(lrs)} learning rates for {len(mini_batch_tokens)} mini-batches "
                 "(one per optimizer step expected)"
             )
+        started = time.perf_counter()
         self.policy.model.train()
         sums: dict[str, float] = {}
         outcomes = []
@@ -194,23 +192,24 @@ class LearnerWorker(Worker):
                     old,
                     mb.advantages.to(self.device),
                     mask,
-                    clip_low=a["clip_low"],
-                    clip_high=a["clip_high"],
+                    clip_low=a.clip_low,
+                    clip_high=a.clip_high,
                     rollout_logprobs=mb.rollout_logprobs.to(self.device),
-                    tis_cap=a["tis_cap"],
+                    tis_cap=a.tis_cap,
                 )
                 loss_sum = out.loss_sum
                 if ref_mini is not None:
                     kl = algo.masked_sum(algo.kl_k3(lp, ref_mini[sl][:, :width].to(self.device)), mask)
-                    loss_sum = loss_sum + a["kl_coef"] * kl
+                    loss_sum = loss_sum + a.kl_coef * kl
                     _add(sums, "kl_sum", float(kl))
                 self.policy.backward(loss_sum / max(global_tokens, 1) * self.world_size)
                 for k, v in out.stats.items():
                     _add(sums, k, float(v))
                 _add(sums, "entropy_sum", float(algo.masked_sum(entropy, mask)))
-            outcomes.append(self.policy.clip_and_step(self.cfg["grad_clip"]))
+            outcomes.append(self.policy.clip_and_step(self.cfg.grad_clip))
         self.step += 1
         totals = self._all_reduce_sums(sums)
+        self.update_seconds.append(time.perf_counter() - started)
         stats = algo.stats_to_means(totals)
         stats.update(_step_stats(outcomes), lr=lrs[-1])
         return stats
@@ -234,7 +233,7 @@ class LearnerWorker(Worker):
                 f"reference log-prob per row"
             )
         global_pairs = self._all_reduce_sums({"pairs": len(batch) // 2})["pairs"]
-        step_rows = 2 * max(1, self.cfg["micro_batch_size"] // 2)
+        step_rows = 2 * max(1, self.cfg.micro_batch_size // 2)
         self.policy.set_lr(lr)
         self.policy.model.train()
         self.policy.zero_grad()
@@ -253,7 +252,7 @@ class LearnerWorker(Worker):
             _add(sums, "rejected_reward", float(out.rejected_rewards.sum()))
             _add(sums, "reward_margin", float(margin.sum()))
             _add(sums, "accuracy", float((margin > 0).sum()))
-        outcome = self.policy.clip_and_step(self.cfg["grad_clip"])
+        outcome = self.policy.clip_and_step(self.cfg.grad_clip)
         self.step += 1
         stats = {k: v / max(global_pairs, 1) for k, v in self._all_reduce_sums(sums).items()}
         stats.update(_step_stats([outcome]), lr=lr, pairs=global_pairs)
@@ -282,15 +281,6 @@ class LearnerWorker(Worker):
             sd.pop("lm_head.weight", None)  # the engine ties it to the embedding itself
         return sd
 
-    def export_weights(self, bucket_mb: int) -> tuple[list, list[ray.ObjectRef]] | None:
-        """Rank 0 returns (manifest, bucket refs) in the object store; the others return None."""
-        sd = self._full_state_dict()
-        if self.rank != 0:
-            return None
-        named = list(sd.items())
-        refs = [ray.put(b) for b in buckets(named, bucket_mb * 1024 * 1024)]
-        return manifest_of(named), refs
-
     # -- weights out to the engines: vLLM's weight-transfer protocol (actors.weight_transfer) ----------
     def init_weight_transfer(
         self, backend: str, engines: list[Any], workers_per_engine: int, bucket_mb: int, timeout_s: float
@@ -318,18 +308,13 @@ class LearnerWorker(Worker):
     def send_weights(self) -> dict[str, int] | None:
         """Collective: one full sync (vLLM's `send_weights`: start, chunks, finish). Rank 0 returns
         engine 0's completeness report (every engine checked its own; a failed check raises here)."""
-        from actors.weight_transfer import manifest_from
+        from actors import weight_transfer as wt
 
         if self.transfer is None:
             raise RuntimeError("send_weights before init_weight_transfer")
-        self.weight_client.manifest = manifest_from(self.weight_source)  # every rank: it may gather
+        self.weight_client.manifest = wt.manifest_from(self.weight_source)  # every rank: it may gather
         self.transfer.send_weights()
         return self.weight_client.reports[0] if self.rank == 0 else None
-
-    def master_weights(self) -> dict[str, torch.Tensor] | None:
-        """Collective: rank 0 returns the full master weights (fp32 under mixed precision) on CPU."""
-        sd = self.policy.full_state_dict()
-        return sd if self.rank == 0 else None
 
     def save_hf(self, out_dir: str, tokenizer_dir: str) -> str | None:
         """Write the full policy in HF format (safetensors + config + tokenizer) from rank 0."""
@@ -363,7 +348,7 @@ class LearnerWorker(Worker):
             "step": self.step,
             "dtype": self.dtype_name,
             "master_dtype": "float32",
-            "zero_stage": int(self.cfg.get("zero_stage", 3)) if self.backend_name == "deepspeed" else None,
+            "zero_stage": self.cfg.zero_stage if self.backend_name == "deepspeed" else None,
             "model_path": self.model_path,
         }
         tmp = d / (META_FILE + ".tmp")
@@ -397,15 +382,6 @@ class LearnerWorker(Worker):
         self.step = int(meta["step"])
         dist.barrier()
         return self.step
-
-    @torch.no_grad()
-    def probe_logprobs(self, token_ids: list[int]) -> list[float]:
-        """Log-probs (temperature 1) of a fixed sequence: a functional checksum of the weights."""
-        ids = torch.tensor([token_ids], device=self.device)
-        lp, _ = self.policy.model(
-            input_ids=ids, logprob_temperature=1.0, logprob_chunk=self.cfg["logprob_chunk"]
-        )
-        return lp[0].tolist()
 
     def close(self) -> None:
         if dist.is_initialized():

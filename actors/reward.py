@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from rrm_ray.actor_group import Worker
+from actors.worker import Worker
 from rrm_ray.rewards.runner import RewardRunner
-
-
-@dataclass
-class ScoredBatch:
-    """Per item: the rule reward and whether the accuracy rule calls it correct; both None for items
-    without a reference answer (those are left to the judge). Timeouts/errors are counted."""
-
-    rewards: list[float | None]
-    correct: list[bool | None]
-    timeouts: int = 0
-    errors: int = 0
-    error_messages: list[str] = field(default_factory=list)
-
-    @classmethod
-    def concat(cls, parts: list[ScoredBatch]) -> ScoredBatch:
-        """Batches scored separately (the streamed groups), as one, in the order given."""
-        return cls(
-            [r for p in parts for r in p.rewards],
-            [c for p in parts for c in p.correct],
-            sum(p.timeouts for p in parts),
-            sum(p.errors for p in parts),
-            [m for p in parts for m in p.error_messages],
-        )
+from rrm_ray.types import ScoredBatch
 
 
 class RewardWorker(Worker):

@@ -1,65 +1,16 @@
-"""Rollout actor: owns one vLLM engine; generates, and takes new weights without restarting.
-
-Weights arrive through vLLM's weight-transfer protocol (`actors.weight_transfer`): the learner's rank 0
-calls `init_weight_transfer_engine` once (again after a restart of either side), then per sync
-`start_weight_update` -> `update_weights` (per chunk) -> `finish_weight_update`, which returns the
-engine's completeness report.
-"""
+"""Rollout actor: the policy's vLLM engine. Samples groups for GRPO (all at once, or streamed group by
+group), greedy held-out evaluation, and budget-forced generation for judge training; weights arrive
+through `actors.engine.VLLMEngine`'s side of vLLM's weight-transfer protocol."""
 
 from __future__ import annotations
 
-import math
-import os
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
-import ray
-import torch
-
-from rrm_ray.actor_group import Worker
-from rrm_ray.judge.budget import (
-    FORCED_CLOSE,
-    THINK_CLOSE,
-    close_thinking,
-    close_thinking_text,
-    verdict_allowance,
-)
+from actors.engine import VLLMEngine, sampled_logprobs
+from rrm_ray.judge.budget import THINK_CLOSE, close_thinking, verdict_allowance
 from rrm_ray.seeds import request_seed
-from rrm_ray.weight_sync import TensorMeta
-
-
-@dataclass
-class TextBatch:
-    """One deadline-bounded batch: ``texts[i]`` holds prompt i's n samples, or None when the deadline
-    passed first (its requests were aborted). ``generated_tokens`` counts the finished samples."""
-
-    texts: list[list[str] | None]
-    generated_tokens: int
-    timed_out: int
-    seconds: float
-
-
-@dataclass
-class Completion:
-    """One sampled response, with what the learner needs to score and train on it."""
-
-    prompt_index: int
-    prompt_ids: list[int]
-    response_ids: list[int]
-    response_logprobs: list[float]  # vLLM's log-probs of the sampled tokens (for the TIS correction)
-    text: str
-    finish_reason: str
-    # Judge training with a thinking budget: 0 on tokens the engine appended (loss-masked), else None
-    response_mask: list[int] | None = None
-    forced_close: bool = False
-
-
-def _sampled_logprobs(sample: Any) -> list[float]:
-    """The log-prob of each sampled token (vLLM returns a dict per position)."""
-    steps = sample.logprobs or []
-    return [float(s[tok].logprob) for tok, s in zip(sample.token_ids, steps, strict=True)]
+from rrm_ray.types import Completion
 
 
 def _completions(prompt_index: int, out: Any) -> list[Completion]:
@@ -69,7 +20,7 @@ def _completions(prompt_index: int, out: Any) -> list[Completion]:
             prompt_index=prompt_index,
             prompt_ids=list(out.prompt_token_ids),
             response_ids=list(sample.token_ids),
-            response_logprobs=_sampled_logprobs(sample),
+            response_logprobs=sampled_logprobs(sample),
             text=sample.text,
             finish_reason=str(sample.finish_reason),
         )
@@ -77,88 +28,8 @@ def _completions(prompt_index: int, out: Any) -> list[Completion]:
     ]
 
 
-def engine_env(device: str, kv_cache_gib: float, threads: int) -> dict[str, str]:
-    """Environment an engine needs before vLLM is imported (set through the actor's runtime env)."""
-    env = {
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # keep the engine inside the actor process
-        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
-    }
-    if device == "cpu":
-        env.update(
-            VLLM_CPU_KVCACHE_SPACE=str(max(1, int(kv_cache_gib))),
-            VLLM_CPU_NUM_OF_RESERVED_CPU="0",
-            OMP_NUM_THREADS=str(threads),
-        )
-    return env
-
-
-class VLLMEngine(Worker):
-    """A vLLM `LLM` (with the weight-receiving extension when it takes weights); base of the rollout
-    and judge actors."""
-
-    def __init__(
-        self,
-        model_path: str,
-        dtype: str,
-        max_model_len: int,
-        seed: int,
-        device: str = "cpu",
-        gpu_memory_utilization: float = 0.5,
-        enable_sleep_mode: bool = False,
-        max_num_batched_tokens: int = 16384,
-        tensor_parallel_size: int = 1,
-        weight_transfer_backend: str | None = None,
-        enable_prefix_caching: bool | None = None,
-    ) -> None:
-        """`weight_transfer_backend`: the vLLM weight-transfer engine weights arrive through (nccl, ipc,
-        gloo, rrm_object_store; see `rrm_ray.weight_sync.vllm_backend`); None: weights stay as loaded.
-        `enable_prefix_caching`: vLLM's automatic prefix caching on or off; None: vLLM's default."""
-        from vllm import LLM
-
-        if device == "cpu":
-            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        kwargs: dict[str, Any] = {}
-        if device == "cuda":
-            kwargs.update(
-                gpu_memory_utilization=gpu_memory_utilization,
-                enable_sleep_mode=enable_sleep_mode,
-                tensor_parallel_size=tensor_parallel_size,
-            )
-        if weight_transfer_backend is not None:
-            import actors.weight_transfer  # noqa: F401  (our engines join vLLM's registry first)
-
-            kwargs["weight_transfer_config"] = {"backend": weight_transfer_backend}
-            # Only an engine that takes weights carries the receiver: on CPU it keeps dense weights
-            # beside the packed kernels (twice the linear weights' memory) and re-packs after a sync.
-            kwargs["worker_extension_cls"] = "actors.vllm_ext.WeightReceiver"
-        if enable_prefix_caching is not None:
-            kwargs["enable_prefix_caching"] = enable_prefix_caching
-        self.llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            seed=seed,
-            enforce_eager=device == "cpu",
-            logprobs_mode="processed_logprobs",  # log-probs after temperature, as the learner computes them
-            max_num_batched_tokens=max(max_num_batched_tokens, max_model_len),
-            **kwargs,
-        )
-        self.max_num_batched_tokens = max(max_num_batched_tokens, max_model_len)
-        self.device_kind = device
-        self._transfer_initialized = False
-        self.tokenizer = self.llm.get_tokenizer()
-        # What budget forcing appends (rrm_ray.judge.budget), tokenised once per engine.
-        self.forced_close_ids = self.tokenizer.encode(FORCED_CLOSE, add_special_tokens=False)
-        self.tied_embeddings = bool(
-            getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False)
-        )
-        # Sleep/wake when colocated (rrm_ray.colocation): the state, and a log the tests read back.
-        self.awake, self.sleep_level = True, 0
-        self.sleep_events: list[tuple[str, int, float]] = []  # (sleep | wake, level, wall time)
-        self.work_calls: list[tuple[str, bool, float]] = []  # (method, awake?, wall time) per call
-        # Prompt tokens of the requests `_run_until` finished, and how many of them vLLM's prefix cache
-        # supplied (RequestOutput.num_cached_tokens): what prefix sharing saved. Readers reset them.
-        self.prefill = {"prompt_tokens": 0, "cached_tokens": 0}
+class RolloutWorker(VLLMEngine):
+    """The rollout role: policy samples for GRPO and greedy evaluation."""
 
     def generate(
         self,
@@ -186,7 +57,7 @@ class VLLMEngine(Worker):
                 prompts, n, temperature, top_p, max_tokens, seed, prompt_offset, think_budget
             )
         params = self._sampling(len(prompts), n, temperature, top_p, max_tokens, seed, prompt_offset)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.run_batch(prompts, params)
         return [c for i, out in enumerate(outputs) for c in _completions(prompt_offset + i, out)]
 
     def generate_stream(
@@ -211,28 +82,6 @@ class VLLMEngine(Worker):
             yield _completions(prompt_offset + i, out)
         if finished != len(prompts):
             raise RuntimeError(f"generate_stream: the engine finished {finished} of {len(prompts)} prompts")
-
-    def _as_finished(
-        self, prompts: list[str], params: list[Any], deadline: float = math.inf
-    ) -> Iterator[tuple[int, Any]]:
-        """Step the engine over these requests, yielding (prompt index, its finished vLLM
-        `RequestOutput`) as each finishes, until all did or the deadline passed; the unfinished ones
-        (or all left, if the caller stops reading) are then aborted."""
-        engine = self.llm.llm_engine
-        ids = self.llm.enqueue(prompts, params, use_tqdm=False)
-        # enqueue names request i "<counter>-<random suffix>"; finished outputs carry "<counter>".
-        index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}
-        pending = set(range(len(prompts)))
-        try:
-            while pending and time.perf_counter() < deadline and engine.has_unfinished_requests():
-                for out in engine.step():
-                    i = index.get(out.request_id)
-                    if i is not None and out.finished:
-                        pending.discard(i)
-                        yield i, out
-        finally:
-            if pending:
-                engine.abort_request([ids[i] for i in pending], internal=True)
 
     def _usable_seed(self, prompts: list[str], n: int, seed: int | None) -> int | None:
         """vLLM's CPU sampler keeps per-request seeds only when the whole prefill fits one step."""
@@ -287,20 +136,19 @@ class VLLMEngine(Worker):
                 seed=None if seed is None else request_seed(seed, *request),
             )
 
-        think = self.llm.generate(
+        think = self.run_batch(
             prompts,
             [
                 sampling(min(think_budget, max_tokens), [THINK_CLOSE], (prompt_offset + i, n))
                 for i in range(len(prompts))
             ],
-            use_tqdm=False,
         )
         eos = {self.tokenizer.eos_token_id} - {None}
         prefixes, inputs, params = [], [], []
         for i, out in enumerate(think):
             for sample in out.outputs:
                 thought = close_thinking(
-                    sample.text, sample.token_ids, _sampled_logprobs(sample), self.forced_close_ids, eos
+                    sample.text, sample.token_ids, sampled_logprobs(sample), self.forced_close_ids, eos
                 )
                 prefixes.append((i, list(out.prompt_token_ids), thought))
                 inputs.append(TokensPrompt(prompt_token_ids=list(out.prompt_token_ids) + thought.token_ids))
@@ -311,7 +159,7 @@ class VLLMEngine(Worker):
         if self.device_kind == "cpu" and prefill > self.max_num_batched_tokens:  # as in `generate`
             for p in params:
                 p.seed = None
-        decide = self.llm.generate(inputs, params, use_tqdm=False)
+        decide = self.run_batch(inputs, params)
         completions = []
         for (i, prompt_ids, thought), out in zip(prefixes, decide, strict=True):
             sample = out.outputs[0]
@@ -321,7 +169,7 @@ class VLLMEngine(Worker):
                     prompt_index=prompt_offset + i,
                     prompt_ids=prompt_ids,
                     response_ids=thought.token_ids + tokens,
-                    response_logprobs=thought.logprobs + _sampled_logprobs(sample),
+                    response_logprobs=thought.logprobs + sampled_logprobs(sample),
                     text=thought.text + sample.text,
                     finish_reason=str(sample.finish_reason),
                     response_mask=thought.mask + [1] * len(tokens),
@@ -329,175 +177,3 @@ class VLLMEngine(Worker):
                 )
             )
         return completions
-
-    # -- weights in: vLLM's weight-transfer protocol, driven by the learner's rank 0 ---------------------
-    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        """Join the learner's transfer (collective backends: its group). A second call replaces the
-        first: after the learner was rebuilt or another engine restarted, the old group is dead."""
-        if self._transfer_initialized:
-            self.llm.shutdown_weight_transfer_engine()
-        self.llm.init_weight_transfer_engine({"init_info": init_info})
-        self._transfer_initialized = True
-
-    def weight_transfer_ready(self) -> bool:
-        """False until `init_weight_transfer_engine` ran in this incarnation (a restart clears it)."""
-        return self._transfer_initialized
-
-    def start_weight_update(self, manifest: list[TensorMeta]) -> None:
-        """Begin recording what arrives (checked against `manifest` at the end), then vLLM's start."""
-        self.llm.collective_rpc("rrm_begin_sync", args=(manifest,))
-        self.llm.start_weight_update()
-
-    def update_weights(self, update_info: dict[str, Any]) -> None:
-        """One chunk. Object store: the bucket is fetched here, so vLLM's workers only see tensors."""
-        if "bucket_ref" in update_info:
-            update_info = {**update_info, "tensors": [t for _, t in ray.get(update_info["bucket_ref"])]}
-            del update_info["bucket_ref"]
-        self.llm.update_weights({"update_info": update_info})
-
-    def finish_weight_update(self) -> dict[str, int]:
-        """vLLM's finish (layerwise reload finalised), then the completeness check: raises
-        WeightSyncError unless every parameter of the manifest arrived once, with its shape and dtype."""
-        self.llm.finish_weight_update()
-        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
-        return self.llm.collective_rpc("rrm_finish_sync")[0]
-
-    def probe_logprobs(self, token_ids: list[int]) -> list[float]:
-        """Log-probs (temperature 1) the engine gives a fixed sequence: a functional weight checksum.
-
-        On CPU vLLM repacks linear weights into kernel formats, so comparing parameters directly is
-        impossible; equal log-probs on the same tokens show the engine computes with the same weights.
-        """
-        from vllm import SamplingParams, TokensPrompt
-
-        out = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=token_ids)],
-            SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0),
-            use_tqdm=False,
-        )[0]
-        steps = out.prompt_logprobs[1:]  # the first token has no log-prob
-        return [float(step[tok].logprob) for tok, step in zip(token_ids[1:], steps, strict=True)]
-
-    def checksums(self) -> dict[str, list[float]]:
-        return self.llm.collective_rpc("rrm_checksums", args=(self.tied_embeddings,))[0]
-
-    # -- sleep/wake: colocated roles take turns on a GPU (rrm_ray.colocation drives these) --------------
-    def sleep(self, level: int = 1) -> None:
-        """Free the GPU for a role that shares it: level 1 moves the weights to CPU memory, level 2
-        drops them; both drop the KV cache. Needs `enable_sleep_mode` on cuda. vLLM-CPU accepts the call
-        and ignores it with a warning (nothing is freed) but pauses its scheduler all the same, so the
-        orchestration runs, and is tested, on CPU too."""
-        if not self.awake:
-            return
-        self.llm.sleep(level=level)
-        self.awake, self.sleep_level = False, level
-        self.sleep_events.append(("sleep", level, time.time()))
-
-    def wake_up(self) -> bool:
-        """Back on the GPU. True when the weights were dropped (level 2): the caller must load them
-        again before this engine generates (the rollout's come from the learner by a weight sync)."""
-        if self.awake:
-            return False
-        self.llm.wake_up()
-        self.awake = True
-        self.sleep_events.append(("wake", self.sleep_level, time.time()))
-        return self.sleep_level == 2
-
-    def sleep_log(self) -> dict[str, list[tuple[Any, ...]]]:
-        return {"events": list(self.sleep_events), "calls": list(self.work_calls)}
-
-    def _check_awake(self, method: str) -> None:
-        """A sleeping engine must not be given work: its scheduler is paused, so the call would wait
-        forever (and on GPU its memory belongs to another role)."""
-        self.work_calls.append((method, self.awake, time.time()))
-        if not self.awake:
-            raise RuntimeError(
-                f"{method} on a sleeping engine: the driver must wake it first (rrm_ray.colocation)"
-            )
-
-    def generate_texts(
-        self,
-        prompts: list[str],
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_tokens: int,
-        timeout_s: float,
-        allowed_token_ids: list[int] | None = None,
-        think_budget: int = 0,
-    ) -> TextBatch:
-        """n samples per prompt, but never longer than ``timeout_s``: the engine is stepped by hand and
-        requests still unfinished at the deadline are aborted (their KV blocks freed) and returned as None.
-
-        No per-request seeds: vLLM's CPU sampler loses them across a chunked prefill; the engine's own
-        seed keeps runs reproducible. ``think_budget`` > 0: budget forcing (``rrm_ray.judge.budget``);
-        both phases share the one deadline.
-        """
-        from vllm import SamplingParams
-
-        self._check_awake("generate_texts")
-        start = time.perf_counter()
-        deadline = start + timeout_s
-
-        def params(count: int, tokens: int, stop: list[str] | None = None) -> SamplingParams:
-            return SamplingParams(
-                n=count,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=tokens,
-                allowed_token_ids=allowed_token_ids,
-                stop=stop,
-                include_stop_str_in_output=True,
-            )
-
-        if think_budget <= 0:
-            outs = self._run_until(prompts, [params(n, max_tokens)] * len(prompts), deadline)
-            texts = [None if o is None else [t for t, _ in o] for o in outs]
-            tokens = sum(k for o in outs if o for _, k in o)
-            return TextBatch(texts, tokens, texts.count(None), time.perf_counter() - start)
-
-        thoughts = self._run_until(
-            prompts, [params(n, min(think_budget, max_tokens), [THINK_CLOSE])] * len(prompts), deadline
-        )
-        follow, follow_params, owner = [], [], []
-        for i, samples in enumerate(thoughts):
-            for text, k in samples or []:
-                closed = close_thinking_text(text)
-                used = k + (0 if closed == text else len(self.forced_close_ids))
-                follow.append(prompts[i] + closed)
-                follow_params.append(params(1, verdict_allowance(max_tokens, used)))
-                owner.append((i, closed, k))
-        verdicts = self._run_until(follow, follow_params, deadline) if follow else []
-        texts: list[list[str] | None] = [None if t is None else [] for t in thoughts]
-        tokens = 0
-        for (i, closed, k), out in zip(owner, verdicts, strict=True):
-            if out is None or texts[i] is None:
-                texts[i] = None  # one unfinished vote leaves the prompt undecided, as without a budget
-                continue
-            texts[i].append(closed + out[0][0])
-            tokens += k + out[0][1]
-        return TextBatch(texts, tokens, texts.count(None), time.perf_counter() - start)
-
-    def _run_until(
-        self,
-        prompts: list[str],
-        params: list[Any],
-        deadline: float,
-        read: Callable[[Any], Any] | None = None,
-    ) -> list[Any]:
-        """Step the engine until every request finished or the deadline passed; per prompt, its
-        samples as (text, generated tokens), or None if it did not finish (aborted). ``read``: what
-        to return of a finished vLLM `RequestOutput` instead of those pairs.
-
-        Counts into ``self.prefill`` per finished request; vLLM reports cache hits per request, and a
-        request with n > 1 samples reports only one sample's, so callers that count send n=1."""
-        results: list[Any] = [None] * len(prompts)
-        for i, out in self._as_finished(prompts, params, deadline):
-            results[i] = read(out) if read else [(o.text, len(o.token_ids)) for o in out.outputs]
-            self.prefill["prompt_tokens"] += len(out.prompt_token_ids)
-            self.prefill["cached_tokens"] += out.num_cached_tokens or 0
-        return results
-
-
-class RolloutWorker(VLLMEngine):
-    """The rollout role: policy samples for GRPO and greedy evaluation."""

@@ -1,4 +1,4 @@
-"""vLLM worker extension: the completeness check around a weight update, and checksums.
+"""vLLM worker extension: the completeness check around a weight update.
 
 Loaded by vLLM inside its worker (`LLM(worker_extension_cls="actors.vllm_ext.WeightReceiver")`) and
 reached with `llm.collective_rpc(method, args=...)`. Weights arrive through vLLM's weight-transfer
@@ -19,9 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from vllm.model_executor.layers import utils
+from vllm.platforms import current_platform
 
 import actors.weight_transfer  # noqa: F401  (registers the gloo and object-store engines with vLLM)
-from rrm_ray.weight_sync import SyncReceipt, TensorMeta, layer_checksums
+from rrm_ray.weight_sync import SyncReceipt, TensorMeta
 
 _vllm_cpu_gemm_dispatch = None  # vLLM's own CPU packing, wrapped below
 _sync_generation = 0  # bumped per weight update: layers packed before it hold stale handles
@@ -35,8 +37,6 @@ def _pack_keeping_dense(layer: torch.nn.Module, remove_weight: bool = False) -> 
 
 def _keep_dense_cpu_weights() -> None:
     global _vllm_cpu_gemm_dispatch
-    from vllm.model_executor.layers import utils
-    from vllm.platforms import current_platform
 
     if current_platform.is_cpu() and _vllm_cpu_gemm_dispatch is None:
         _vllm_cpu_gemm_dispatch = utils.dispatch_cpu_unquantized_gemm
@@ -90,6 +90,3 @@ class WeightReceiver:
         receipt, self._rrm_receipt = self._rrm_receipt, None
         repack_stale_cpu_kernels(model)  # first: the kernels compute with what the engine now holds
         return receipt.verify()
-
-    def rrm_checksums(self, skip_lm_head: bool) -> dict[str, list[float]]:
-        return layer_checksums(self.model_runner.model.named_parameters(), skip_lm_head)

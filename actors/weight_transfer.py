@@ -44,7 +44,9 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Self
 
+import ray
 import torch
+from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 from vllm.distributed.weight_transfer.base import (
     ModuleSource,
     ParamMeta,
@@ -57,12 +59,15 @@ from vllm.distributed.weight_transfer.base import (
     materialize_full_tensor,
 )
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
+from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
 from vllm.distributed.weight_transfer.nccl_engine import (
+    NCCLTrainerInitInfo,
     NCCLTrainerWeightTransferEngine,
     NCCLWeightTransferEngine,
     NCCLWeightTransferUpdateInfo,
 )
 from vllm.distributed.weight_transfer.packed_tensor import pack_tensors, unpack_tensor
+from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check
 
 from rrm_ray.weight_sync import TensorMeta, buckets
 
@@ -116,7 +121,6 @@ class GlooTrainerInitInfo(TrainerInitInfo):
 
 def gloo_group(address: str, port: int, rank: int, world_size: int, timeout_s: float) -> Any:
     """A gloo ProcessGroup outside torch.distributed's global state (rank 0 hosts its TCPStore)."""
-    from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
     return stateless_init_torch_distributed_process_group(
         address, port, rank, world_size, "gloo", timeout=timedelta(seconds=timeout_s)
@@ -145,7 +149,6 @@ class GlooWeightTransferEngine(NCCLWeightTransferEngine):
     def receive_weights(self, update_info: NCCLWeightTransferUpdateInfo) -> None:
         if self.model_update_group is None:
             raise RuntimeError("gloo weight transfer not initialized: call init_weight_transfer_engine first")
-        from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check
 
         dtypes = [getattr(torch, d) for d in update_info.dtype_names]
         sizes = [math.prod(s) * d.itemsize for s, d in zip(update_info.shapes, dtypes, strict=True)]
@@ -297,7 +300,6 @@ class ObjectStoreTrainerWeightTransferEngine(TrainerWeightTransferEngine[ObjectS
         return engine
 
     def send_weights(self) -> None:
-        import ray
 
         assert self.source is not None
         self.source.metadata()  # the gather is a collective: every rank runs it
@@ -407,7 +409,6 @@ class EngineClient:
         self.reports: list[dict[str, int]] = []
 
     def _all(self, refs: list[Any]) -> list[Any]:
-        import ray
 
         return ray.get(refs, timeout=self.timeout_s)
 
@@ -438,12 +439,8 @@ def trainer_init_info(
         return ObjectStoreTrainerInitInfo(bucket_bytes=bucket_bytes, rank=rank)
     # GPU only from here: vLLM's own engines.
     if backend == "nccl":
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
-
         return NCCLTrainerInitInfo(*master, world_size, packed_buffer_size_bytes=bucket_bytes, rank=rank)
     if backend == "ipc":
-        from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
-
         return IPCTrainerInitInfo(packed=True, packed_buffer_size_bytes=bucket_bytes, rank=rank)
     raise ValueError(f"unknown weight-transfer backend {backend!r}")
 

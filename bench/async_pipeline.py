@@ -133,7 +133,7 @@ def check_supported(cfg: Any) -> None:
 
 def run_setting(cfg: Any, setting: Setting, count: int) -> list[tuple[float, dict[str, float]]]:
     """Start the setting's job, run `count` train steps, close the job (Ray stays up)."""
-    from rrm_ray.driver import GRPOJob
+    from rrm_ray.jobs.grpo import GRPOJob
 
     steps = []
     with GRPOJob(cfg) as job:
@@ -214,8 +214,8 @@ def main() -> int:
     if args.warmup_steps < 1 or args.steps < 1:
         ap.error("--warmup-steps and --steps must be >= 1")
 
-    from rrm_ray.config import load_config
     from rrm_ray.logs import quiet_driver_loggers
+    from rrm_ray.validation import load_config
 
     quiet_driver_loggers()
     work_dir = Path(args.log_dir, f"async_pipeline-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}").resolve()
@@ -235,7 +235,7 @@ def main() -> int:
 
     import ray
 
-    from rrm_ray.driver import connect_ray
+    from rrm_ray.clients.cluster import connect_ray
 
     any_cfg = next(iter(cfgs.values()))
     connect_ray(

@@ -14,29 +14,23 @@ actor / bare (goal: >= 0.95).
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
 
 import ray
 
-from actors.judge import JudgePool, JudgeWorker
-from rrm_ray.config import load_config
+from actors.judge import JudgeWorker
+from rrm_ray.clients.cluster import connect_ray
+from rrm_ray.clients.judge import JudgeClient
+from rrm_ray.clients.roles import OwnGroups
 from rrm_ray.data.synthetic_pairs import make_synthetic_pairs
-from rrm_ray.driver import connect_ray
-from rrm_ray.judge.service import JudgePair
+from rrm_ray.jobs.judging import alone
+from rrm_ray.judge.records import JudgePair
+from rrm_ray.validation import load_config
 
 
 class BenchJudge(JudgeWorker):
-    """A judge that remembers the prompts of its last wave and can run them through bare vLLM."""
-
-    def _generate(self, prompts: list[str], n: int) -> list[list[str] | None]:
-        self.last_prompts = list(prompts)
-        return super()._generate(prompts, n)
-
-    def recorded(self) -> list[str]:
-        return self.last_prompts
-
-    def reset_prefix_cache(self) -> None:
-        self.llm.reset_prefix_cache()
+    """A judge engine that can also run prompts through bare vLLM."""
 
     def bare(self, prompts: list[str]) -> int:
         """One plain `LLM.generate` over the prompts; returns the generated token count."""
@@ -75,35 +69,40 @@ def main() -> None:
     pairs = [JudgePair(p.query, p.chosen, p.rejected) for p in make_synthetic_pairs(args.pairs, seed=7)]
     warm = [JudgePair(p.query, p.chosen, p.rejected) for p in make_synthetic_pairs(2, seed=99)]
     connect_ray(cfg)
-    pool = JudgePool(cfg, worker_cls=BenchJudge)
-    actor = pool.group.actors[0]
+    judge = alone(cfg, lambda restarts: JudgeClient.start(cfg, OwnGroups(cfg), None, restarts, BenchJudge))
+    actor = judge.group.actors[0]
+
+    def recorded_prompts() -> list[str]:
+        """The prompts of the judge's engine batches since the last take (one wave: one batch)."""
+        return [p for b in ray.get(actor.take_batches.remote()) for p in pickle.loads(b["args"])[0]]
+
     try:
-        pool.compare(warm)  # compile / allocate once, outside the measurement
-        pool.stats(reset=True)
+        judge.compare(warm)  # compile / allocate once, outside the measurement
+        judge.stats(reset=True)
+        ray.get(actor.record_batches.remote())
         runs: dict[str, list[tuple[float, int]]] = {"actor": [], "bare": []}
         prompts: list[str] = []
         for r in range(args.repeats):
             for path in ("actor", "bare") if r % 2 == 0 else ("bare", "actor"):
                 if path == "bare" and not prompts:
-                    pool.clear_cache()
-                    pool.compare(pairs)  # the prompts the service sends, recorded
-                    prompts = ray.get(actor.recorded.remote())
-                    pool.stats(reset=True)
-                ray.get(actor.reset_prefix_cache.remote())  # every run pays its prefill, as real judging does
+                    judge.clear_cache()
+                    judge.compare(pairs)  # the prompts the service sends, recorded
+                    prompts = recorded_prompts()
+                    judge.stats(reset=True)
+                judge.clear_cache()  # and vLLM's prefix cache: every run pays its prefill, as judging does
                 start = time.perf_counter()
                 if path == "actor":
-                    pool.clear_cache()
-                    pool.compare(pairs)
+                    judge.compare(pairs)
                     seconds = time.perf_counter() - start
-                    tokens = int(pool.stats(reset=True)["generated_tokens"])
-                    prompts = prompts or ray.get(actor.recorded.remote())
+                    tokens = int(judge.stats(reset=True)["generated_tokens"])
+                    prompts = prompts or recorded_prompts()
                 else:
                     tokens = ray.get(actor.bare.remote(prompts))
                     seconds = time.perf_counter() - start
                 runs[path].append((seconds, tokens))
                 print(f"run {r} {path}: {seconds:.2f}s, {tokens} tokens", flush=True)
     finally:
-        pool.shutdown()
+        judge.shutdown()
         ray.shutdown()
 
     setup = f"{args.max_new_tokens} new tokens max, temperature {args.temperature:g}"

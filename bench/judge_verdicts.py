@@ -33,11 +33,11 @@ from typing import Any
 
 import ray
 
-from actors.judge import JudgePool, JudgeWorker
-from rrm_ray.config import load_config
+from rrm_ray.clients.cluster import connect_ray
 from rrm_ray.data.synthetic_pairs import make_synthetic_pairs
-from rrm_ray.driver import connect_ray
-from rrm_ray.judge.service import JudgePair, PairJudgment
+from rrm_ray.jobs.judging import judge_session
+from rrm_ray.judge.records import JudgePair, PairJudgment
+from rrm_ray.validation import load_config
 
 SETTINGS = {
     "before": {"judge.prefix_caching": False, "judge.verdict": "choice", "judge.votes": 3},
@@ -50,13 +50,6 @@ SETTINGS = {
     },
     "after": {"judge.prefix_caching": True, "judge.verdict": "choice_prob", "judge.votes": 1},
 }
-
-
-class BenchJudge(JudgeWorker):
-    """A judge whose prefix cache the bench can empty between runs."""
-
-    def reset_prefix_cache(self) -> None:
-        self.llm.reset_prefix_cache()
 
 
 def _short(solution: str) -> str:
@@ -83,24 +76,20 @@ def run_setting(
 ) -> tuple[dict[str, float], list[PairJudgment]]:
     """One engine for this setting: warm up, then ``repeats`` measured runs from empty caches."""
     cfg = load_config(None, [*base, *(f"{k}={v}" for k, v in overrides.items())])
-    pool = JudgePool(cfg, worker_cls=BenchJudge)
     totals: dict[str, float] = {}
-    try:
-        pool.compare(warm)
+    with judge_session(cfg, "bench") as judge:
+        judge.compare(warm)
         judgments: list[PairJudgment] = []
         for _ in range(repeats):
-            pool.clear_cache()
-            pool.group.call_all("reset_prefix_cache")
-            pool.stats(reset=True)
+            judge.clear_cache()  # verdicts and vLLM's prefix cache: every run pays for everything
+            judge.stats(reset=True)
             start = time.perf_counter()
-            judgments = pool.compare(pairs)
+            judgments = judge.compare(pairs)
             seconds = time.perf_counter() - start
-            stats = pool.stats(reset=True)
+            stats = judge.stats(reset=True)
             for key in ("judge_calls", "prefill_tokens", "prefix_cached_tokens", "generated_tokens"):
                 totals[key] = totals.get(key, 0) + stats[key]
             totals["seconds"] = totals.get("seconds", 0.0) + seconds
-    finally:
-        pool.shutdown()
     return totals, judgments
 
 

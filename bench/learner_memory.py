@@ -5,10 +5,10 @@
 One sequence of `--tokens` random tokens through SmolLM2-135M (vocabulary 49,152), the learner's loss
 shape (token log-probs and their entropy, a masked sum, backward), two ways:
 
-    old   the HF forward's full logits [1, L, V], `.float() / T`, then the chunked `algo.gather_logprobs`
+    old   the HF forward's full logits [1, L, V], `.float() / T`, then the chunked `logprobs.gather_logprobs`
           / `entropy_from_logits` (the learner before this change)
-    new   the learner's forward now (`actors.backends.install_logprob_forward`): hidden states, then
-          `algo.head_logprobs` over `--chunk` positions at a time, recomputed in backward
+    new   the learner's forward now (`actors.model_io.install_logprob_forward`): hidden states, then
+          `logprobs.head_logprobs` over `--chunk` positions at a time, recomputed in backward
 
 Each variant runs in a fresh subprocess so neither inherits the other's allocator state, and warms up
 on 64 tokens first. CUDA: max_memory_allocated. CPU: peak RSS of the step, from Linux's VmHWM reset
@@ -45,8 +45,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from actors.backends import install_logprob_forward
-    from rrm_ray import algo
+    from actors.model_io import install_logprob_forward
+    from rrm_ray.logprobs import entropy_from_logits, gather_logprobs
     from rrm_ray.models import resolve_model_path
 
     torch.set_num_threads(args.threads)
@@ -68,9 +68,9 @@ def run_variant(args: argparse.Namespace) -> dict:
         if args.variant == "old":
             logits = model(input_ids=ids, attention_mask=mask).logits
             logits = logits[:, :-1].float() / temperature
-            lp = algo.gather_logprobs(logits, ids[:, 1:], chunk_size=args.chunk)
+            lp = gather_logprobs(logits, ids[:, 1:], chunk_size=args.chunk)
             with torch.no_grad():
-                ent = algo.entropy_from_logits(logits.detach(), chunk_size=args.chunk)
+                ent = entropy_from_logits(logits.detach(), chunk_size=args.chunk)
         else:
             lp, ent = model(
                 input_ids=ids,

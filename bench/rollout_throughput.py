@@ -117,67 +117,6 @@ def engine_facts(worker: Any) -> dict[str, Any]:
     return live_engine_facts(worker.llm)
 
 
-def _batch_record(args: bytes, seconds: float, outputs: list[Any]) -> dict[str, Any]:
-    """A batch as recorded: its pickled inputs, seconds, and every sample's tokens (None per prompt
-    that did not finish)."""
-
-    def each(get: Any) -> list[Any]:
-        return [None if o is None else get(o) for o in outputs]
-
-    return {
-        "args": args,
-        "seconds": seconds,
-        "lengths": each(lambda o: [len(s.token_ids) for s in o.outputs]),
-        "prompt_ids": each(lambda o: list(o.prompt_token_ids)),
-        "response_ids": each(lambda o: [list(s.token_ids) for s in o.outputs]),
-    }
-
-
-def start_recording(worker: Any) -> None:
-    """Record every batch this engine runs: `LLM.generate` (the rollout's batch path) and
-    `_as_finished` (the engine stepping of its streaming path, `reward.streaming`, and of the judge's
-    deadline-bounded `_run_until`). Each record holds the prompts and `SamplingParams`, pickled before
-    vLLM sees them, the generated length of every sample (None: aborted at the deadline), its token
-    ids (the learner trains on the rollout's), and the call's wall seconds."""
-    calls: list[dict[str, Any]] = worker.__dict__.setdefault("bench_calls", [])
-    generate, as_finished = worker.llm.generate, worker._as_finished
-
-    def recorded_generate(prompts: Any, sampling_params: Any = None, **kwargs: Any) -> Any:
-        args = pickle.dumps((prompts, sampling_params))
-        start = time.perf_counter()
-        outputs = generate(prompts, sampling_params, **kwargs)
-        calls.append(_batch_record(args, time.perf_counter() - start, outputs))
-        return outputs
-
-    def recorded_as_finished(prompts: list[str], params: list[Any], *deadline: float) -> Any:
-        """The batch, recorded once the engine is done with it (as one `generate` would be)."""
-        args = pickle.dumps((prompts, params))
-        start = time.perf_counter()
-        outputs: list[Any] = [None] * len(prompts)
-        for i, out in as_finished(prompts, params, *deadline):
-            outputs[i] = out
-            yield i, out
-        calls.append(_batch_record(args, time.perf_counter() - start, outputs))
-
-    worker.llm.generate = recorded_generate
-    worker._as_finished = recorded_as_finished
-
-
-def take_calls(worker: Any) -> list[dict[str, Any]]:
-    """The records since the last take (the recording goes on)."""
-    calls = worker.__dict__.get("bench_calls", [])
-    taken = list(calls)
-    calls.clear()
-    return taken
-
-
-def stop_recording(worker: Any) -> list[dict[str, Any]]:
-    """Unwrap (the class's methods again) and return what was recorded."""
-    worker.llm.__dict__.pop("generate", None)
-    worker.__dict__.pop("_as_finished", None)
-    return worker.__dict__.pop("bench_calls", [])
-
-
 # -- the bare process ---------------------------------------------------------------------------------
 def _exact_length_requests(prompts: list[Any], params: list[Any], lengths: list[list[int] | None]):
     """Every sample of a recorded request as its own n=1 request that generates exactly the recorded
@@ -416,7 +355,7 @@ def measure(
     import ray
 
     from actors.rollout import RolloutWorker
-    from rrm_ray.actor_group import ActorGroup
+    from rrm_ray.clients.group import ActorGroup
     from rrm_ray.clients.rollout import engine_spec
     from rrm_ray.logs import ray_init_kwargs
     from rrm_ray.placement import own_spec
@@ -449,9 +388,9 @@ def measure(
             "max_tokens": r.max_new_tokens,
             "seed": cfg.trainer.seed,
         }
-        ray.get(actor.__ray_call__.remote(start_recording))  # stays on: the engine's own seconds
+        ray.get(actor.record_batches.remote())  # stays on: the engine's own seconds
         group.get([actor.generate.remote(**call)], "generate")  # warm-up
-        recorded = ray.get(actor.__ray_call__.remote(take_calls))
+        recorded = ray.get(actor.take_batches.remote())
         bare = BareEngine(
             facts, recorded, False, log_file.parent, log_file, "rollout_throughput", weight_receiver
         )
@@ -464,7 +403,7 @@ def measure(
             completions = group.get([actor.generate.remote(**call)], "generate")[0]
             sides["actor"]["seconds"].append(time.perf_counter() - start)
             sides["actor"]["tokens"].append(sum(len(comp.response_ids) for comp in completions))
-            inside = ray.get(actor.__ray_call__.remote(take_calls))
+            inside = ray.get(actor.take_batches.remote())
             sides["actor"]["engine_seconds"].append(sum(rec["seconds"] for rec in inside))
             result = bare.run(recorded)
             sides["bare"]["seconds"].append(result["seconds"])
@@ -503,15 +442,15 @@ def main() -> int:
     if args.prompts < 1 or args.repeats < 1:
         ap.error("--prompts and --repeats must be >= 1")
 
-    from rrm_ray.config import load_config
-    from rrm_ray.logs import job_log_file, quiet_driver_loggers
+    from rrm_ray.logs import command_log_file, quiet_driver_loggers
     from rrm_ray.models import resolve_model_path
+    from rrm_ray.validation import load_config
 
     quiet_driver_loggers()
     cfg = load_config(args.config, args.overrides)
     model_path = resolve_model_path(cfg.model.path)  # smollm2: converted once (ensure_smollm2)
     prompts = demo_prompts(cfg, model_path, args.prompts)
-    log_file = job_log_file(args.log_dir, "rollout_throughput")
+    log_file = command_log_file(args.log_dir, "rollout_throughput")
     print(f"engine logs: {log_file}")
 
     m = measure(cfg, model_path, prompts, args.repeats, log_file, args.bare_weight_receiver)

@@ -7,7 +7,7 @@ done bare, phase by phase, in one run.
 step   `GRPOJob(cfg)` on the config (tracking off), `start()`, then `--warmup-steps` + `--steps`
        calls of `train_step()`, each timed from outside (wall) and by its own phase timers (the
        `time/*_s` metrics). Inside the actors the bench records what each engine ran (prompts,
-       `SamplingParams`, every sample's length, seconds: `rollout_throughput.start_recording`) and
+       `SamplingParams`, every sample's length, seconds: the engine's `record_batches`) and
        how long each learner rank spent in its update (from `model.train()` to the stats all-reduce).
 bound  the same work, bare, one process at a time after the job is shut down:
        generate  bare `vllm.LLM` with the rollout engine's arguments, threads and KV cache (read back
@@ -65,35 +65,13 @@ PHASES = ("generate", "reward", "logprobs", "update")  # the phases the bound co
 
 
 # -- run inside the learner ranks through `__ray_call__` --------------------------------------------------
-def start_update_spans(worker: Any) -> None:
-    """Mark each `train_step` on this rank: from its first act (`model.train()`) to the end of its
-    last (the stats all-reduce), i.e. everything but the Ray call around it."""
-    spans: list[list[float | None]] = worker.__dict__.setdefault("bench_spans", [])
-    model, reduce = worker.policy.model, worker._all_reduce_sums
-    train = model.train
-
-    def marked_train(mode: bool = True) -> Any:
-        spans.append([time.perf_counter(), None])
-        return train(mode)
-
-    def marked_reduce(sums: dict[str, float]) -> dict[str, float]:
-        out = reduce(sums)
-        if spans and spans[-1][1] is None:
-            spans[-1][1] = time.perf_counter()
-        return out
-
-    model.train = marked_train
-    worker._all_reduce_sums = marked_reduce
-
-
 def _niceness(worker: Any) -> int:
     return os.nice(0)
 
 
 def take_update_spans(worker: Any) -> list[float]:
-    spans = worker.__dict__.get("bench_spans", [])
-    seconds = [end - start for start, end in spans if end is not None]
-    spans.clear()
+    """Seconds of each `train_step` on this rank since the last take (`LearnerWorker.update_seconds`)."""
+    seconds, worker.update_seconds = list(worker.update_seconds), []
     return seconds
 
 
@@ -105,7 +83,7 @@ def bare_learner(work_path: Path, out_path: Path) -> None:
     work = torch.load(work_path, weights_only=False)
     rt.set_niceness(work["nice"])  # the learner ranks' priority
     torch.set_num_threads(work["threads"])
-    from actors.backends import DTYPES, load_hf_model
+    from actors.model_io import DTYPES, load_hf_model
     from rrm_ray import algo
 
     lc, ac, temperature = work["learner"], work["algorithm"], work["temperature"]
@@ -253,44 +231,32 @@ def check_supported(cfg: Any) -> None:
         raise SystemExit("bench/step_overhead.py cannot bound this config: " + "; ".join(problems))
 
 
-def job_groups(job: Any) -> list[Any]:
-    """The job's live actor groups (`rrm_ray.actor_group.ActorGroup`, named by role): `GRPOJob.groups`,
-    or its `roles.groups` where the job keeps its roles in `rrm_ray.roles.Roles`."""
-    if hasattr(job, "groups"):
-        return list(job.groups)
-    if hasattr(job, "roles"):
-        return list(job.roles.groups)
-    raise RuntimeError(f"{type(job).__name__} exposes its actor groups neither as .groups nor .roles.groups")
-
-
 def run_steps(cfg: Any, count: int) -> dict[str, Any]:
     """Start the job, record `count` train steps, close the job and Ray."""
     import ray
 
-    from rrm_ray.driver import GRPOJob
+    from rrm_ray.jobs.grpo import GRPOJob
 
     ray.cloudpickle.register_pickle_by_value(rt)  # its functions run inside the actors
     job = GRPOJob(cfg)
     try:
         job.start()
-        roles = {g.spec.name: g for g in job_groups(job)}
+        roles = {g.spec.name: g for g in job.roles.groups}
         engines = {role: roles[role] for role in ("rollout", "judge") if role in roles}
         learner = roles["learner"]
         facts = {
             role: ray.get(g.actors[0].__ray_call__.remote(rt.engine_facts)) for role, g in engines.items()
         }
         for g in engines.values():
-            ray.get(g.actors[0].__ray_call__.remote(rt.start_recording))
-        ray.get([a.__ray_call__.remote(start_update_spans) for a in learner.actors])
+            ray.get(g.actors[0].record_batches.remote())
+        ray.get([a.__ray_call__.remote(take_update_spans) for a in learner.actors])  # from now on
         learner_nice = max(ray.get([a.__ray_call__.remote(_niceness) for a in learner.actors]))
         steps = []
         for k in range(count):
             start = time.perf_counter()
             metrics = job.train_step()
             wall = time.perf_counter() - start
-            calls = {
-                role: ray.get(g.actors[0].__ray_call__.remote(rt.take_calls)) for role, g in engines.items()
-            }
+            calls = {role: ray.get(g.actors[0].take_batches.remote()) for role, g in engines.items()}
             spans = ray.get([a.__ray_call__.remote(take_update_spans) for a in learner.actors])
             steps.append({"wall": wall, "metrics": metrics, "calls": calls, "update_spans": spans})
             print(f"step {k + 1}/{count}: {wall:.2f} s (phases: {_phase_line(metrics)})", flush=True)
@@ -335,9 +301,9 @@ def main() -> int:
     if args.warmup_steps < 1 or args.steps < 1:
         ap.error("--warmup-steps and --steps must be >= 1 (every bare process warms up on the warm-up steps)")
 
-    from rrm_ray.config import load_config
     from rrm_ray.logs import quiet_driver_loggers
     from rrm_ray.models import resolve_model_path
+    from rrm_ray.validation import load_config
 
     quiet_driver_loggers()
     work_dir = Path(args.log_dir, f"step_overhead-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}").resolve()

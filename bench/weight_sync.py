@@ -20,18 +20,20 @@ seconds (1.0 would be the bound).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 
 import ray
 import torch
 
+from actors.engine import engine_env
 from actors.learner import LearnerWorker
-from actors.rollout import RolloutWorker, engine_env
-from rrm_ray.actor_group import ActorGroup, RoleSpec
-from rrm_ray.config import AlgorithmConfig, LearnerConfig, vllm_backend
+from actors.rollout import RolloutWorker
+from rrm_ray.clients.group import ActorGroup
+from rrm_ray.config import AlgorithmConfig, LearnerConfig
 from rrm_ray.models import ensure_smollm2
+from rrm_ray.placement import RoleSpec
+from rrm_ray.weight_sync import vllm_backend
 
 METHODS = ("collective", "object_store")  # what runs without a GPU
 
@@ -78,11 +80,11 @@ def main() -> None:
         )
         for m in METHODS
     }
-    learner_cfg = dataclasses.asdict(LearnerConfig(num_ranks=args.learner_ranks, micro_batch_size=1))
+    learner_cfg = LearnerConfig(num_ranks=args.learner_ranks, micro_batch_size=1)
     learner = ActorGroup(
         LearnerWorker,
         RoleSpec("learner", args.learner_ranks, 1.0),
-        init_args=(model, "float32", "cpu", learner_cfg, dataclasses.asdict(AlgorithmConfig()), 1.0, 1),
+        init_args=(model, "float32", "cpu", learner_cfg, AlgorithmConfig(), 1.0, 1),
         env={"OMP_NUM_THREADS": "1"},
         call_timeout_s=timeout,
     )

@@ -133,7 +133,7 @@ class RewardConfig:
     num_workers: int = 1
     cpus: float = 0.5
     # auto | always | never. always: each prompt's group goes to the rule actor and the judge as soon as its n
-    # samples are generated, so scoring and judging overlap generation (rrm_ray.clients.streaming);
+    # samples are generated, so scoring and judging overlap generation (rrm_ray.clients.streamed_batch);
     # never: the whole batch is generated, then scored. auto: streams, unless the rollout and the judge share
     # bundles (cluster.colocate: they take turns) or judge training uses budget forcing (two-phase
     # generation); `always` with either is a config error.
@@ -240,7 +240,7 @@ class DPOConfig:
 
 @dataclass
 class DownstreamEvalConfig:
-    """lm-eval multiple-choice accuracy of the policy on local MMLU-Pro / GPQA files (rrm_ray.downstream),
+    """lm-eval multiple-choice accuracy of the policy on local MMLU-Pro / GPQA files,
     on cluster.device in model.dtype; `rrm-ray downstream-eval` evaluates any model with these keys."""
 
     enabled: bool = False  # rrm-ray train: model.path before training and the final policy after it
@@ -288,26 +288,6 @@ class TrackingConfig:
     registered_model: str | None = None  # a name: the final policy also becomes a version of it
 
 
-def validate_tracking(cfg: JobConfig) -> None:
-    """The `tracking` section (called by `validate`)."""
-    t = cfg.tracking
-    _one_of(t.log_model, "tracking.log_model", ("none", "path", "artifacts"))
-    _require(
-        t.system_metrics_interval_s > 0,
-        "tracking.system_metrics_interval_s",
-        f"must be > 0 seconds, got {t.system_metrics_interval_s}",
-    )
-    _require(t.run_name is None or t.run_name.strip() != "", "tracking.run_name", "must be null or non-empty")
-    if t.registered_model is not None:
-        _require(t.registered_model.strip() != "", "tracking.registered_model", "must be null or a name")
-        _require(
-            t.log_model != "none" and cfg.checkpoint.save_final,
-            "tracking.registered_model",
-            "registers the final policy, so it needs tracking.log_model=path or artifacts and "
-            f"checkpoint.save_final=true (got {t.log_model} and {cfg.checkpoint.save_final})",
-        )
-
-
 @dataclass
 class CheckpointConfig:
     dir: str = "runs/checkpoints"
@@ -333,8 +313,9 @@ class JobConfig:
     resume: str | None = None  # "auto": the latest complete checkpoint in checkpoint.dir; or a step_N path
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
-    """Merge schema defaults, a YAML file and `key=value` overrides; then validate.
+def merge_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Merge schema defaults, a YAML file and `key=value` overrides (not yet validated: see
+    `rrm_ray.validation.load_config`).
 
     Returns a typed `JobConfig` object (a dataclass instance), so later code cannot grow keys.
     """
@@ -358,7 +339,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except OmegaConfBaseException as exc:
             raise ConfigError(_explain(exc, "in a command-line override")) from None
     cfg: JobConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    validate(cfg)
     return cfg
 
 
@@ -406,426 +386,13 @@ def _known_keys(full_key: str | None) -> list[str]:
     return [f.name for f in dataclasses.fields(JobConfig)]
 
 
-def _require(ok: bool, key: str, message: str) -> None:
+def require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
 
 
-def _one_of(value: Any, key: str, allowed: tuple[Any, ...]) -> None:
-    _require(value in allowed, key, f"got {value!r}, allowed: {', '.join(map(str, allowed))}")
-
-
-def validate(cfg: JobConfig) -> None:
-    """Check values against each other and the declared cluster; raise ConfigError naming the key."""
-    c, r, lr, a, d = cfg.cluster, cfg.rollout, cfg.learner, cfg.algorithm, cfg.data
-    _one_of(c.device, "cluster.device", ("cpu", "cuda"))
-    _one_of(cfg.model.dtype, "model.dtype", ("auto", "float32", "bfloat16", "float16"))
-    _one_of(lr.backend, "learner.backend", ("fsdp2", "deepspeed"))
-    _one_of(lr.lr_schedule, "learner.lr_schedule", ("constant", "cosine", "linear"))
-    _one_of(lr.zero_stage, "learner.zero_stage", (2, 3))
-    _require(
-        not lr.offload_params or lr.zero_stage == 3, "learner.offload_params", "needs learner.zero_stage=3"
-    )
-    _require(
-        c.device == "cuda" or not (lr.offload_params or lr.offload_optimizer),
-        "learner.offload_optimizer",
-        "offloading only applies with cluster.device=cuda (on cpu everything is in CPU memory already)",
-    )
-    _one_of(a.name, "algorithm.name", ("grpo",))
-    for key, strategy in (("rollout.strategy", r.strategy), ("learner.strategy", lr.strategy)):
-        _one_of(strategy, key, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
-    for key, value in (
-        ("rollout.num_engines", r.num_engines),
-        ("rollout.n_samples", r.n_samples),
-        ("rollout.max_new_tokens", r.max_new_tokens),
-        ("rollout.weight_bucket_mb", r.weight_bucket_mb),
-        ("learner.num_ranks", lr.num_ranks),
-        ("learner.micro_batch_size", lr.micro_batch_size),
-        ("data.prompts_per_step", d.prompts_per_step),
-        ("trainer.total_steps", cfg.trainer.total_steps),
-        ("algorithm.mini_batches", a.mini_batches),
-        ("model.max_model_len", cfg.model.max_model_len),
-    ):
-        _require(value >= 1, key, f"must be at least 1, got {value}")
-    _require(lr.lr > 0, "learner.lr", f"must be positive, got {lr.lr}")
-    _require(0 <= a.clip_low < 1, "algorithm.clip_low", f"must be in [0, 1), got {a.clip_low}")
-    _require(a.clip_high >= 0, "algorithm.clip_high", f"must be >= 0, got {a.clip_high}")
-    _require(a.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0, got {a.kl_coef}")
-    _require(a.tis_cap is None or a.tis_cap >= 1, "algorithm.tis_cap", "must be null or >= 1")
-    _require(r.temperature > 0, "rollout.temperature", "must be > 0 (use eval for greedy decoding)")
-    _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-    validate_learner_numerics(cfg)
-    _require(cfg.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
-    _require(c.placement_timeout_s > 0, "cluster.placement_timeout_s", "must be > 0")
-    _require(c.call_timeout_s > 0, "cluster.call_timeout_s", "must be > 0")
-    _require(  # Ray reads -1 as "restart forever"; the driver counts restarts against this budget
-        c.max_actor_restarts >= 0, "cluster.max_actor_restarts", f"must be >= 0, got {c.max_actor_restarts}"
-    )
-    _require(r.n_samples >= 2, "rollout.n_samples", "GRPO needs at least 2 samples per prompt")
-    _require(
-        cfg.trainer.time_limit_min is None or cfg.trainer.time_limit_min > 0,
-        "trainer.time_limit_min",
-        f"must be null or > 0 minutes, got {cfg.trainer.time_limit_min}",
-    )
-    validate_staleness(cfg)
-    validate_streaming(cfg)
-    _require(
-        not (d.format == "preference" and d.order_balanced) or r.n_samples % 2 == 0,
-        "rollout.n_samples",
-        f"data.order_balanced shows each pair in both orders, half the group each: n_samples must be even, "
-        f"got {r.n_samples} (or set data.order_balanced=false)",
-    )
-    validate_judge(cfg.judge)
-    validate_tracking(cfg)
-    from rrm_ray.downstream import validate_settings  # Ray-free; imports this module lazily
-
-    validate_settings(cfg.trainer.downstream_eval)
-    _require(
-        not cfg.trainer.downstream_eval.enabled or cfg.checkpoint.save_final,
-        "trainer.downstream_eval.enabled",
-        "evaluates the final policy from its HF directory, which needs checkpoint.save_final=true",
-    )
-    _require(cfg.dpo.beta > 0, "dpo.beta", f"must be > 0, got {cfg.dpo.beta}")
-    _require(0 <= cfg.dpo.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
-    _one_of(d.format, "data.format", ("prompts", "preference"))
-    _one_of(d.preference_format, "data.preference_format", ("generic", "skywork", "tulu", "hh_rlhf"))
-    _one_of(d.on_error, "data.on_error", ("raise", "skip"))
-    _one_of(d.synthetic_difficulty, "data.synthetic_difficulty", ("trivial", "easy", "medium", "hard"))
-    _require(d.synthetic_pairs >= 0, "data.synthetic_pairs", f"must be >= 0, got {d.synthetic_pairs}")
-    _require(
-        not d.synthetic_pairs or d.format == "preference",
-        "data.synthetic_pairs",
-        f"generated preference pairs are for judge training (data.format=preference), got data.format="
-        f"{d.format}; set data.synthetic_pairs=0",
-    )
-    _require(
-        not d.synthetic_pairs or d.generate_dir is not None,
-        "data.synthetic_pairs",
-        f"{d.synthetic_pairs} pairs to generate, but generated data is written only under "
-        "data.generate_dir, which is not set: set it to the folder of data.train_path (e.g. "
-        f"data.generate_dir={Path(d.train_path).parent}) or set data.synthetic_pairs=0",
-    )
-    _require(
-        d.generate_dir is None or bool(d.generate_dir.strip()),
-        "data.generate_dir",
-        "must be null (generate nothing) or a folder, got an empty string",
-    )
-    _require(d.arithmetic_max_operand >= 1, "data.arithmetic_max_operand", "must be at least 1")
-    if d.format == "preference":
-        expected = f"judge_{cfg.judge.mode}"
-        _require(
-            cfg.reward.rule.startswith(expected) and not cfg.reward.rule_weights,
-            "reward.rule",
-            f"judge training (data.format=preference, judge.mode={cfg.judge.mode}) needs the rule {expected}"
-            f" (optionally {expected}(correct=1,wrong=-1,format_fail=-1)), got {cfg.reward.rule!r}",
-        )
-        _require(
-            cfg.judge.think_budget < min(r.max_new_tokens, r.eval_max_new_tokens),
-            "judge.think_budget",
-            f"judge training generates rollout.max_new_tokens={r.max_new_tokens} / eval_max_new_tokens="
-            f"{r.eval_max_new_tokens} tokens per judgment; the thinking budget {cfg.judge.think_budget} must "
-            "leave room for the verdict",
-        )
-    _validate_rules(cfg.reward)
-
-    sequences = d.prompts_per_step * r.n_samples
-    per_rank, rest = divmod(sequences, lr.num_ranks)
-    _require(
-        rest == 0,
-        "learner.num_ranks",
-        f"data.prompts_per_step x rollout.n_samples = {sequences} sequences per step must divide "
-        f"evenly over {lr.num_ranks} learner ranks",
-    )
-    _require(
-        per_rank % a.mini_batches == 0,
-        "algorithm.mini_batches",
-        f"{per_rank} sequences per rank must split into {a.mini_batches} equal mini-batches",
-    )
-    _require(
-        not a.filter_flat_groups or a.kl_coef == 0,
-        "algorithm.filter_flat_groups",
-        "needs algorithm.kl_coef=0 (with a KL term a flat group still has a gradient)",
-    )
-    _require(
-        not a.filter_flat_groups or r.n_samples % (lr.num_ranks * a.mini_batches) == 0,
-        "algorithm.filter_flat_groups",
-        f"keeps whole groups, so rollout.n_samples={r.n_samples} must divide over learner.num_ranks x "
-        f"algorithm.mini_batches = {lr.num_ranks * a.mini_batches}",
-    )
-    for key, level in (("rollout.sleep_level", r.sleep_level), ("judge.sleep_level", cfg.judge.sleep_level)):
-        _one_of(level, key, (1, 2))
-    _validate_colocation(cfg)
-    from rrm_ray.placement import gpus_asked, plan_placement  # Ray-free; imports this module lazily
-
-    groups = plan_placement(cfg).groups
-    weight_sync_method(cfg)  # rollout.weight_sync fits the device, placement and learner backend
-    if c.device == "cuda":
-        asked, parts = gpus_asked(groups)
-        declared = c.num_nodes * c.gpus_per_node
-        _require(
-            declared == 0 or asked <= declared,
-            "cluster.gpus_per_node",
-            f"the job asks for {asked:g} GPUs ({parts}; a bundle that colocated roles share counts once) "
-            f"but the declared cluster has {declared} ({c.num_nodes} nodes x {c.gpus_per_node})",
-        )
-        _require(
-            not cfg.trainer.downstream_eval.enabled or declared == 0 or asked < declared,
-            "trainer.downstream_eval.enabled",
-            f"the downstream evaluation runs on 1 GPU outside the job's placement groups, but the job asks "
-            f"for {asked:g} of the declared cluster's {declared} GPUs; leave one free, or set "
-            "trainer.downstream_eval.enabled=false and run `rrm-ray downstream-eval` after training",
-        )
-        _require(lr.gpus_per_rank == 1, "learner.gpus_per_rank", "each learner rank needs exactly 1 GPU")
-        j = cfg.judge
-        for prefix, gpus, tp in (
-            ("rollout", r.gpus_per_engine, r.tensor_parallel_size),
-            ("judge", j.gpus_per_engine, j.tensor_parallel_size),
-        ):
-            _require(
-                gpus == tp,
-                f"{prefix}.gpus_per_engine",
-                f"an engine with {prefix}.tensor_parallel_size={tp} needs that many GPUs, got {gpus:g}",
-            )
-    _require(c.gpu_memory_gib > 0, "cluster.gpu_memory_gib", f"must be > 0, got {c.gpu_memory_gib:g}")
-    if c.address is None and c.device == "cpu":
-        asked_cpu = sum(g.num_workers * g.cpus for g in groups.values())
-        _require(
-            asked_cpu <= c.local_num_cpus,
-            "cluster.local_num_cpus",
-            f"the job asks for {asked_cpu:g} logical CPUs but the local Ray declares {c.local_num_cpus}",
-        )
-
-
-_COUNT_KEYS = {"rollout": "rollout.num_engines", "learner": "learner.num_ranks", "judge": "judge.num_engines"}
-_GPU_KEYS = {
-    "rollout": "rollout.gpus_per_engine",
-    "learner": "learner.gpus_per_rank",
-    "judge": "judge.gpus_per_engine",
-}
-
-
-def _validate_colocation(cfg: JobConfig) -> None:
-    """Roles in one `cluster.colocate` group split the same bundles, so their shapes must agree."""
-    from rrm_ray.placement import COLOCATABLE, own_spec
-
-    seen: set[str] = set()
-    for i, group in enumerate(cfg.cluster.colocate):
-        key = f"cluster.colocate[{i}]"
-        _require(len(group) >= 2, key, f"a colocation group names at least 2 roles, got {list(group)}")
-        for role in group:
-            _one_of(role, key, COLOCATABLE)
-            _require(
-                role not in seen, key, f"role {role!r} is listed twice (a role shares one set of bundles)"
-            )
-            seen.add(role)
-        _require(
-            "judge" not in group or cfg.judge.enabled, key, "colocating the judge needs judge.enabled=true"
-        )
-    for i, group in enumerate(cfg.cluster.colocate):
-        key = f"cluster.colocate[{i}]"
-        specs = {role: own_spec(cfg, role) for role in group}
-        for attr, keys, what in (
-            ("num_workers", _COUNT_KEYS, "counts (one worker of each role per shared bundle)"),
-            ("strategy", {role: f"{role}.strategy" for role in group}, "strategies (one placement group)"),
-            ("gpus", _GPU_KEYS, "GPUs per worker (one bundle shape)"),
-        ):
-            values = {role: getattr(spec, attr) for role, spec in specs.items()}
-            _require(
-                len(set(values.values())) == 1,
-                key,
-                f"roles sharing bundles need equal {what}; got "
-                + ", ".join(
-                    f"{keys[role]}={value:g}" if attr == "gpus" else f"{keys[role]}={value}"
-                    for role, value in values.items()
-                ),
-            )
-        gpus = specs[group[0]].gpus
-        _require(
-            cfg.cluster.device != "cuda" or gpus == 1,
-            key,
-            f"colocated roles need 1 GPU per worker on cuda (Ray gives an actor a fraction of ONE GPU, so a "
-            f"shared engine runs with tensor_parallel_size=1); got {_GPU_KEYS[group[0]]}={gpus:g}",
-        )
-
-
-def _validate_rules(reward: RewardConfig) -> None:
-    from rrm_ray.rewards.rules import resolve_rule
-
-    if reward.rule_weights:
-        key, spec = "reward.rule_weights", dict(reward.rule_weights)
-    else:
-        key, spec = "reward.rule", reward.rule
-    try:
-        resolve_rule(spec)
-    except (ValueError, ImportError, AttributeError) as exc:
-        raise ConfigError(f"{key}: {exc}") from None
-
-
-def validate_learner_numerics(cfg: JobConfig) -> None:
-    """The learner's numerics: log-prob chunking, precision, LR warmup, importance weights."""
-    lr, a, r = cfg.learner, cfg.algorithm, cfg.rollout
-    _require(lr.logprob_chunk >= 1, "learner.logprob_chunk", f"must be at least 1, got {lr.logprob_chunk}")
-    _require(
-        not (resolved_dtype(cfg) == "float16" and lr.backend == "fsdp2"),
-        "model.dtype",
-        "float16 training needs loss scaling, which the fsdp2 backend does not do; use model.dtype=bfloat16 "
-        "or learner.backend=deepspeed (dynamic loss scaling)",
-    )
-    optimizer_steps = cfg.trainer.total_steps * a.mini_batches
-    _require(
-        0 <= lr.warmup_steps <= optimizer_steps,
-        "learner.warmup_steps",
-        f"counts optimizer steps (trainer.total_steps x algorithm.mini_batches = {optimizer_steps}) and must "
-        f"be in [0, {optimizer_steps}], got {lr.warmup_steps}",
-    )
-    # vLLM reports the log-probs of its processed distribution, after the nucleus (top-p) mask, while the
-    # learner scores the full softmax: with top_p < 1 every kept token's learner probability is smaller,
-    # so exp(learner - rollout) < 1 everywhere and TIS would scale every token's loss down by a bias.
-    _require(
-        r.top_p == 1.0 or a.tis_cap is None,
-        "rollout.top_p",
-        f"rollout.top_p={r.top_p} < 1 cannot be combined with algorithm.tis_cap={a.tis_cap}: vLLM's sampled "
-        "log-probs are renormalised over the top-p nucleus, the learner's are over the full vocabulary, so "
-        "the truncated importance weights would be biased below 1; set rollout.top_p=1.0 or "
-        "algorithm.tis_cap=null",
-    )
-
-
-def streaming_blockers(cfg: JobConfig) -> list[str]:
-    """Why a batch cannot be scored as it streams out of the rollout (empty: it can)."""
-    blockers = []
-    if cfg.judge.enabled:
-        blockers += [
-            f"cluster.colocate puts the rollout and the judge on the same bundles ({group}): they take turns"
-            for group in cfg.cluster.colocate
-            if {"rollout", "judge"} <= set(group)
-        ]
-    if cfg.data.format == "preference" and cfg.judge.think_budget > 0:
-        blockers.append(
-            f"judge training with budget forcing (judge.think_budget={cfg.judge.think_budget}) generates in "
-            "two phases"
-        )
-    return blockers
-
-
-def streaming_enabled(cfg: JobConfig) -> bool:
-    """Whether `reward.streaming` (auto | always | never) streams this job's batches."""
-    mode = cfg.reward.streaming
-    return mode == "always" or (mode == "auto" and not streaming_blockers(cfg))
-
-
-def validate_streaming(cfg: JobConfig) -> None:
-    mode = cfg.reward.streaming
-    _require(
-        mode in ("auto", "always", "never"),
-        "reward.streaming",
-        f"must be auto, always or never, got {mode!r}",
-    )
-    if mode == "always":
-        blockers = streaming_blockers(cfg)
-        _require(
-            not blockers,
-            "reward.streaming",
-            f"always, but {'; '.join(blockers)}; set reward.streaming=auto or never",
-        )
-
-
-def validate_staleness(cfg: JobConfig) -> None:
-    """Asynchronous GRPO: the bound, its importance correction, and roles that can overlap at all."""
-    k, a = cfg.trainer.max_staleness, cfg.algorithm
-    _require(k >= 0, "trainer.max_staleness", f"must be >= 0 (0: synchronous), got {k}")
-    if k == 0:
-        return
-    _require(
-        a.tis_cap is not None,
-        "algorithm.tis_cap",
-        f"trainer.max_staleness={k} trains on samples from engines up to {k} weight versions behind the "
-        "learner; without the truncated importance weight the loss would treat them as on-policy. Set "
-        "algorithm.tis_cap (e.g. 2.0) or trainer.max_staleness=0",
-    )
-    for group in cfg.cluster.colocate:
-        overlapping = sorted({"rollout", "judge"} & set(group)) if "learner" in group else []
-        _require(
-            not overlapping,
-            "cluster.colocate",
-            f"trainer.max_staleness={k} generates and judges while the learner trains, but {group} puts the "
-            f"learner on the same bundles as {' and '.join(overlapping)}, which must take turns with it; "
-            "give the learner bundles of its own or set trainer.max_staleness=0",
-        )
-
-
-def validate_dpo(cfg: JobConfig) -> None:
-    """Checks that only matter for `rrm-ray dpo`."""
-    ranks, per_step = cfg.learner.num_ranks, cfg.dpo.pairs_per_step
-    _require(cfg.judge.enabled, "judge.enabled", "`rrm-ray dpo` needs the RRM judge (set judge.enabled=true)")
-    _require(
-        cfg.resume is None,
-        "resume",
-        "`rrm-ray dpo` writes no checkpoints to resume from; to start DPO from a GRPO checkpoint, export "
-        "it (`rrm-ray export`) and set model.path to the export",
-    )
-    _require(
-        per_step >= ranks and per_step % ranks == 0,
-        "dpo.pairs_per_step",
-        f"must be a positive multiple of learner.num_ranks={ranks}, got {per_step}",
-    )
-
-
-def validate_judge(j: JudgeConfig) -> None:
-    _one_of(j.mode, "judge.mode", ("rrm", "direct"))
-    _one_of(j.verdict, "judge.verdict", ("generate", "choice", "choice_prob"))
-    _require(
-        j.verdict == "generate" or j.mode == "direct",
-        "judge.verdict",
-        f"'{j.verdict}' needs judge.mode=direct (an RRM reasons before its verdict, so it must sample), "
-        f"got judge.mode={j.mode}",
-    )
-    _require(
-        j.verdict != "choice_prob" or j.votes == 1,
-        "judge.votes",
-        f"must be 1 with judge.verdict=choice_prob (both orders are scored once, exactly; there is nothing "
-        f"to sample again), got {j.votes}",
-    )
-    _one_of(j.prompt_style, "judge.prompt_style", ("full", "compact"))
-    _require(
-        j.think_budget == 0 or j.mode == "rrm",
-        "judge.think_budget",
-        f"a thinking budget needs judge.mode=rrm (a DirectJudge does not think), got judge.mode={j.mode}",
-    )
-    _require(
-        0 <= j.think_budget < j.max_new_tokens,
-        "judge.think_budget",
-        f"must be 0 (off) or below judge.max_new_tokens={j.max_new_tokens} (room for the verdict), "
-        f"got {j.think_budget}",
-    )
-    _one_of(j.over_length, "judge.over_length", ("truncate", "reject"))
-    _one_of(j.tie_rule, "judge.tie_rule", ("random", "first", "none"))
-    _one_of(j.method, "judge.method", ("knockout", "elo", "swiss"))
-    _require(
-        j.swiss_rounds is None or j.swiss_rounds >= 1,
-        "judge.swiss_rounds",
-        f"must be null (ceil(log2 n) rounds) or at least 1, got {j.swiss_rounds}",
-    )
-    _one_of(j.rating, "judge.rating", ("bradley_terry", "elo"))
-    _one_of(j.reward_mix, "judge.reward_mix", ("judge_if_no_rule", "weighted"))
-    _one_of(j.strategy, "judge.strategy", ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
-    for key, value in (
-        ("judge.votes", j.votes),
-        ("judge.num_engines", j.num_engines),
-        ("judge.tensor_parallel_size", j.tensor_parallel_size),
-        ("judge.max_new_tokens", j.max_new_tokens),
-        ("judge.max_prompt_tokens", j.max_prompt_tokens),
-    ):
-        _require(value >= 1, key, f"must be at least 1, got {value}")
-    _require(j.temperature >= 0, "judge.temperature", "must be >= 0")
-    _require(0 < j.top_p <= 1, "judge.top_p", f"must be in (0, 1], got {j.top_p}")
-    _require(
-        j.max_prompt_tokens + j.max_new_tokens <= j.max_model_len,
-        "judge.max_model_len",
-        f"must hold judge.max_prompt_tokens + judge.max_new_tokens = "
-        f"{j.max_prompt_tokens + j.max_new_tokens}, got {j.max_model_len}",
-    )
-    _require(j.batch_timeout_s > 0, "judge.batch_timeout_s", "must be > 0")
+def one_of(value: Any, key: str, allowed: tuple[Any, ...]) -> None:
+    require(value in allowed, key, f"got {value!r}, allowed: {', '.join(map(str, allowed))}")
 
 
 def resolved_dtype(cfg: JobConfig) -> str:
@@ -833,55 +400,6 @@ def resolved_dtype(cfg: JobConfig) -> str:
     if cfg.model.dtype != "auto":
         return cfg.model.dtype
     return "float32" if cfg.cluster.device == "cpu" else "bfloat16"
-
-
-WEIGHT_SYNC_METHODS = ("auto", "collective", "ipc", "object_store")
-
-
-def resolve_weight_sync(requested: str, device: str, colocated: bool, fsdp2: bool) -> str:
-    """`rollout.weight_sync` made concrete (the engines receive through `vllm_backend` of it).
-
-    auto: engines on other GPUs (or on cpu) -> collective (nccl on cuda, gloo on cpu); engines sharing
-    the learner's GPUs -> ipc, which needs every learner rank to hold full tensors on its own GPU, one
-    parameter at a time (FSDP2's DTensors do; DeepSpeed ZeRO's gather does not fit vLLM's IPC engine),
-    else object_store (NCCL cannot put two ranks of one group on one GPU). object_store is otherwise
-    never chosen: it stays for engines that cannot join a collective with the learner (no NCCL/gloo
-    route between their nodes, e.g. across clusters or firewalls) and for debugging a transfer.
-    """
-    key = "rollout.weight_sync"
-    _one_of(requested, key, WEIGHT_SYNC_METHODS)
-    gpu_shared = device == "cuda" and colocated
-    if requested == "auto":
-        return ("ipc" if fsdp2 else "object_store") if gpu_shared else "collective"
-    _require(
-        requested != "ipc" or (device == "cuda" and fsdp2),
-        key,
-        "ipc (CUDA IPC) needs cluster.device=cuda and learner.backend=fsdp2; use collective or object_store",
-    )
-    _require(
-        requested != "collective" or not gpu_shared,
-        key,
-        "collective: the engines share the learner's GPUs and NCCL cannot hold two ranks on one GPU; "
-        "use ipc (fsdp2) or object_store",
-    )
-    return requested
-
-
-def weight_sync_method(cfg: JobConfig) -> str:
-    """The job's method; colocated = the rollout shares the learner's bundles (`cluster.colocate`)."""
-    from rrm_ray.placement import plan_placement  # Ray-free; imports this module lazily
-
-    colocated = "rollout" in plan_placement(cfg).roles["learner"].peers
-    return resolve_weight_sync(
-        cfg.rollout.weight_sync, cfg.cluster.device, colocated, cfg.learner.backend == "fsdp2"
-    )
-
-
-def vllm_backend(method: str, device: str) -> str:
-    """The method's engine name in vLLM's `WeightTransferEngineFactory` (see actors.weight_transfer)."""
-    if method == "collective":
-        return "nccl" if device == "cuda" else "gloo"
-    return {"ipc": "ipc", "object_store": "rrm_object_store"}[method]
 
 
 def to_flat_dict(cfg: JobConfig) -> dict[str, Any]:

@@ -19,10 +19,11 @@ from pathlib import Path
 LOG_FILE_ENV = "RRM_RAY_LOG_FILE"
 
 
-def job_log_file(run_dir: str | Path, job: str) -> Path:
-    """A new log file for this job under `run_dir/logs/` (absolute, so workers on the node find it)."""
+def command_log_file(run_dir: str | Path, command: str) -> Path:
+    """A new log file for this command's run under `run_dir/logs/` (absolute, so workers on the node
+    find it)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(run_dir, "logs", f"{job}-{stamp}-{os.getpid()}.log").resolve()
+    path = Path(run_dir, "logs", f"{command}-{stamp}-{os.getpid()}.log").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     return path

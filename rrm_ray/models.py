@@ -12,6 +12,9 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import Any
+
+import torch
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,6 +35,13 @@ def resolve_model_path(path: str) -> str:
             f"or {SMOLLM2_ALIAS!r} for the packaged SmolLM2-135M-Instruct"
         )
     return path
+
+
+def load_tokenizer(model_path: str) -> Any:
+    """The model's tokenizer (transformers is imported here, not at start-up: see pyproject's list)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
 
 
 def _smollm2_gguf() -> Path:
@@ -57,7 +67,6 @@ def ensure_smollm2(out_dir: Path | None = None) -> Path:
     out_dir = out_dir or cache_dir() / "SmolLM2-135M-Instruct"
     if (out_dir / "model.safetensors").is_file() and (out_dir / "tokenizer.json").is_file():
         return out_dir
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf = _smollm2_gguf()
@@ -74,38 +83,5 @@ def ensure_smollm2(out_dir: Path | None = None) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
-
-
-def make_tiny_model(out_dir: str | Path, tokenizer_dir: str | Path, seed: int = 0, layers: int = 2) -> Path:
-    """A random-weight Llama of a few MB with a real tokenizer, for tests that exercise every real part."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out_dir = Path(out_dir)
-    if (out_dir / "model.safetensors").is_file():
-        return out_dir
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=64,  # vLLM's CPU attention kernels support only some head sizes (not 16)
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        torch_dtype="float32",
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
     tmp.rename(out_dir)
     return out_dir

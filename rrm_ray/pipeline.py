@@ -79,7 +79,7 @@ class Schedule(Generic[T]):
             )
         return item, staleness
 
-    def ahead(self, learner_version: int, engine_version: int, next_step: int, total_steps: int) -> int:
+    def to_produce(self, learner_version: int, engine_version: int, next_step: int, total_steps: int) -> int:
         """How many batches to generate now, while the learner trains towards `learner_version`.
 
         A batch generated now with `engine_version` is trained after the queued ones, each of whose
@@ -126,7 +126,7 @@ def simulate(max_staleness: int, total_steps: int) -> list[Event]:
             schedule.push(Scheduled(step, step, engines, None))
         item, staleness = schedule.pop(step)
         events.append(Event("train", item.step, step, staleness))
-        for _ in range(schedule.ahead(step + 1, engines, schedule.next_step(step), total_steps)):
+        for _ in range(schedule.to_produce(step + 1, engines, schedule.next_step(step), total_steps)):
             upcoming = schedule.next_step(step)
             events.append(Event("generate", upcoming, engines))
             schedule.push(Scheduled(upcoming, upcoming, engines, None))

@@ -5,7 +5,7 @@ Placement is configuration, not code. Each role has a bundle shape (CPU, GPU), a
 strategy. Roles named together in `cluster.colocate` share ONE placement group: its bundles have the
 roles' common shape (the largest CPU ask, their common GPU count), and each of the k roles asks for
 1/k of every bundle, so the asks on a bundle add up to exactly one bundle. vLLM sleep/wake lets the
-engines take turns on the GPU (`rrm_ray.colocation`).
+engines take turns on the GPU (`rrm_ray.clients.colocation`).
 
     cluster.colocate: [[rollout, judge]]      rollout 4 x {GPU 1}, judge 4 x {GPU 1}
       placement group "rollout+judge": 4 bundles {CPU 8, GPU 1}
@@ -15,7 +15,7 @@ engines take turns on the GPU (`rrm_ray.colocation`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rrm_ray.config import JobConfig
@@ -49,7 +49,7 @@ class RoleShare:
     """One role on its placement group: each of its actors asks `spec` (= the group's bundle x fraction)."""
 
     role: str
-    group: str  # the name of its placement group in `PlacementPlan.groups`
+    group: str  # the name of its placement group in `PlacementLayout.groups`
     spec: RoleSpec
     fraction: float  # 1: the bundles are its own; 1/k: k roles share every bundle
     peers: tuple[str, ...] = ()  # the other roles on the same bundles
@@ -60,7 +60,7 @@ class RoleShare:
 
 
 @dataclass(frozen=True)
-class PlacementPlan:
+class PlacementLayout:
     """The placement groups a job reserves (name -> bundle shape, in start order) and each role's share."""
 
     groups: dict[str, RoleSpec]
@@ -69,18 +69,6 @@ class PlacementPlan:
     def colocated(self) -> list[tuple[str, ...]]:
         """The roles of each shared placement group."""
         return [(s.role, *s.peers) for s in self.roles.values() if s.peers and s.role == _first(s)]
-
-    def bundle_use(self) -> dict[str, dict[str, float]]:
-        """Per placement group: the roles' asks on one bundle, summed, as a fraction of that bundle."""
-        out: dict[str, dict[str, float]] = {}
-        for name, group in self.groups.items():
-            asks = [s.spec for s in self.roles.values() if s.group == name]
-            out[name] = {
-                key: sum(a.bundle().get(key, 0.0) for a in asks) / total
-                for key, total in group.bundle().items()
-                if total
-            }
-        return out
 
 
 def _first(share: RoleShare) -> str:
@@ -102,8 +90,8 @@ def own_spec(cfg: JobConfig, role: str) -> RoleSpec:
     raise ValueError(f"unknown role {role!r}")
 
 
-def plan_placement(cfg: JobConfig) -> PlacementPlan:
-    """Placement groups and per-role shares for a validated config (`config.validate` checks that
+def placement_layout(cfg: JobConfig) -> PlacementLayout:
+    """Placement groups and per-role shares for a validated config (`rrm_ray.validation` checks that
     colocated roles have equal counts, GPUs per worker and strategies)."""
     roles = [r for r in ROLE_ORDER if r != "judge" or cfg.judge.enabled]
     group_of = {role: (role,) for role in roles}
@@ -122,17 +110,12 @@ def plan_placement(cfg: JobConfig) -> PlacementPlan:
         group, k = groups[name], len(members)
         spec = RoleSpec(role, group.num_workers, group.cpus / k, group.gpus / k, group.strategy)
         shares[role] = RoleShare(role, name, spec, 1.0 / k, tuple(m for m in members if m != role))
-    return PlacementPlan(groups, shares)
+    return PlacementLayout(groups, shares)
 
 
 def shares_bundles(cfg: JobConfig, role: str) -> bool:
     """Whether `role` runs on bundles it shares with another role (`cluster.colocate`)."""
     return (role != "judge" or cfg.judge.enabled) and any(role in group for group in cfg.cluster.colocate)
-
-
-def role_specs(cfg: JobConfig) -> dict[str, RoleSpec]:
-    """The placement groups a job reserves, by name (a role's own name unless it shares bundles)."""
-    return plan_placement(cfg).groups
 
 
 def gpus_asked(groups: dict[str, RoleSpec]) -> tuple[float, str]:
@@ -261,42 +244,3 @@ def declared_nodes(cfg: JobConfig) -> list[dict[str, float]] | None:
     if c.num_nodes > 0 and c.gpus_per_node > 0:
         return [{"GPU": float(c.gpus_per_node)} for _ in range(c.num_nodes)]
     return None
-
-
-def node_runs(rows: list[dict[str, Any]]) -> list[tuple[str, list[int]]]:
-    """Ranks of one role in rank order, cut into runs of equal node id: [(node_id, [ranks]), ...].
-
-    Ranks are contiguous per node exactly when no node id appears in two runs.
-    """
-    runs: list[tuple[str, list[int]]] = []
-    for row in sorted(rows, key=lambda r: r["rank"]):
-        if runs and runs[-1][0] == row["node_id"]:
-            runs[-1][1].append(row["rank"])
-        else:
-            runs.append((row["node_id"], [row["rank"]]))
-    return runs
-
-
-def format_placement(rows: list[dict[str, Any]], node_names: dict[str, str] | None = None) -> str:
-    """A fixed-width table (role, rank, bundle, node, ip) of where each actor landed, for logs."""
-    names = node_names or {}
-    header = ("role", "rank", "bundle", "node", "ip")
-    body = [
-        (
-            str(r["role"]),
-            str(r["rank"]),
-            str(r["bundle"]),
-            names.get(r["node_id"], str(r["node_id"])[:12]),
-            str(r.get("ip", "")),
-        )
-        for r in rows
-    ]
-    return format_table(header, body)
-
-
-def format_table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in [header, *body]
-    )

@@ -13,7 +13,7 @@ from rrm_ray.rewards.judge_reward import judge_reward, order_accuracy
 from rrm_ray.stats import wilson_interval
 
 if TYPE_CHECKING:
-    from actors.rollout import Completion
+    from rrm_ray.types import Completion
 
 
 def accuracy(name: str, correct: list[bool | None], interval: bool = False) -> dict[str, float]:

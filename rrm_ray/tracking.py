@@ -15,12 +15,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
 import time
 import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from rrm_ray.config import TrackingConfig
 
 _BAD = re.compile(r"[^A-Za-z0-9_\-\. /]")
 
@@ -40,15 +46,28 @@ def sanitize(name: str) -> str:
     return _BAD.sub("_", name).strip() or "_"
 
 
-def default_run_name(job: str, model_path: str, now: datetime | None = None) -> str:
-    """`grpo-SmolLM2-135M-Instruct-20261201-1932`: job kind, model directory name, local start time."""
+def default_run_name(kind: str, model_path: str, now: datetime | None = None) -> str:
+    """`grpo-SmolLM2-135M-Instruct-20261201-1932`: what ran (grpo, eval, ...), model directory name,
+    local start time."""
     model = sanitize(Path(str(model_path).rstrip("/")).name or str(model_path)).replace(" ", "_")
-    return f"{job}-{model}-{(now or datetime.now()).strftime('%Y%m%d-%H%M')}"
+    return f"{kind}-{model}-{(now or datetime.now()).strftime('%Y%m%d-%H%M')}"
 
 
 def run_page(experiment_id: str, run_id: str, base: str = "") -> str:
     """The run's page in the MLflow UI (in the model-training view), relative to the UI's address."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+
+
+def run_line(tracker: Tracker, t: TrackingConfig) -> str | None:
+    """What a command prints first about its MLflow run (None without one): its id and store, and on a
+    tracking server the run's page, ready to open."""
+    if not tracker.run_id:
+        return None
+    line = f"MLflow run {tracker.run_id} at {t.uri} (experiment {t.experiment!r})"
+    experiment_id = getattr(tracker, "experiment_id", None)
+    if t.uri.startswith(("http://", "https://")) and experiment_id:
+        line += f"\n  {run_page(experiment_id, tracker.run_id, t.uri)}"
+    return line
 
 
 class Tracker(Protocol):
@@ -96,8 +115,6 @@ def _first_records(path: Path, n: int) -> tuple[list[dict], int]:
     (JSONL: non-empty lines, Parquet: from its metadata; both without parsing every record)."""
     name = path.name.lower()
     if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
         pf = pq.ParquetFile(path)
         head = next(pf.iter_batches(batch_size=n), None)
         return (head.to_pylist() if head is not None else []), pf.metadata.num_rows
@@ -133,8 +150,6 @@ def file_dataset(path: str | Path, context: str):
     head, count = _first_records(p, 100)
     schema = None
     if head:
-        import pandas as pd
-
         try:
             with warnings.catch_warnings():  # MLflow's hints on integer columns and source types
                 warnings.simplefilter("ignore")
@@ -238,9 +253,6 @@ class MLflowTracker:
     def log_artifact(self, local_path: str, artifact_path: str) -> None:
         self.client.log_artifact(self.run_id, local_path, artifact_path)
 
-    def log_artifacts(self, local_dir: str, artifact_path: str) -> None:
-        self.client.log_artifacts(self.run_id, local_dir, artifact_path)
-
     def log_model(
         self, local_dir: str, mode: str, step: int, name: str, registered_model: str | None = None
     ) -> None:
@@ -309,6 +321,7 @@ class BufferedTracker:
     def __init__(self, inner: Tracker, buffer_path: str | Path) -> None:
         self.inner = inner
         self.run_id = inner.run_id
+        self.experiment_id = getattr(inner, "experiment_id", None)
         self.buffer_path = Path(buffer_path)
         self.pending: list[tuple[str, tuple[Any, ...]]] = []
         self.outage = False
@@ -392,3 +405,33 @@ class BufferedTracker:
             )
             return
         self.inner.close(status)
+
+
+def open_tracker(
+    t: TrackingConfig,
+    kind: str,
+    model_path: str,
+    *,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+) -> Tracker:
+    """Every command's MLflow run (a NullTracker when `tracking.enabled` is false), named after what
+    ran (`kind`: grpo, eval, ...) and the model unless `tracking.run_name` or `run_name` says otherwise.
+    `run_id` continues a run (resume); `parent_run_id` nests a new run under that one (a sweep's
+    point), and such a run samples no system metrics of its own (its parent does)."""
+    if not t.enabled:
+        return NullTracker()
+    # Fail over quickly (to the job's buffer, or the command's error) instead of MLflow's minutes of
+    # HTTP retries; a user's own MLFLOW_HTTP_* settings win.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(t.http_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(t.http_timeout_s)))
+    system = t.system_metrics and parent_run_id is None
+    return MLflowTracker(
+        t.uri,
+        t.experiment,
+        run_name or t.run_name or default_run_name(kind, model_path),
+        run_id=run_id,
+        system_metrics_interval_s=t.system_metrics_interval_s if system else None,
+        parent_run_id=parent_run_id,
+    )

@@ -1,26 +1,24 @@
 """Learner -> rollout weight transfer, the pure part: which method, buckets, the completeness check.
 
 `rollout.weight_sync` (auto | collective | ipc | object_store) names the method
-(`rrm_ray.config.resolve_weight_sync` makes it concrete, `vllm_backend` names the vLLM
+(`resolve_weight_sync` makes it concrete, `vllm_backend` names the vLLM
 weight-transfer engine that carries it; the transport itself is `actors.weight_transfer`). The
 learner's rank 0 sends the full state dict in size-bounded chunks (`rollout.weight_bucket_mb`; a
 parameter larger than the bound travels alone). The engine loads each chunk as it arrives and records
 what it saw; `SyncReceipt.verify()` then proves the transfer was complete before generation resumes:
 every parameter of the manifest seen exactly once, with the announced shape and dtype, and nothing
 unexpected.
-
-Checksums compare the engine's weights with the learner's although the engine fuses some tensors
-(q/k/v into `qkv_proj`, gate/up into `gate_up_proj`): per transformer layer we sum the elements and the
-squared elements in float64, which concatenation does not change.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+
+from rrm_ray.config import JobConfig, one_of, require
+from rrm_ray.placement import placement_layout
 
 
 class WeightSyncError(RuntimeError):
@@ -100,30 +98,48 @@ class SyncReceipt:
         return {"params": len(self.seen), "buckets": self.buckets, "bytes": self.bytes}
 
 
-_LAYER = re.compile(r"layers\.(\d+)\.")
+WEIGHT_SYNC_METHODS = ("auto", "collective", "ipc", "object_store")
 
 
-def layer_checksums(named: Iterable[tuple[str, torch.Tensor]], skip_lm_head: bool) -> dict[str, list[float]]:
-    """Per-layer [sum, sum of squares] in float64; invariant to how a layer's tensors are fused."""
-    sums: dict[str, list[float]] = {}
-    for name, tensor in named:
-        if skip_lm_head and "lm_head" in name:
-            continue
-        match = _LAYER.search(name)
-        group = f"layer{match.group(1)}" if match else ("embed" if "embed" in name else name.split(".")[-2])
-        t = tensor.detach().to(torch.float64)
-        acc = sums.setdefault(group, [0.0, 0.0])
-        acc[0] += float(t.sum())
-        acc[1] += float((t * t).sum())
-    return sums
+def resolve_weight_sync(requested: str, device: str, colocated: bool, fsdp2: bool) -> str:
+    """`rollout.weight_sync` made concrete (the engines receive through `vllm_backend` of it).
+
+    auto: engines on other GPUs (or on cpu) -> collective (nccl on cuda, gloo on cpu); engines sharing
+    the learner's GPUs -> ipc, which needs every learner rank to hold full tensors on its own GPU, one
+    parameter at a time (FSDP2's DTensors do; DeepSpeed ZeRO's gather does not fit vLLM's IPC engine),
+    else object_store (NCCL cannot put two ranks of one group on one GPU). object_store is otherwise
+    never chosen: it stays for engines that cannot join a collective with the learner (no NCCL/gloo
+    route between their nodes, e.g. across clusters or firewalls) and for debugging a transfer.
+    """
+    key = "rollout.weight_sync"
+    one_of(requested, key, WEIGHT_SYNC_METHODS)
+    gpu_shared = device == "cuda" and colocated
+    if requested == "auto":
+        return ("ipc" if fsdp2 else "object_store") if gpu_shared else "collective"
+    require(
+        requested != "ipc" or (device == "cuda" and fsdp2),
+        key,
+        "ipc (CUDA IPC) needs cluster.device=cuda and learner.backend=fsdp2; use collective or object_store",
+    )
+    require(
+        requested != "collective" or not gpu_shared,
+        key,
+        "collective: the engines share the learner's GPUs and NCCL cannot hold two ranks on one GPU; "
+        "use ipc (fsdp2) or object_store",
+    )
+    return requested
 
 
-def checksums_match(a: dict[str, list[float]], b: dict[str, list[float]], rtol: float = 1e-5) -> list[str]:
-    """Names of the groups whose checksums differ (empty when the two sides hold the same weights)."""
-    bad = sorted(set(a) ^ set(b))
-    for k in set(a) & set(b):
-        for x, y in zip(a[k], b[k], strict=True):
-            if abs(x - y) > rtol * max(1.0, abs(x), abs(y)):
-                bad.append(k)
-                break
-    return bad
+def weight_sync_method(cfg: JobConfig) -> str:
+    """The job's method; colocated = the rollout shares the learner's bundles (`cluster.colocate`)."""
+    colocated = "rollout" in placement_layout(cfg).roles["learner"].peers
+    return resolve_weight_sync(
+        cfg.rollout.weight_sync, cfg.cluster.device, colocated, cfg.learner.backend == "fsdp2"
+    )
+
+
+def vllm_backend(method: str, device: str) -> str:
+    """The method's engine name in vLLM's `WeightTransferEngineFactory` (see actors.weight_transfer)."""
+    if method == "collective":
+        return "nccl" if device == "cuda" else "gloo"
+    return {"ipc": "ipc", "object_store": "rrm_object_store"}[method]

@@ -29,6 +29,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -132,8 +133,10 @@ def main() -> int:
     config = qwen2_config(args.tiny)
     with device:  # random fp32 weights built in place (on the GPU: fast, no host copy)
         model = Qwen2ForCausalLM(config)
-    cfg = {"lr": args.lr, "adam_beta1": 0.9, "adam_beta2": 0.999, "weight_decay": 0.0,
-           "gradient_checkpointing": args.grad_ckpt}  # fmt: skip
+    # The LearnerConfig fields the backend reads (rrm_ray.config imports OmegaConf, absent on a bare GPU
+    # machine, so the same attributes come as a namespace).
+    cfg = SimpleNamespace(lr=args.lr, adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0,
+                          gradient_checkpointing=args.grad_ckpt)  # fmt: skip
     backend = FSDP2Backend("", torch.bfloat16, device, cfg, frozen=False, model=model)
     params = sum(x.numel() for x in model.parameters())
 

@@ -7,7 +7,6 @@ waits), so the driver can generate the next batch meanwhile (`rrm_ray.pipeline`)
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,16 +15,16 @@ import ray
 import torch
 
 from actors.learner import LearnerWorker
-from actors.rollout import Completion
 from rrm_ray import algo
-from rrm_ray.actor_group import ActorGroup
-from rrm_ray.batch import build_batch, interleave_for_balance, mini_batch_tokens, permute, shard
-from rrm_ray.config import JobConfig, resolved_dtype, vllm_backend, weight_sync_method
+from rrm_ray.batch import TrainBatch, build_batch, interleave_for_balance, mini_batch_tokens, permute, shard
+from rrm_ray.clients.group import ActorGroup
+from rrm_ray.config import JobConfig, resolved_dtype
+from rrm_ray.types import Completion
+from rrm_ray.weight_sync import vllm_backend, weight_sync_method
 
 if TYPE_CHECKING:
-    from rrm_ray.batch import TrainBatch
-    from rrm_ray.colocation import Colocation
-    from rrm_ray.roles import Placement
+    from rrm_ray.clients.colocation import Colocation
+    from rrm_ray.clients.roles import Placement
 
 
 class PendingUpdate:
@@ -100,8 +99,8 @@ class LearnerClient:
                 self.model_path,
                 resolved_dtype(cfg),
                 c.device,
-                dataclasses.asdict(cfg.learner),
-                dataclasses.asdict(cfg.algorithm),
+                cfg.learner,
+                cfg.algorithm,
                 cfg.rollout.temperature,
                 cfg.trainer.seed,
             ),

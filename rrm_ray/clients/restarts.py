@@ -12,9 +12,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import ray
-
-from rrm_ray.actor_group import ActorGroup, RemoteCallTimeout
+from rrm_ray.clients.group import ActorDied, ActorGroup, RemoteCallTimeout
 from rrm_ray.config import JobConfig
 from rrm_ray.recovery import (
     LEARNER_COUNTER,
@@ -61,17 +59,15 @@ class Restarts:
             c.max_actor_restarts, c.call_timeout_s, lambda: {g.spec.name: g.actor_ids() for g in groups}
         )
 
-    def role_of(self, error: ray.exceptions.RayActorError, default: str | None = None) -> str | None:
+    def role_of(self, error: ActorDied, default: str | None = None) -> str | None:
         """The role of the actor `error` is about (Ray keeps an actor's id over restarts)."""
         return attribute(error.actor_id, self.actor_ids(), default)
 
-    def decide(
-        self, role: str | None, error: ray.exceptions.RayActorError, has_checkpoint: bool = False
-    ) -> Decision:
+    def decide(self, role: str | None, error: ActorDied, has_checkpoint: bool = False) -> Decision:
         return self.policy.on_death(
             role,
             error.actor_id,
-            gone_for_good=isinstance(error, ray.exceptions.ActorDiedError),
+            gone_for_good=error.gone_for_good,
             weights_trained=self.weights_trained(),
             has_checkpoint=has_checkpoint,
             learner_recoveries=self.faults[LEARNER_COUNTER],
@@ -95,22 +91,22 @@ class Restarts:
                 if resync_first:
                     resync()
                 return call(attempt)
-            except ray.exceptions.RayActorError as exc:
+            except ActorDied as exc:
                 if self.role_of(exc, default=role) != role:
                     raise
                 resync_first = self.recover(group, exc) and resync is not None
                 attempt += 1
 
-    def recover(self, group: ActorGroup, exc: ray.exceptions.RayActorError) -> bool:
+    def recover(self, group: ActorGroup, exc: ActorDied) -> bool:
         """One of `group`'s actors died (`exc`): fail naming the role if the policy says so, else count
         the restart and wait until Ray brought it back. True: the engine needs the learner's weights."""
         role = group.spec.name
         decision = self.decide(role, exc)
         if decision.action == "fail":
-            raise RoleFailure(role, f"{decision.message}\n  Ray: {str(exc)[:500]}") from exc
+            raise RoleFailure(role, f"{decision.message}\n  Ray: {exc.detail[:500]}") from exc
         self.count(decision.counter)
         warnings.warn(
-            f"a {role} actor died ({type(exc).__name__}); Ray restarts it and the call is retried",
+            f"a {role} actor died ({exc.kind}); Ray restarts it and the call is retried",
             stacklevel=4,
         )
         self.wait_for_restart(group)
@@ -125,9 +121,11 @@ class Restarts:
             try:
                 group.call_all("ping")
                 return
-            except ray.exceptions.ActorDiedError as exc:
-                raise RoleFailure(role, f"{self.decide(role, exc).message}\n  Ray: {str(exc)[:500]}") from exc
-            except ray.exceptions.RayActorError as exc:
+            except ActorDied as exc:
+                if exc.gone_for_good:
+                    raise RoleFailure(
+                        role, f"{self.decide(role, exc).message}\n  Ray: {exc.detail[:500]}"
+                    ) from exc
                 if time.monotonic() > deadline:
                     raise RemoteCallTimeout(
                         f"the {role} actors did not come back from a restart within "

@@ -10,96 +10,22 @@ the next batch's judging runs before the step that trains on it is logged (`rrm_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
 
-from actors.reward import RewardWorker, ScoredBatch
-from actors.rollout import Completion
-from rrm_ray.actor_group import ActorGroup
+from actors.reward import RewardWorker
+from rrm_ray.clients.group import ActorGroup
+from rrm_ray.clients.judge import JudgeClient
 from rrm_ray.clients.restarts import Restarts
 from rrm_ray.config import JobConfig
 from rrm_ray.data.prompts import PromptRow
 from rrm_ray.judge.feedback import Agreement, prompts_to_judge, query_text, sample_rewards, verifier_agreement
+from rrm_ray.types import Completion, ScoredBatch, StepRewards
 
 if TYPE_CHECKING:
-    from rrm_ray.colocation import Colocation
-    from rrm_ray.judge.service import JudgePair, PairJudgment, RankResult
-    from rrm_ray.roles import Placement
-
-
-class JudgeClient:
-    """The RRM judge engines (an `actors.judge.JudgePool`): every call wakes them first (colocation)
-    and is retried after Ray restarted a dead engine; their weights are `judge.model_path`, never the
-    learner's, so a restart needs no sync. Usable on its own, without a learner (`share` None)."""
-
-    def __init__(self, pool: Any, share: Colocation | None, restarts: Restarts) -> None:
-        self.pool, self.share, self.restarts = pool, share, restarts
-        self.settings: dict[str, Any] | None = None  # set by `configure`; None: the ones it started with
-
-    @property
-    def group(self) -> ActorGroup:
-        return self.pool.group
-
-    def _call(self, call: Any) -> Any:
-        def once(attempt: int) -> Any:
-            self.wake()
-            if attempt and self.settings is not None:  # a restarted engine came back with its first ones
-                self.pool.configure(self.settings)
-            return call()
-
-        return self.restarts.retry(self.pool.group, once)
-
-    def rank(
-        self,
-        items: list[tuple[str, list[str]]],
-        method: str | None = None,
-        votes: int | None = None,
-        keys: list[int] | None = None,
-    ) -> list[RankResult]:
-        """`method` / `votes` None: `judge.method` / `judge.votes` (best-of-n compares others); `keys`
-        seed each item's tournament (None: its position)."""
-        return self._call(lambda: self.pool.rank(items, method=method, votes=votes, keys=keys))
-
-    def wake(self) -> None:
-        """Roles sharing the judge's GPUs sleep (rrm_ray.colocation): before every call, and before
-        work sent to the engines directly (the streaming judge's `pool.rank_on`)."""
-        if self.share is not None:
-            self.share.before("judge")
-
-    def compare(self, pairs: list[JudgePair], votes: int | None = None) -> list[PairJudgment]:
-        return self._call(lambda: self.pool.compare(pairs, votes=votes))
-
-    def stats(self, reset: bool = False) -> dict[str, float]:
-        """Counters summed over the engines (no wake-up: reading them is no work)."""
-        return self.restarts.retry(self.pool.group, lambda _: self.pool.stats(reset=reset))
-
-    def configure(self, judge: dict[str, Any]) -> None:
-        """New sampling-time settings (`actors.judge.JudgeWorker.configure`: a sweep's next point; an
-        empty cache, counters from zero), kept to be set again on an engine Ray restarts."""
-        self.settings = judge
-        self.restarts.retry(self.pool.group, lambda _: self.pool.configure(judge))
-
-    def clear_cache(self) -> None:
-        """Every engine's verdict cache emptied (best-of-n: each setting pays for its comparisons)."""
-        self.restarts.retry(self.pool.group, lambda _: self.pool.clear_cache())
-
-    def shutdown(self) -> None:
-        self.pool.shutdown()
-
-
-@dataclass
-class StepRewards:
-    """One batch's rewards: per sample (`rewards`, [N]), the rule's scores, and the judge's results
-    by prompt index with their metrics and MLflow tables (empty without a judge)."""
-
-    rewards: torch.Tensor
-    scored: ScoredBatch
-    judged: dict[int, Any]
-    judge_metrics: dict[str, float] = field(default_factory=dict)
-    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    from rrm_ray.clients.roles import Placement
 
 
 class RewardClient:
@@ -203,7 +129,7 @@ class RewardClient:
         and sampled traces/brackets as tables named by the step that logs them."""
         assert self.judge is not None
         metrics = {f"judge/{k}": float(v) for k, v in self.judge.stats(reset=True).items()}
-        rule_rewards = out.scored.rewards
+        rule_rewards = out.rule.rewards
         verifiable = {p: r for p, r in out.judged.items() if rule_rewards[p * n] is not None}
         agreement = verifier_agreement(
             {p: [(m.a, m.b, m.outcome) for m in r.comparisons] for p, r in verifiable.items()},

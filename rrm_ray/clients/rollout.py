@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from actors.rollout import Completion, RolloutWorker, engine_env
-from rrm_ray.actor_group import ActorGroup
+from actors.engine import engine_env
+from actors.rollout import RolloutWorker
+from rrm_ray.clients.group import ActorGroup
 from rrm_ray.clients.restarts import Restarts
-from rrm_ray.config import JobConfig, resolved_dtype, vllm_backend, weight_sync_method
+from rrm_ray.config import JobConfig, resolved_dtype
+from rrm_ray.types import Completion
+from rrm_ray.weight_sync import vllm_backend, weight_sync_method
 
 if TYPE_CHECKING:
+    from rrm_ray.clients.colocation import Colocation
     from rrm_ray.clients.learner import LearnerClient
-    from rrm_ray.colocation import Colocation
-    from rrm_ray.roles import Placement
+    from rrm_ray.clients.roles import Placement
 
 
 def engine_spec(
@@ -21,7 +24,7 @@ def engine_spec(
     """A rollout engine's `init_args`, `init_kwargs` and `env` as the driver starts it (for
     `ActorGroup`/`place`): benchmarks that measure the rollout actor build it from the same place.
     `takes_weights` False: an engine that samples the weights it loaded (best-of-n) gets no
-    weight-transfer backend, so none of the receiver's cost (`actors.rollout.VLLMEngine`)."""
+    weight-transfer backend, so none of the receiver's cost (`actors.engine.VLLMEngine`)."""
     c, r = cfg.cluster, cfg.rollout
     backend = vllm_backend(weight_sync_method(cfg), c.device) if takes_weights else None
     return {
@@ -129,7 +132,7 @@ class RolloutClient:
         self, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int | None
     ) -> list[Any]:
         """`generate` as one Ray streaming generator per engine, each yielding a prompt's n samples as
-        soon as they are done (`rrm_ray.clients.streaming`, which also retries it as a whole)."""
+        soon as they are done (`rrm_ray.clients.streamed_batch`, which also retries it as a whole)."""
         if self.share is not None:
             self.share.before("rollout")
         chunk = -(-len(prompts) // len(self.group))

@@ -13,11 +13,7 @@ to ``min(max_operand, 12)`` (times tables), because larger products are out of r
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Literal
 
 INSTRUCTION = r"Give the final answer as \boxed{number}."
@@ -93,14 +89,3 @@ def make_split(
     """Train and held-out rows with no problem in common (order of operands ignored)."""
     rows = make_arithmetic_rows(n_train + n_eval, seed, kind=kind, max_operand=max_operand)
     return rows[:n_train], rows[n_train:]
-
-
-def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
-    """Write one JSON object per line (gzip when the name ends with ``.gz``); creates parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path

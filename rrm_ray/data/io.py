@@ -16,9 +16,11 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
+
+import pyarrow.parquet as pq
 
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 _JSON_SUFFIXES = (".json", ".json.gz")
@@ -85,7 +87,6 @@ def _read_json(path: Path) -> list[tuple[int, dict]]:
 
 
 def _read_parquet(path: Path) -> list[tuple[int, dict]]:
-    import pyarrow.parquet as pq  # imported lazily: only Parquet users pay for it
 
     try:
         table = pq.read_table(path)
@@ -203,7 +204,6 @@ def parquet_shards(folder: str | Path) -> list[Path]:
     error naming both shards and the columns, since concatenating them would silently drop or
     invent fields.
     """
-    import pyarrow.parquet as pq
 
     folder = Path(folder)
     shards = sorted(p for p in folder.glob("*.parquet") if p.is_file())
@@ -237,3 +237,14 @@ def read_dataset(path: str | Path) -> list[tuple[str, int, dict]]:
     p = Path(path)
     files = parquet_shards(p) if p.is_dir() else [p]
     return [(str(f), row, rec) for f in files for row, rec in read_records(f)]
+
+
+def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
+    """Write one JSON object per line (gzip when the name ends with ``.gz``); creates parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path

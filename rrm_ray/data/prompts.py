@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 Message = dict[str, str]
 Prompt = str | list[Message]
 
@@ -79,8 +81,6 @@ def _read_records(path: Path) -> list[tuple[int, object]]:
                 raise PromptDataError(f"{path}: expected a JSON list of objects, got a {_describe(data)}")
             return list(enumerate(data, start=1))
         if name.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
             try:
                 table = pq.read_table(path)
             except Exception as e:  # pyarrow raises its own error types for corrupt files

@@ -16,12 +16,9 @@ deterministic and ``make_synthetic_pairs(n)`` is a prefix of ``make_synthetic_pa
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from rrm_ray.data.preference import PreferencePair
@@ -326,18 +323,9 @@ def make_synthetic_pairs(n: int, seed: int = 0, difficulty: Difficulty = "medium
     return pairs
 
 
-def write_jsonl(pairs: Sequence[PreferencePair], path: str | Path) -> None:
-    """Write pairs in the generic format (``prompt``, ``chosen``, ``rejected``, plus ``source``);
-    a path ending in ``.gz`` is gzipped. Read back with ``load_preference_pairs(path, "generic")``."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if p.name.endswith(".gz") else open
-    with opener(p, "wt", encoding="utf-8") as f:
-        for pair in pairs:
-            rec = {
-                "prompt": pair.query,
-                "chosen": pair.chosen,
-                "rejected": pair.rejected,
-                "source": pair.source,
-            }
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+def pair_records(pairs: Sequence[PreferencePair]) -> list[dict[str, str]]:
+    """Pairs as records of the generic format (``prompt``, ``chosen``, ``rejected``, plus ``source``),
+    read back by ``load_preference_pairs(path, "generic")``."""
+    return [
+        {"prompt": p.query, "chosen": p.chosen, "rejected": p.rejected, "source": p.source} for p in pairs
+    ]

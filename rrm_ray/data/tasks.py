@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from rrm_ray.config import ConfigError, JobConfig
+from rrm_ray.data.arithmetic import make_split
+from rrm_ray.data.io import write_jsonl
+from rrm_ray.data.preference import load_preference_pairs, to_judge_examples
 from rrm_ray.data.prompts import PromptRow, load_prompts
+from rrm_ray.data.synthetic_pairs import make_synthetic_pairs, pair_records
+from rrm_ray.judge.prompts import fit_pair_to_context
 
 RENDERED = "rendered"  # PromptRow.extra flag: the prompt is final text, no chat template to apply
 
@@ -102,8 +107,6 @@ def check_data_paths(cfg: JobConfig) -> dict[str, str]:
 
 
 def _write_arithmetic(cfg: JobConfig, owned: dict[str, str]) -> dict[str, int]:
-    from rrm_ray.data.arithmetic import make_split, write_jsonl
-
     d = cfg.data
     # Every distinct a + b with operands up to the bound; a quarter (at most eval_max_prompts) held out.
     distinct = d.arithmetic_max_operand * (d.arithmetic_max_operand + 1) // 2
@@ -116,13 +119,14 @@ def _write_arithmetic(cfg: JobConfig, owned: dict[str, str]) -> dict[str, int]:
 
 
 def _write_pairs(cfg: JobConfig, owned: dict[str, str]) -> dict[str, int]:
-    from rrm_ray.data.synthetic_pairs import make_synthetic_pairs, write_jsonl
-
     d = cfg.data
     pairs = make_synthetic_pairs(
         d.synthetic_pairs + d.synthetic_pairs // 4, seed=cfg.trainer.seed, difficulty=d.synthetic_difficulty
     )
-    rows = {"data.train_path": pairs[: d.synthetic_pairs], "data.eval_path": pairs[d.synthetic_pairs :]}
+    rows = {
+        "data.train_path": pair_records(pairs[: d.synthetic_pairs]),
+        "data.eval_path": pair_records(pairs[d.synthetic_pairs :]),
+    }
     out = {}
     for key, path in owned.items():
         write_jsonl(rows[key], path)
@@ -133,7 +137,6 @@ def _write_pairs(cfg: JobConfig, owned: dict[str, str]) -> dict[str, int]:
 def _preference_rows(
     cfg: JobConfig, tokenizer: Any
 ) -> tuple[list[PromptRow], list[PromptRow], dict[str, int]]:
-    from rrm_ray.data.preference import load_preference_pairs, to_judge_examples
 
     d = cfg.data
     counts: dict[str, int] = {}
@@ -164,7 +167,6 @@ def judge_prompt_text(
     cfg: JobConfig, tokenizer: Any, query: str, first: str, second: str, where: str = ""
 ) -> str:
     """The judge prompt for one presentation, fitted to `judge.max_prompt_tokens` per `judge.over_length`."""
-    from rrm_ray.judge.prompts import fit_pair_to_context
 
     j = cfg.judge
     fitted = fit_pair_to_context(

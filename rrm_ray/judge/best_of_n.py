@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rrm_ray.judge.evaluation import judgment_fields
-from rrm_ray.judge.service import METHODS
+from rrm_ray.judge.records import METHODS
 from rrm_ray.tables import aligned_table
 
 
@@ -138,7 +138,7 @@ def _rate(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def format_table(rows: Sequence[SettingRow], prompts: int) -> str:
+def settings_table(rows: Sequence[SettingRow], prompts: int) -> str:
     """The side-by-side table; says so when no prompt carries an answer (then only picks exist)."""
     head = ["method", "votes", "n", "judge pick acc", "oracle", "random", "judge calls", "seconds"]
     body = [

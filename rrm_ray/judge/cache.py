@@ -15,8 +15,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rrm_ray.judge.voting import PairVote
-
 
 @dataclass(frozen=True)
 class CachedComparison:
@@ -31,12 +29,6 @@ class CachedComparison:
         """The same comparison seen as (b, a)."""
         flip: dict[str | None, Literal["a", "b"] | None] = {"a": "b", "b": "a", None: None}
         return CachedComparison(flip[self.winner], self.wins_b, self.wins_a, list(self.traces))
-
-    @classmethod
-    def from_pair_vote(cls, vote: PairVote, traces: list[str] | None = None) -> CachedComparison:
-        if not vote.done:
-            raise ValueError(f"pair {vote.pair_index}: only finished votes can be cached ({vote!r})")
-        return cls(vote.winner(), vote.wins_a, vote.wins_b, list(traces or []))
 
 
 def comparison_key(query: str, response_a: str, response_b: str, settings: str) -> str:
@@ -99,8 +91,3 @@ class ComparisonCache:
     def clear(self) -> None:
         """Drop all entries (e.g. after the judge's weights changed); counters are kept."""
         self._entries.clear()
-
-    @property
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0

@@ -7,7 +7,7 @@ verdicts with the benchmark's official rules (`rrm_ray.judge.benchmarks`):
 
     items -> pairs (coin per item) -> judge(pairs) -> credits / predictions -> Scored
 
-Pure logic: no Ray, no engine; the console and MLflow are the command's (`rrm_ray.judge_cli`).
+Pure logic: no Ray, no engine; the console and MLflow are the command's (`rrm_ray.commands.judge`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rrm_ray.judge.benchmarks import PandaLMItem, RewardBenchItem, score_pandalm, score_rewardbench
-from rrm_ray.judge.service import JudgePair, PairJudgment
+from rrm_ray.judge.records import JudgePair, PairJudgment
 
 TRACE_TEXT_CHARS = 4000  # per trace in the MLflow table; the JSONL outputs keep the whole text
 

@@ -43,7 +43,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from rrm_ray.judge.service import METHODS, JudgeSettings, new_tournament, rank_result
+from rrm_ray.judge.records import METHODS, JudgeSettings
+from rrm_ray.judge.service import new_tournament, rank_result
 from rrm_ray.judge.tournament import Match, Outcome, run_tournament
 from rrm_ray.judge.voting import PairVote, translate
 
@@ -127,11 +128,6 @@ class CellResult:
     advantage_corr: float
     judge_calls: float
     rounds: float
-
-    @property
-    def p_best_se(self) -> float:
-        """Binomial standard error of ``p_best``."""
-        return math.sqrt(self.p_best * (1.0 - self.p_best) / self.trials)
 
 
 def group_advantages(rewards: Sequence[float], eps: float = _GROUP_EPS) -> list[float]:

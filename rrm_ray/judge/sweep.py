@@ -196,7 +196,7 @@ def short_names(keys: Sequence[str]) -> list[str]:
     return [s if last.count(s) == 1 else k for s, k in zip(last, keys, strict=True)]
 
 
-def format_table(keys: Sequence[str], rows: Sequence[SweepRow]) -> str:
+def points_table(keys: Sequence[str], rows: Sequence[SweepRow]) -> str:
     """One line per point: the swept values, accuracy, its 95% Wilson interval, judge tokens, judge
     calls, seconds of judging."""
     head = [*short_names(keys), "n", "accuracy", "95% CI", "judge tokens", "judge calls", "seconds"]

@@ -1,7 +1,7 @@
 """Majority voting over k sampled judgments of one pair, in both presentation orders, with an
 adaptive stop. Built for batched engines: the caller collects the presentations that all pairs
-still need, runs them as ONE engine batch, and records the verdicts back (``run_votes`` is that
-loop; the judge actor does the same with its vLLM engine).
+still need, runs them as ONE engine batch, and records the verdicts back (the judge service's
+voting waves, `rrm_ray.judge.service`).
 
 Vocabulary: a pair is (a, b) in the caller's order. A presentation shows it to the judge either as
 (a, b) or swapped as (b, a); a verdict names "Assistant 1" or "Assistant 2", which ``translate``
@@ -14,7 +14,6 @@ turns back into "a won" / "b won".
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -196,37 +195,6 @@ class PairVote:
             f"PairVote(pair={self.pair_index}, k={self.votes}, a={self.wins_a}, b={self.wins_b}, "
             f"invalid={self.invalid}, calls={self._issued}, done={self.done})"
         )
-
-
-def run_votes(
-    pairs_count: int,
-    votes: int,
-    adaptive: bool,
-    judge_batch: Callable[[list[Presentation]], list[Verdict]],
-    tie_rule: TieRule = "first",
-    seed: int = 0,
-) -> list[PairVote]:
-    """Vote on ``pairs_count`` pairs, calling ``judge_batch`` once per wave with the pending
-    presentations of ALL unfinished pairs (one engine batch per wave), until every pair is done.
-
-    ``judge_batch`` must return one verdict (1, 2 or None) per presentation, in order. Non-adaptive
-    voting takes exactly one wave; adaptive voting a few, each smaller than the last.
-    """
-    if pairs_count < 0:
-        raise ValueError(f"pairs_count must be >= 0, got {pairs_count}")
-    pairs = [PairVote(votes, adaptive, tie_rule, seed, pair_index=i) for i in range(pairs_count)]
-    while True:
-        wave = [p for pv in pairs for p in pv.next_presentations()]
-        if not wave:
-            return pairs
-        verdicts = list(judge_batch(wave))
-        if len(verdicts) != len(wave):
-            raise ValueError(
-                f"judge_batch returned {len(verdicts)} verdicts for {len(wave)} presentations; "
-                "expected one per presentation, in order"
-            )
-        for p, v in zip(wave, verdicts, strict=True):
-            pairs[p.pair_index].record(p.vote_index, translate(p, v))
 
 
 # -- judge.verdict=choice_prob: one probability per presentation order instead of sampled votes ------

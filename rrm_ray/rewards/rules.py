@@ -24,6 +24,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from math_verify import parse, verify
+
+from rrm_ray.rewards.judge_reward import judge_reward
+
 RewardFn = Callable[[str, str | None], float]
 
 _BOX_OPEN_RE = re.compile(r"\\boxed\s*\{")
@@ -184,7 +188,6 @@ _math_verify_ready = False
 def _math_verify() -> tuple[Callable[..., list], Callable[..., bool]]:
     """Import math-verify on first use: it pulls in sympy (about a second) that other rules never need."""
     global _math_verify_ready
-    from math_verify import parse, verify
 
     if not _math_verify_ready:
         for name in ("math_verify.parser", "math_verify.grader"):
@@ -240,7 +243,6 @@ class JudgeVerdictRule:
     format_fail: float = -1.0
 
     def __call__(self, response: str, answer: str | None) -> float:
-        from rrm_ray.rewards.judge_reward import judge_reward
 
         label = _require_answer(answer, f"judge_{self.mode}")
         if label not in ("1", "2"):

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
-    from rrm_ray.models import ensure_smollm2, make_tiny_model
+    from rrm_ray.models import ensure_smollm2
+    from tests.tiny_model import make_tiny_model
 
     return str(make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", ensure_smollm2()))
 
@@ -101,15 +102,16 @@ def rrm_ray_cli(
     )
 
 
-def start_learner_group(model: str, dtype: str, learner: dict, algorithm: dict) -> Any:
-    """A learner group (one rank per `learner["num_ranks"]`) on `model`, its process group joined as
-    the driver joins it: rank 0 publishes its IP and a free port."""
+def start_learner_group(model: str, dtype: str, learner: Any, algorithm: Any) -> Any:
+    """A learner group (one rank per `learner.num_ranks`; a LearnerConfig and an AlgorithmConfig) on
+    `model`, its process group joined as the driver joins it: rank 0 publishes its IP and a free port."""
     from actors.learner import LearnerWorker
-    from rrm_ray.actor_group import ActorGroup, RoleSpec
+    from rrm_ray.clients.group import ActorGroup
+    from rrm_ray.placement import RoleSpec
 
     group = ActorGroup(
         LearnerWorker,
-        RoleSpec("learner", learner["num_ranks"], 1.0),
+        RoleSpec("learner", learner.num_ranks, 1.0),
         init_args=(model, dtype, "cpu", learner, algorithm, 1.0, 1),
         env={"OMP_NUM_THREADS": "1"},
         call_timeout_s=300,
@@ -224,8 +226,9 @@ def ray_head(tmp_path_factory):
 def grpo_run(ray_local, tiny_model, tmp_path_factory):
     """Two tiny GRPO steps with a probe of the engine's and the learner's log-probs around them, shared by
     test_grpo_e2e (the loop) and test_mlflow_ui (the run as MLflow shows it)."""
-    from rrm_ray.config import load_config
-    from rrm_ray.driver import GRPOJob
+    from rrm_ray.jobs.grpo import GRPOJob
+    from rrm_ray.validation import load_config
+    from tests.integration.probes import engine_checksums, engine_logprobs, learner_logprobs, on_all, on_rank0
 
     tmp = tmp_path_factory.mktemp("grpo")
     overrides = {
@@ -239,16 +242,17 @@ def grpo_run(ray_local, tiny_model, tmp_path_factory):
     job = GRPOJob(cfg)
     job.start()
     probe = job.tokenizer.encode("The quick brown fox jumps over the lazy dog. 1 + 2 = 3")
-    initial = job.rollout.call_rank0("probe_logprobs", probe)
+    rollout, learner = job.roles.rollout.group, job.roles.learner.group
+    initial = on_rank0(rollout, engine_logprobs, probe)
     try:
         summary = job.run()
-        engine = job.rollout.call_rank0("probe_logprobs", probe)
-        learner = job.learner.call_all("probe_logprobs", probe)[0]
-        engine_params = job.rollout.call_rank0("checksums")
+        engine = on_rank0(rollout, engine_logprobs, probe)
+        learner_lp = on_all(learner, learner_logprobs, probe)[0]
+        engine_params = on_rank0(rollout, engine_checksums)
         # As after an engine restart: the transfer is set up anew (a new gloo group) and used again.
         job.roles.rollout.init_weight_transfer()
         resync = job.roles.sync_weights()
-        engine_after_resync = job.rollout.call_rank0("probe_logprobs", probe)
+        engine_after_resync = on_rank0(rollout, engine_logprobs, probe)
     finally:
         job.close()
     return {
@@ -256,7 +260,7 @@ def grpo_run(ray_local, tiny_model, tmp_path_factory):
         "summary": summary,
         "initial": initial,
         "engine": engine,
-        "learner": learner,
+        "learner": learner_lp,
         "engine_params": engine_params,
         "resync": resync,
         "engine_after_resync": engine_after_resync,

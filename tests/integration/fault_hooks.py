@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from actors.judge import JudgePool, JudgeWorker
+from actors.judge import JudgeWorker
 from tests.integration.rules import kill_once
 
 
@@ -17,10 +17,3 @@ class JudgeDyingOnce(JudgeWorker):
     def rank(self, *args: Any, **kwargs: Any) -> Any:
         kill_once("RRM_TEST_KILL_JUDGE_MARKER", os.getpid())
         return super().rank(*args, **kwargs)
-
-
-class PoolOfJudgesDyingOnce(JudgePool):
-    """`JudgePool` whose engines are `JudgeDyingOnce`: patched in for `rrm_ray.driver.JudgePool`."""
-
-    def __init__(self, cfg: Any, spec: Any = None, pg: Any = None, worker_cls: type = JudgeDyingOnce) -> None:
-        super().__init__(cfg, spec, pg, worker_cls)

@@ -14,9 +14,10 @@ import json
 import pytest
 import ray
 
-from rrm_ray.config import load_config
-from rrm_ray.driver import GRPOJob
+from rrm_ray.jobs.grpo import GRPOJob
+from rrm_ray.validation import load_config
 from tests.integration.conftest import tiny_overrides
+from tests.integration.probes import engine_logprobs, learner_logprobs, on_all, on_rank0
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ def test_one_step_off_trains_within_the_bound_recovers_and_resumes(ray_local, ti
     with GRPOJob(cfg) as job:
         job.start()
         first = job.train_step()  # its batch generated now, the next one while it trains
-        (in_flight,) = job.ahead.queue
+        (in_flight,) = job.schedule.queue
         assert (in_flight.step, in_flight.version, first["train/staleness"]) == (1, 0, 0.0)
         # the same prompts, seeds and weights as the synchronous run's first step
         synchronous = grpo_run["summary"]["history"][0]
@@ -58,7 +59,7 @@ def test_one_step_off_trains_within_the_bound_recovers_and_resumes(ray_local, ti
         prompts = cfg.data.prompts_per_step
         assert job.stream.position == 2 * prompts and state["data_position"] == prompts  # before it
 
-        ray.kill(job.rollout.actors[0], no_restart=False)  # dies before the batch for step 3
+        ray.kill(job.roles.rollout.group.actors[0], no_restart=False)  # dies before the batch for step 3
         with pytest.warns(UserWarning, match="a rollout actor died"):
             second = job.train_step()
         assert second["train/staleness"] == 1  # generated with the weights before step 1's update
@@ -69,17 +70,17 @@ def test_one_step_off_trains_within_the_bound_recovers_and_resumes(ray_local, ti
         assert {"time/generate_s", "time/update_s", "time/generate_wait_s"} <= set(second)
         # The restarted engine took the weights after step 2's update before generating again (the
         # re-sync waited for it), so the regenerated batch is fresh and no sync was left for the step.
-        (regenerated,) = job.ahead.queue
+        (regenerated,) = job.schedule.queue
         assert regenerated.step == 2 and regenerated.version == job.roles.learner.version == 2
         assert second["sync/buckets"] == 0
 
         job._restore(saved)  # what start() does on resume
-        assert job.step == 1 and job.stream.position == prompts and not job.ahead.queue
+        assert job.step == 1 and job.stream.position == prompts and not job.schedule.queue
         again = job.train_step()  # the dropped batch again, from the checkpoint's weights
         assert again["train/staleness"] == 0 and again["sync/buckets"] >= 1
-        (next_batch,) = job.ahead.queue
+        (next_batch,) = job.schedule.queue
         assert (next_batch.step, next_batch.position) == (2, 2 * prompts)
         probe = job.tokenizer.encode("The quick brown fox jumps over the lazy dog.")
-        engine = job.rollout.call_rank0("probe_logprobs", probe)
-        learner = job.learner.call_all("probe_logprobs", probe)[0]
+        engine = on_rank0(job.roles.rollout.group, engine_logprobs, probe)
+        learner = on_all(job.roles.learner.group, learner_logprobs, probe)[0]
     assert max(abs(a - b) for a, b in zip(engine, learner, strict=True)) < 1e-4  # synced after each update

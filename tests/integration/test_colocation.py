@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from rrm_ray.config import load_config
-from rrm_ray.driver import GRPOJob
+from rrm_ray.jobs.grpo import GRPOJob
+from rrm_ray.validation import load_config
 from tests.integration.conftest import tiny_overrides
+from tests.integration.probes import on_rank0, sleep_log
 
 pytestmark = pytest.mark.integration
 
@@ -46,10 +47,11 @@ def test_roles_sharing_bundles_take_turns(ray_local, tiny_model, tmp_path):
     with GRPOJob(cfg) as job:
         job.start()
         summary = job.run()
-        rollout = job.rollout.call_all("sleep_log")[0]
-        judge = job.judge.group.call_all("sleep_log")[0]
-        pgs = {job.rollout.pg.id, job.learner.pg.id, job.judge.group.pg.id}
-        log = list(job.share.log)
+        roles = job.roles
+        rollout = on_rank0(roles.rollout.group, sleep_log)
+        judge = on_rank0(roles.judge.group, sleep_log)
+        pgs = {roles.rollout.group.pg.id, roles.learner.group.pg.id, roles.judge.group.pg.id}
+        log = list(roles.share.log)
     assert summary["steps"] == 1 and summary["history"][0]["judge/comparisons"] > 0
     assert len(pgs) == 1  # one placement group, each role asking a third of its bundle
     shared = {(p["role"], p["bundle"]) for p in summary["placement"]}

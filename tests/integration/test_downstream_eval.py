@@ -9,8 +9,8 @@ import re
 import mlflow
 import pytest
 
-from rrm_ray.config import load_config
-from rrm_ray.downstream import downstream_metrics
+from rrm_ray.clients.downstream import downstream_metrics
+from rrm_ray.validation import load_config
 from tests.integration.conftest import REPO, rrm_ray_cli
 from tests.readme import runs_command
 

@@ -4,15 +4,14 @@ only one alive at a time (the tests that start their own engine come first)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from rrm_ray.config import load_config
-from rrm_ray.judge.service import JudgePair
+from rrm_ray.judge.records import JudgePair
+from rrm_ray.validation import load_config
 from tests.integration.conftest import REPO, rrm_ray_cli
 from tests.readme import runs_command
 
@@ -41,19 +40,16 @@ def judge_overrides(model: str, **extra: object) -> list[str]:
 
 
 def test_smollm2_judges_a_few_pairs(ray_local):
-    from actors.judge import JudgePool
+    from rrm_ray.jobs.judging import judge_session
     from rrm_ray.models import ensure_smollm2
 
     cfg = load_config(
         None,
         judge_overrides(str(ensure_smollm2()), **{"judge.max_new_tokens": 48, "judge.votes": 1}),
     )
-    pool = JudgePool(cfg)
-    try:
-        out = pool.compare(PAIRS)
-        stats = pool.stats()
-    finally:
-        pool.shutdown()
+    with judge_session(cfg) as judge:
+        out = judge.compare(PAIRS)
+        stats = judge.stats()
     assert len(out) == 3 and all(len(j.traces) == 1 and j.traces[0].text for j in out)
     decided = sum(j.decided for j in out)
     assert stats["unparseable"] + decided == 3 and stats["timed_out"] == 0
@@ -97,11 +93,10 @@ def test_eval_cli_on_rewardbench_fixture(tiny_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_judge(ray_local, tiny_model):
-    from actors.judge import JudgePool
+    from rrm_ray.jobs.judging import judge_session
 
-    pool = JudgePool(load_config(None, judge_overrides(tiny_model)))
-    yield pool
-    pool.shutdown()
+    with judge_session(load_config(None, judge_overrides(tiny_model))) as judge:
+        yield judge
 
 
 def test_garbage_outputs_are_unparseable_and_cached(tiny_judge):
@@ -131,15 +126,17 @@ def test_rank_runs_one_wave_per_round(tiny_judge):
         assert len(r.comparisons) == 3 and r.rewards == [0.0, 0.0, 0.0]
 
 
-def test_a_tiny_batch_timeout_aborts_and_counts(tiny_judge):
+def test_a_tiny_batch_timeout_aborts_and_counts(tiny_judge, tiny_model):
     fresh = [JudgePair(p.query + " Briefly.", p.response_a, p.response_b) for p in PAIRS]
     tiny_judge.stats(reset=True)
-    tiny_judge.set_batch_timeout(1e-6)
+    tiny_judge.configure(
+        load_config(None, judge_overrides(tiny_model, **{"judge.batch_timeout_s": 1e-6})).judge
+    )
     try:
         out = tiny_judge.compare(fresh)
+        stats = tiny_judge.stats(reset=True)  # read before configure starts the counters anew
     finally:
-        tiny_judge.set_batch_timeout(600)
-    stats = tiny_judge.stats(reset=True)
+        tiny_judge.configure(load_config(None, judge_overrides(tiny_model)).judge)
     assert all(j.timed_out == 2 and j.winner is None for j in out)
     assert stats["timed_out"] == 6 and stats["unparseable"] == 0
     # The aborted requests left nothing behind: the same pairs (not cached) now get real texts.
@@ -152,13 +149,13 @@ def test_choice_prob_is_one_forward_per_order_and_reuses_the_query_prefix(tiny_j
     the query's prompt head from vLLM's prefix cache (on by default; the head is longer than a KV
     block: 128 tokens on CPU, 16 on GPU)."""
     extra = {"judge.mode": "direct", "judge.verdict": "choice_prob", "judge.votes": 1}
-    tiny_judge.configure(dataclasses.asdict(load_config(None, judge_overrides(tiny_model, **extra)).judge))
+    tiny_judge.configure(load_config(None, judge_overrides(tiny_model, **extra)).judge)
     query = "Which answer states every fact? " + " ".join(f"fact {i} holds." for i in range(40))
     try:
         (result,) = tiny_judge.rank([(query, ["All hold.", "Some hold.", "None hold.", "Facts 1-3 hold."])])
         stats = tiny_judge.stats(reset=True)
     finally:
-        tiny_judge.configure(dataclasses.asdict(load_config(None, judge_overrides(tiny_model)).judge))
+        tiny_judge.configure(load_config(None, judge_overrides(tiny_model)).judge)
     matches = result.comparisons
     assert len(matches) == 3  # knockout of 4: two rounds
     assert all(m.judgment.prob_a is not None and m.outcome in ("a", "b") for m in matches)

@@ -16,11 +16,12 @@ import math
 import pytest
 import torch
 
-from rrm_ray.actor_group import ActorGroup
 from rrm_ray.batch import TrainBatch, build_batch, mini_batch_tokens, shard
+from rrm_ray.clients.group import ActorGroup
 from rrm_ray.config import AlgorithmConfig, LearnerConfig
 from tests.integration.conftest import start_learner_group
 from tests.integration.conftest import stop_learner_group as stop
+from tests.integration.probes import export_weights, on_all
 
 pytestmark = pytest.mark.integration
 
@@ -33,21 +34,20 @@ WEIGHT_TOL = 1e-5  # max |w_fsdp2 - w_deepspeed| over every parameter, fp32 (mea
 LOSS_TOL = 1e-5  # |loss_fsdp2 - loss_deepspeed| (absolute, fp32)
 
 
-def start_learners(model: str, backend: str, algorithm: str = "grpo", **learner: object) -> ActorGroup:
-    """A 2-rank learner group on the tiny model, process group joined (as the driver does it)."""
-    cfg = dataclasses.asdict(
-        LearnerConfig(
-            backend=backend, num_ranks=RANKS, micro_batch_size=1, lr=LR, weight_decay=0.01, grad_clip=1.0
-        )
+def start_learners(model: str, backend: str, reference: bool = False, **learner: object) -> ActorGroup:
+    """A 2-rank learner group on the tiny model, process group joined (as the driver does it);
+    `reference`: with the frozen reference copy (the learner builds one when algorithm.kl_coef > 0)."""
+    cfg = LearnerConfig(
+        backend=backend, num_ranks=RANKS, micro_batch_size=1, lr=LR, weight_decay=0.01, grad_clip=1.0
     )
-    cfg.update(learner)
-    return start_learner_group(model, "float32", cfg, dataclasses.asdict(AlgorithmConfig(name=algorithm)))
+    algorithm = AlgorithmConfig(kl_coef=0.1 if reference else 0.0)
+    return start_learner_group(model, "float32", dataclasses.replace(cfg, **learner), algorithm)
 
 
 def full_weights(group: ActorGroup) -> dict[str, torch.Tensor]:
     import ray
 
-    manifest, refs = group.call_all("export_weights", 64)[0]
+    manifest, refs = on_all(group, export_weights, 64)[0]
     weights = {name: t for bucket in ray.get(refs) for name, t in bucket}
     assert [m.name for m in manifest] == list(weights)
     return weights
@@ -90,7 +90,7 @@ def dpo_step(group: ActorGroup, pairs: list[TrainBatch], ref: list[torch.Tensor]
 
 def run_script(model: str, backend: str, **learner: object) -> dict:
     """The script every backend runs; returns what the tests compare."""
-    group = start_learners(model, backend, algorithm="dpo", **learner)
+    group = start_learners(model, backend, reference=True, **learner)
     try:
         out: dict = {"initial": full_weights(group)}
         pairs = shard(make_batch(100), RANKS)  # rows 2i / 2i+1: chosen / rejected of pair i

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.backends import export_checkpoint_to_hf
+from actors.export import export_checkpoint_to_hf
 from tests.integration.test_learner_backends import (
     MOVED,
     full_weights,

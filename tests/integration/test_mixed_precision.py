@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rrm_ray.actor_group import ActorGroup
 from rrm_ray.batch import TrainBatch, build_batch, mini_batch_tokens, shard
+from rrm_ray.clients.group import ActorGroup
 from rrm_ray.config import AlgorithmConfig, LearnerConfig
 from tests.integration.conftest import start_learner_group
 from tests.integration.conftest import stop_learner_group as stop
+from tests.integration.probes import master_weights, on_all
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +41,8 @@ ENTROPY_TOL = 5e-6  # measured max 8.3e-7 (a random model's softmax is nearly un
 
 
 def start(model: str, dtype: str, backend: str = "fsdp2", lr: float = LR, **learner: object) -> ActorGroup:
-    cfg = dataclasses.asdict(
-        LearnerConfig(backend=backend, num_ranks=RANKS, micro_batch_size=2, lr=lr, weight_decay=0.01)
-    )
-    cfg.update(learner)
-    return start_learner_group(model, dtype, cfg, dataclasses.asdict(AlgorithmConfig()))
+    cfg = LearnerConfig(backend=backend, num_ranks=RANKS, micro_batch_size=2, lr=lr, weight_decay=0.01)
+    return start_learner_group(model, dtype, dataclasses.replace(cfg, **learner), AlgorithmConfig())
 
 
 def make_batch(seed: int, n: int = 8, vocab: int = 1000, advantage: float | None = None) -> TrainBatch:
@@ -76,7 +74,7 @@ def batch_nll(group: ActorGroup, batch: TrainBatch) -> float:
 
 
 def masters(group: ActorGroup) -> dict[str, torch.Tensor]:
-    return group.call_all("master_weights")[0]
+    return on_all(group, master_weights)[0]
 
 
 def changed_fraction(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -146,7 +144,8 @@ def test_one_bf16_step_at_lr_1e6_changes_most_fp32_masters(bf16_run, tiny_model)
 def test_checkpoint_holds_the_fp32_masters_and_exports_in_either_dtype(bf16_run, tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from actors.backends import export_checkpoint_to_hf, read_meta
+    from actors.export import export_checkpoint_to_hf
+    from actors.model_io import read_meta
 
     ckpt, after = bf16_run["ckpt"], bf16_run["after"]
     meta = read_meta(ckpt)

@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from rrm_ray.config import load_config
+from rrm_ray.validation import load_config
 from tests.integration.conftest import (
     REPO,
     free_port,
@@ -74,7 +74,7 @@ def server_uri(mlflow_server, ray_local, tiny_model) -> str:
 
 @pytest.fixture(scope="module")
 def local_run(server_uri, tiny_model, tmp_path_factory):
-    from rrm_ray.driver import GRPOJob
+    from rrm_ray.jobs.grpo import GRPOJob
 
     cfg = load_config(None, _overrides(tiny_model, tmp_path_factory.mktemp("local"), server_uri))
     with GRPOJob(cfg) as job:
@@ -109,7 +109,7 @@ def test_submitted_job_logs_the_same_metrics_tagged_with_its_id(
             *_overrides(tiny_model, tmp_path, server_uri),
             "--address",
             ray_head["address"],
-            "--job-id",
+            "--submission-id",
             submission_id,
         ],
         env=ray_head["env"],

@@ -7,7 +7,7 @@ probe actors stand in for vLLM and torch (which need a GPU) and only report wher
 
     node 0 (head): CPU 4, GPU 8        node 1 (worker): CPU 4, GPU 8
 
-Every shipped GPU profile is placed through the driver's own path (`plan_placement` ->
+Every shipped GPU profile is placed through the driver's own path (`placement_layout` ->
 `reserve_placement` -> `place_role`), as shipped and with roles sharing bundles.
 """
 
@@ -18,24 +18,58 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
 
-from rrm_ray.actor_group import ActorGroup, PlacementError, RoleSpec, ordered_bundles, reserve
-from rrm_ray.config import load_config, to_yaml
+from rrm_ray.clients.group import ActorGroup, PlacementError, ordered_bundles, reserve
+from rrm_ray.config import to_yaml
 from rrm_ray.placement import (
+    RoleSpec,
     cannot_hold_message,
-    format_placement,
-    node_runs,
+    placement_layout,
     placement_problems,
-    plan_placement,
-    role_specs,
     unplaceable,
 )
+from rrm_ray.tables import aligned_table
+from rrm_ray.validation import load_config
 from tests.integration.conftest import REPO, tiny_overrides
 from tests.integration.probes import Probe
 from tests.readme import runs_command
+
+
+# -- reading a placement: where each rank landed ------------------------------------------------------
+def node_runs(rows: list[dict[str, Any]]) -> list[tuple[str, list[int]]]:
+    """Ranks of one role in rank order, cut into runs of equal node id: [(node_id, [ranks]), ...].
+
+    Ranks are contiguous per node exactly when no node id appears in two runs.
+    """
+    runs: list[tuple[str, list[int]]] = []
+    for row in sorted(rows, key=lambda r: r["rank"]):
+        if runs and runs[-1][0] == row["node_id"]:
+            runs[-1][1].append(row["rank"])
+        else:
+            runs.append((row["node_id"], [row["rank"]]))
+    return runs
+
+
+def format_placement(rows: list[dict[str, Any]], node_names: dict[str, str] | None = None) -> str:
+    """A fixed-width table (role, rank, bundle, node, ip) of where each actor landed, for logs."""
+    names = node_names or {}
+    header = ("role", "rank", "bundle", "node", "ip")
+    body = [
+        (
+            str(r["role"]),
+            str(r["rank"]),
+            str(r["bundle"]),
+            names.get(r["node_id"], str(r["node_id"])[:12]),
+            str(r.get("ip", "")),
+        )
+        for r in rows
+    ]
+    return "\n".join(aligned_table(header, body, align="left", rule=False))
+
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +151,7 @@ def test_spread_learner_ranks_are_renumbered_by_node(cluster):
     cfg = load_config(
         CONFIGS / "grpo_gpu_2x8.yaml", [*SMALL_CPUS, "learner.num_ranks=4", "learner.strategy=SPREAD"]
     )
-    learner = ActorGroup(Probe, role_specs(cfg)["learner"], placement_timeout_s=120)
+    learner = ActorGroup(Probe, placement_layout(cfg).groups["learner"], placement_timeout_s=120)
     try:
         rows = learner.placement()
         _show("grpo_gpu_2x8.yaml learner.strategy=SPREAD learner.num_ranks=4", rows, cluster["names"])
@@ -157,7 +191,7 @@ def test_spread_uses_both_nodes_when_one_cannot_hold_the_ranks(cluster):
 def _learner_runs(profile: str, overrides: list[str]) -> list[tuple[str, list[int]]]:
     """The learner's ranks cut into runs per node, checked contiguous (each node one run)."""
     cfg = load_config(CONFIGS / profile, overrides)
-    spec = role_specs(cfg)["learner"]
+    spec = placement_layout(cfg).groups["learner"]
     pg = reserve(spec, timeout_s=60)
     try:
         bundle_node = ray.util.placement_group_table(pg)["bundles_to_node_id"]
@@ -209,10 +243,10 @@ PROFILE_CASES = [
 def test_every_gpu_profile_places_every_role(cluster, profile, overrides):
     """The driver's placement path with stand-in actors: every role starts on its share of a bundle,
     roles sharing a bundle land on the same node, and the asks on a bundle never exceed it."""
-    from rrm_ray.roles import check_fits, place_role, reserve_placement
+    from rrm_ray.clients.roles import check_fits, place_role, reserve_placement
 
     cfg = load_config(CONFIGS / profile, [*SMALL_CPUS, *overrides])
-    plan = plan_placement(cfg)
+    plan = placement_layout(cfg)
     needed = -(-sum(g.num_workers * g.gpus for g in plan.groups.values()) // GPUS_PER_NODE)
     extra = [cluster["sim"].add_node(**cluster["node_args"]) for _ in range(int(needed) - 2)]
     try:
@@ -257,7 +291,7 @@ def test_every_gpu_profile_places_every_role(cluster, profile, overrides):
 
 @runs_command("plan")
 def test_more_than_the_cluster_has_fails_fast_and_names_it(cluster, tiny_model, tmp_path):
-    from rrm_ray.driver import GRPOJob
+    from rrm_ray.jobs.grpo import GRPOJob
 
     # Totals: 12 engines + 8 ranks = 20 GPUs on a 16-GPU cluster (shape left undeclared, so the live
     # cluster is what says no, at start, before any actor exists).
@@ -275,7 +309,7 @@ def test_more_than_the_cluster_has_fails_fast_and_names_it(cluster, tiny_model, 
     with pytest.raises(PlacementError) as info:  # at once: no actor exists (below), no timeout waited
         job.start()
     assert "GPU: the job asks for 20 (rollout 12x1, learner 8x1), the cluster has 16" in str(info.value)
-    assert job.groups == []
+    assert job.roles.groups == []
     job.close()
     # `rrm-ray plan --address` says so, in the same words, before anything starts.
     config = tmp_path / "job.yaml"
@@ -306,8 +340,8 @@ def test_more_than_the_cluster_has_fails_fast_and_names_it(cluster, tiny_model, 
     with pytest.raises(PlacementError) as info:
         job.start()
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    assert str(info.value) == cannot_hold_message(placement_problems(plan_placement(cfg).groups, nodes))
-    assert "learner: STRICT_PACK needs 12 x" in str(info.value) and job.groups == []
+    assert str(info.value) == cannot_hold_message(placement_problems(placement_layout(cfg).groups, nodes))
+    assert "learner: STRICT_PACK needs 12 x" in str(info.value) and job.roles.groups == []
     job.close()
 
     spec = RoleSpec("learner", 12, 0.05, 1.0, "STRICT_PACK")
@@ -319,7 +353,7 @@ def test_more_than_the_cluster_has_fails_fast_and_names_it(cluster, tiny_model, 
 
 def test_grpo_step_with_learner_ranks_on_two_nodes(cluster, tiny_model, tmp_path):
     """The real stack on the simulated cluster: vLLM engine, 2 FSDP2 ranks (gloo) on distinct nodes."""
-    from rrm_ray.driver import GRPOJob
+    from rrm_ray.jobs.grpo import GRPOJob
 
     overrides = {
         "trainer.total_steps": 1,
@@ -333,7 +367,8 @@ def test_grpo_step_with_learner_ranks_on_two_nodes(cluster, tiny_model, tmp_path
         _show("tiny GRPO job (cpu)", job.placement, cluster["names"])
         learner = [p for p in job.placement if p["role"] == "learner"]
         assert len({p["node_id"] for p in learner}) == 2
-        dist = job.learner.get([a.__ray_call__.remote(_dist_facts) for a in job.learner.actors], "dist_facts")
+        group = job.roles.learner.group
+        dist = group.get([a.__ray_call__.remote(_dist_facts) for a in group.actors], "dist_facts")
         for rank, facts in enumerate(dist):
             assert facts["rank"] == rank and facts["world_size"] == 2
             assert facts["MASTER_ADDR"] == learner[0]["ip"]

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from rrm_ray.config import load_config
-from rrm_ray.driver import GRPOJob
+from rrm_ray.jobs.grpo import GRPOJob
+from rrm_ray.validation import load_config
 from tests.integration.conftest import tiny_overrides
 from tests.integration.test_learner_backends import full_weights, max_diff
 
@@ -56,7 +56,7 @@ def test_four_steps_straight_equal_two_plus_resume_plus_two(backend, ray_local, 
         straight = [a.train_step() for _ in range(2)]
         saved = a.save_checkpoint()
         straight += [a.train_step() for _ in range(2)]
-        straight_final = full_weights(a.learner)
+        straight_final = full_weights(a.roles.learner.group)
 
     scramble_rngs()
     resumed_overrides = [*overrides, f"resume={saved}", f"checkpoint.dir={tmp_path / 'resumed'}"]
@@ -64,7 +64,7 @@ def test_four_steps_straight_equal_two_plus_resume_plus_two(backend, ray_local, 
         b.start()
         assert b.step == 2 and b.stream.position == 2 * 2  # 2 steps x data.prompts_per_step
         resumed = [b.train_step() for _ in range(2)]
-        resumed_final = full_weights(b.learner)
+        resumed_final = full_weights(b.roles.learner.group)
         assert b.step == 4
 
     worst = 0.0

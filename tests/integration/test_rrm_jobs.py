@@ -8,9 +8,9 @@ import mlflow
 import pytest
 import ray
 
-from rrm_ray.config import load_config
-from rrm_ray.driver import GRPOJob
+from rrm_ray.jobs.grpo import GRPOJob
 from rrm_ray.judge.budget import FORCED_CLOSE
+from rrm_ray.validation import load_config
 from tests.integration.conftest import CHOICE_JUDGE, tiny_overrides
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,9 @@ def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model,
         summary = job.run()
         # The engine's own tokens (the forced "</think>") are marked so the loss skips them.
         prompt = job.render(job.eval_rows[:1])
-        completions = ray.get(job.rollout.actors[0].generate.remote(prompt, 3, 1.0, 1.0, 12, None, 0, 6))
+        completions = ray.get(
+            job.roles.rollout.group.actors[0].generate.remote(prompt, 3, 1.0, 1.0, 12, None, 0, 6)
+        )
     close_ids = job.tokenizer.encode(FORCED_CLOSE, add_special_tokens=False)
     for c in completions:
         assert len(c.response_mask) == len(c.response_ids) == len(c.response_logprobs)
@@ -91,8 +93,8 @@ def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model,
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")] == [0, 1, 2]
 
     # The trained judge loads straight into the RRM-judge actor.
-    from actors.judge import JudgePool
-    from rrm_ray.judge.service import JudgePair
+    from rrm_ray.jobs.judging import judge_session
+    from rrm_ray.judge.records import JudgePair
 
     judge_cfg = load_config(
         None,
@@ -111,13 +113,10 @@ def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model,
             },
         ),
     )
-    pool = JudgePool(judge_cfg)
-    try:
-        [judgment] = pool.compare([JudgePair("What is 2+2?", "4", "5")])
-        assert judgment.votes == 1 and len(judgment.traces) == 1
-        assert "</think>" in judgment.traces[0].text  # the budget closed the thought
-    finally:
-        pool.shutdown()
+    with judge_session(judge_cfg) as judge:
+        [judgment] = judge.compare([JudgePair("What is 2+2?", "4", "5")])
+    assert judgment.votes == 1 and len(judgment.traces) == 1
+    assert "</think>" in judgment.traces[0].text  # the budget closed the thought
 
 
 def test_grpo_with_rrm_rewards(ray_local, tiny_model, tmp_path):
@@ -179,16 +178,16 @@ def test_streamed_batch_equals_the_batch_path_with_a_greedy_judge(ray_local, tin
         assert job.streaming
         position = job.stream.position
         streamed = job.produce(0).batch
-        job.roles.judge.pool.clear_cache()  # the batch path judges every pair again
+        job.roles.judge.clear_cache()  # the batch path judges every pair again
         job.stream.position, job.streaming = position, False
         batched = job.produce(0).batch
     n, prompts = cfg.rollout.n_samples, cfg.data.prompts_per_step
     assert [c.prompt_index for c in streamed.completions] == [p for p in range(prompts) for _ in range(n)]
     assert [c.response_ids for c in streamed.completions] == [c.response_ids for c in batched.completions]
-    assert streamed.scored.rewards.tolist() == batched.scored.rewards.tolist()
-    assert streamed.scored.scored.rewards == batched.scored.scored.rewards
+    assert streamed.rewards.per_sample.tolist() == batched.rewards.per_sample.tolist()
+    assert streamed.rewards.rule.rewards == batched.rewards.rule.rewards
     for p in range(prompts):
-        assert streamed.scored.judged[p].ranking == batched.scored.judged[p].ranking
-    assert streamed.scored.judge_metrics["judge/comparisons"] == prompts * (n - 1)
-    assert 1 <= streamed.scored.judge_metrics["judge/stream_rank_calls"] <= prompts
+        assert streamed.rewards.judged[p].ranking == batched.rewards.judged[p].ranking
+    assert streamed.rewards.judge_metrics["judge/comparisons"] == prompts * (n - 1)
+    assert 1 <= streamed.rewards.judge_metrics["judge/stream_rank_calls"] <= prompts
     assert {"generate", "reward"} <= set(streamed.seconds)

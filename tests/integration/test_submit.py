@@ -36,14 +36,14 @@ def test_submit_follow_list_status_logs(cluster, tiny_model, tmp_path):
         config,
         "--address",
         cluster["address"],
-        "--job-id",
+        "--submission-id",
         "rrm-e2e-1",
         "--",
         *overrides,
         env=cluster["env"],
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "job rrm-e2e-1 SUCCEEDED" in result.stdout
+    assert "submission rrm-e2e-1 SUCCEEDED" in result.stdout
     assert "steps 1 in" in result.stdout  # the driver's summary came back through the logs
 
     listed = rrm_ray("list", "--address", cluster["address"], env=cluster["env"], timeout=120)
@@ -84,7 +84,7 @@ def test_stop_ends_a_running_job(cluster, tiny_model, tmp_path):
         *overrides,
         "--address",
         cluster["address"],
-        "--job-id",
+        "--submission-id",
         "rrm-e2e-stop",
         "--no-follow",
         env=cluster["env"],
@@ -124,4 +124,4 @@ def test_submit_names_what_the_clusters_python_lacks(cluster, tmp_path):
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"the cluster's python ({bare / 'python'}) cannot import" in result.stderr
     assert "omegaconf" in result.stderr and "start Ray from the environment" in result.stderr
-    assert "submitted job" not in result.stdout
+    assert "submitted " not in result.stdout

@@ -8,15 +8,16 @@ so the engine's log-probs match the learner's only once its weights really arriv
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import ray
 
+from actors.engine import engine_env
 from actors.learner import LearnerWorker
-from actors.rollout import RolloutWorker, engine_env
-from rrm_ray.actor_group import ActorGroup, RoleSpec
+from actors.rollout import RolloutWorker
+from rrm_ray.clients.group import ActorGroup
 from rrm_ray.config import AlgorithmConfig, LearnerConfig
+from rrm_ray.placement import RoleSpec
+from tests.integration.probes import engine_logprobs, learner_logprobs, master_weights, on_all, on_rank0
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,8 @@ PROBE = list(range(100, 140))
 
 @pytest.fixture(scope="module")
 def pair(ray_local, tiny_model, tmp_path_factory):
-    from rrm_ray.models import ensure_smollm2, make_tiny_model
+    from rrm_ray.models import ensure_smollm2
+    from tests.tiny_model import make_tiny_model
 
     other = make_tiny_model(tmp_path_factory.mktemp("other") / "tiny-llama-seed1", ensure_smollm2(), seed=1)
     engine = ActorGroup(
@@ -36,11 +38,11 @@ def pair(ray_local, tiny_model, tmp_path_factory):
         env=engine_env("cpu", 1, 1),
         call_timeout_s=300,
     )
-    learner_cfg = dataclasses.asdict(LearnerConfig(num_ranks=2, micro_batch_size=1))
+    learner_cfg = LearnerConfig(num_ranks=2, micro_batch_size=1)
     learner = ActorGroup(
         LearnerWorker,
         RoleSpec("learner", 2, 1.0),
-        init_args=(str(other), "float32", "cpu", learner_cfg, dataclasses.asdict(AlgorithmConfig()), 1.0, 1),
+        init_args=(str(other), "float32", "cpu", learner_cfg, AlgorithmConfig(), 1.0, 1),
         env={"OMP_NUM_THREADS": "1"},
         call_timeout_s=300,
     )
@@ -59,13 +61,13 @@ def max_diff(a: list[float], b: list[float]) -> float:
 
 def test_object_store_sync_gives_the_engine_the_learners_weights(pair):
     engine, learner = pair
-    before = engine.call_rank0("probe_logprobs", PROBE)
-    target = learner.call_all("probe_logprobs", PROBE)[0]
+    before = on_rank0(engine, engine_logprobs, PROBE)
+    target = on_all(learner, learner_logprobs, PROBE)[0]
     assert max_diff(before, target) > 1e-2  # two different random models
     report = learner.call_all("send_weights")[0]
     # 2 layers x 9 tensors + embedding + final norm; the tied lm_head is not sent; 1 MiB buckets
     assert report["params"] == 20 and report["buckets"] > 1
-    assert max_diff(engine.call_rank0("probe_logprobs", PROBE), target) < 1e-4
+    assert max_diff(on_rank0(engine, engine_logprobs, PROBE), target) < 1e-4
 
 
 @pytest.mark.parametrize(
@@ -80,7 +82,7 @@ def test_the_engine_rejects_an_incomplete_or_duplicated_transfer(pair, mutate, m
     from rrm_ray.weight_sync import manifest_of
 
     engine, learner = pair
-    full = learner.call_all("master_weights")[0]
+    full = on_all(learner, master_weights)[0]
     full.pop("lm_head.weight", None)  # tied: the engine takes it from the embedding
     bucket = mutate(list(full.items()))
     actor = engine.actors[0]

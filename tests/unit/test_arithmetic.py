@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from rrm_ray.data.arithmetic import INSTRUCTION, make_arithmetic_rows, make_split, write_jsonl
+from rrm_ray.data.arithmetic import INSTRUCTION, make_arithmetic_rows, make_split
+from rrm_ray.data.io import write_jsonl
 from rrm_ray.data.prompts import load_prompts
 from rrm_ray.rewards.rules import arithmetic_reward
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rrm_ray.config import ConfigError, load_config
+from rrm_ray.config import ConfigError
+from rrm_ray.validation import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench"

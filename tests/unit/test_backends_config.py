@@ -8,16 +8,18 @@ import json
 import pytest
 import torch
 
-from actors.backends import CheckpointError, ds_config, export_checkpoint_to_hf, read_meta
+from actors.backends.zero import ds_config
+from actors.export import export_checkpoint_to_hf
+from actors.model_io import CheckpointError, read_meta
 from rrm_ray.config import LearnerConfig
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
-def learner(**kw: object) -> dict:
-    cfg = dataclasses.asdict(LearnerConfig(lr=3e-4, adam_beta1=0.8, adam_beta2=0.95, weight_decay=0.1))
-    cfg.update(kw)
-    return cfg
+def learner(**kw: object) -> LearnerConfig:
+    return dataclasses.replace(
+        LearnerConfig(lr=3e-4, adam_beta1=0.8, adam_beta2=0.95, weight_decay=0.1), **kw
+    )
 
 
 def test_training_config_matches_torch_adamw_and_never_rescales_the_loss():

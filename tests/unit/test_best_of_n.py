@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from rrm_ray.config import load_config
 from rrm_ray.judge import best_of_n as bon
 from rrm_ray.judge.best_of_n import BestOfNError, PickScores, SettingRow
+from rrm_ray.validation import load_config
 
 
 def test_pick_accuracy_oracle_and_random_over_prompts_with_answers():
@@ -76,7 +76,7 @@ def _table_rows(scores: PickScores) -> list[SettingRow]:
 
 def test_the_table_puts_settings_side_by_side():
     scores = bon.pick_scores([[True, False], [False, False]], [0, 1])
-    lines = bon.format_table(_table_rows(scores), prompts=2).splitlines()
+    lines = bon.settings_table(_table_rows(scores), prompts=2).splitlines()
     assert lines[0].split() == [
         "method",
         "votes",
@@ -100,9 +100,9 @@ def test_the_table_puts_settings_side_by_side():
 
 def test_the_table_says_when_prompts_have_no_answers():
     none = bon.pick_scores([None, None, None], [0, 0, 0])
-    lines = bon.format_table(_table_rows(none), prompts=3).splitlines()
+    lines = bon.settings_table(_table_rows(none), prompts=3).splitlines()
     assert lines[2].split()[3:6] == ["-", "-", "-"]
     assert lines[-1] == "no prompt has a reference answer (3 prompts): only the picks are written"
     assert "best_of_n/oracle" not in bon.metrics(_table_rows(none))
     some = bon.pick_scores([[True], None, None], [0, 0, 0])
-    assert bon.format_table(_table_rows(some), prompts=3).endswith("the other 2 have picks only")
+    assert bon.settings_table(_table_rows(some), prompts=3).endswith("the other 2 have picks only")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rrm_ray.cli import build_parser, split_overrides
+from rrm_ray.cli import build_parser
+from rrm_ray.commands.options import split_overrides
 
 
 def parse(*argv: str):
@@ -64,14 +65,15 @@ def test_commands_without_overrides_refuse_them(capsys):
 
 
 def test_verbose_becomes_its_config_key():
-    from rrm_ray.cli import with_verbose
+    from rrm_ray.commands.options import with_verbose
 
     assert with_verbose(parse("train", "c.yaml", "x=1", "--verbose"))[-1] == "cluster.stream_worker_logs=true"
     assert with_verbose(parse("dpo", "c.yaml")) == []
 
 
 def test_a_replaced_key_says_what_replaced_it():
-    from rrm_ray.config import ConfigError, load_config
+    from rrm_ray.config import ConfigError
+    from rrm_ray.validation import load_config
 
     with pytest.raises(
         ConfigError, match=r"judge.colocate_with_rollout.*cluster.colocate=\[\[rollout,judge\]\]"

@@ -24,8 +24,9 @@ import ray
 import yaml
 from referencing import Registry, Resource
 
-from rrm_ray.config import JobConfig, load_config
-from rrm_ray.placement import missing_resources, role_specs, unplaceable
+from rrm_ray.config import JobConfig
+from rrm_ray.placement import missing_resources, placement_layout, unplaceable
+from rrm_ray.validation import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
@@ -115,7 +116,7 @@ def _assert_fits(cfg: JobConfig, nodes: list[dict[str, float]]) -> None:
     for node in nodes:
         for key, value in node.items():
             totals[key] = totals.get(key, 0) + value
-    specs = role_specs(cfg)
+    specs = placement_layout(cfg).groups
     assert missing_resources(specs, totals) == []
     assert unplaceable(specs, nodes) == []
 

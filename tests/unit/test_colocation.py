@@ -7,9 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from rrm_ray.colocation import transitions
-from rrm_ray.config import ConfigError, load_config
-from rrm_ray.placement import likely_layout, plan_placement, shares_bundles
+from rrm_ray.clients.colocation import transitions
+from rrm_ray.config import ConfigError
+from rrm_ray.placement import PlacementLayout, likely_layout, placement_layout, shares_bundles
+from rrm_ray.validation import load_config
+
+
+def bundle_use(plan: PlacementLayout) -> dict[str, dict[str, float]]:
+    """Per placement group: the roles' asks on one bundle, summed, as a fraction of that bundle."""
+    out: dict[str, dict[str, float]] = {}
+    for name, group in plan.groups.items():
+        asks = [s.spec for s in plan.roles.values() if s.group == name]
+        out[name] = {
+            key: sum(a.bundle().get(key, 0.0) for a in asks) / total
+            for key, total in group.bundle().items()
+            if total
+        }
+    return out
+
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 GPU_PROFILES = sorted(p.name for p in CONFIGS.glob("*.yaml") if "cuda" in p.read_text())
@@ -18,7 +33,7 @@ JUDGE_1X8 = ["judge.enabled=true", "judge.num_engines=4"]
 
 def test_colocated_roles_split_one_placement_group():
     cfg = load_config(CONFIGS / "grpo_gpu_1x8.yaml", [*JUDGE_1X8, "cluster.colocate=[[judge,rollout]]"])
-    plan = plan_placement(cfg)
+    plan = placement_layout(cfg)
     assert list(plan.groups) == ["rollout+judge", "learner", "reward"]  # start order, rollout first
     shared = plan.groups["rollout+judge"]
     assert (shared.num_workers, shared.gpus, shared.cpus, shared.strategy) == (4, 1.0, 8.0, "PACK")
@@ -51,8 +66,8 @@ def test_asks_on_every_bundle_add_up_to_at_most_one(profile):
         "cluster.colocate=[[rollout,judge,learner]]",
     ]
     for cfg in (load_config(CONFIGS / profile), load_config(CONFIGS / profile, overrides)):
-        plan = plan_placement(cfg)
-        for name, use in plan.bundle_use().items():
+        plan = placement_layout(cfg)
+        for name, use in bundle_use(plan).items():
             assert all(0 < value <= 1 + 1e-9 for value in use.values()), (name, use)
         assert {s.role for s in plan.roles.values()} >= {"rollout", "learner", "reward"}
     assert plan.groups["rollout+learner+judge"].gpus == 1
@@ -122,12 +137,12 @@ def test_judge_gpus_follow_its_tensor_parallelism_and_count():
         CONFIGS / "grpo_gpu_2x8.yaml",
         ["judge.enabled=true", "judge.num_engines=8", "cluster.colocate=[[rollout,judge]]"],
     )
-    assert sum(g.num_workers * g.gpus for g in plan_placement(cfg).groups.values()) == 16
+    assert sum(g.num_workers * g.gpus for g in placement_layout(cfg).groups.values()) == 16
 
 
 def test_the_32b_judge_profile_fits_its_declared_shape():
     cfg = load_config(CONFIGS / "grpo_rrm32b_judge_2x8.yaml")
-    plan = plan_placement(cfg)
+    plan = placement_layout(cfg)
     assert cfg.judge.tensor_parallel_size == 4 and plan.groups["judge"].gpus == 4
     assert plan.colocated() == [("rollout", "learner")]
     nodes = [{"CPU": 64.0, "GPU": 8.0}, {"CPU": 64.0, "GPU": 8.0}]

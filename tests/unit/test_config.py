@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from rrm_ray.config import ConfigError, load_config, to_flat_dict
+from rrm_ray.config import ConfigError, to_flat_dict
+from rrm_ray.validation import load_config
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rrm_ray.config import ConfigError, load_config
-from rrm_ray.downstream import (
+from rrm_ray.config import ConfigError
+from rrm_ray.data.downstream import (
     OFFLINE_ENV,
     DownstreamDataError,
     gpqa_option_order,
@@ -22,6 +22,7 @@ from rrm_ray.downstream import (
     task_format,
     write_task_dir,
 )
+from rrm_ray.validation import load_config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "downstream"
 MMLU_PRO = FIXTURES / "mmlu_pro_sample.jsonl"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rrm_ray.batch import build_batch
-from rrm_ray.dpo import interleaved, shard_pairs
+from rrm_ray.jobs.dpo import interleaved, shard_pairs
 from rrm_ray.judge.feedback import prompts_to_judge, query_text, sample_rewards, verifier_agreement
 
 
@@ -72,7 +72,8 @@ def test_dpo_layout_keeps_pairs_whole_on_each_rank():
 
 
 def test_dpo_has_no_checkpoint_to_resume_from():
-    from rrm_ray.config import ConfigError, load_config, validate_dpo
+    from rrm_ray.config import ConfigError
+    from rrm_ray.validation import load_config, validate_dpo
 
     cfg = load_config(None, ["judge.enabled=true", "dpo.pairs_per_step=2", "resume=auto"])
     with pytest.raises(ConfigError, match=r"resume.*writes no checkpoints.*rrm-ray export"):

@@ -1,4 +1,4 @@
-"""`algo.head_logprobs` (chunked, from hidden states, recomputed in backward) equals the full-logits path,
+"""`logprobs.head_logprobs` (chunked, from hidden states, recomputed in backward) equals the full-logits path,
 values and gradients, and the HF forward `install_logprob_forward` adds gives the model's own numbers."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rrm_ray.algo import AlgoInputError, head_logprobs
+from rrm_ray.algo import AlgoInputError
+from rrm_ray.logprobs import head_logprobs
 
 F32 = torch.float32
 # The chunked function computes the same formulas as the full path, blocked differently and with its own
@@ -132,7 +133,7 @@ def test_installed_forward_matches_the_hf_logits_path():
     """`install_logprob_forward`: the learner's forward gives log_softmax(HF logits / T) and its grads."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from actors.backends import install_logprob_forward
+    from actors.model_io import install_logprob_forward
 
     torch.manual_seed(0)
     cfg = LlamaConfig(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from rrm_ray.judge.cache import CachedComparison, ComparisonCache, comparison_key
-from rrm_ray.judge.voting import PairVote
 
 S = "rrm-7b@step0|t=0.6|k=3|adaptive"
 A_WINS = CachedComparison("a", 2, 1, ["trace one", "trace two", "trace three"])
@@ -18,7 +17,6 @@ def test_hit_and_miss_counting():
     assert cache.get("q", "x", "y", S) == A_WINS
     assert cache.get("q", "x", "z", S) is None
     assert (cache.hits, cache.misses, len(cache)) == (1, 2, 1)
-    assert cache.hit_rate == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize(
@@ -83,13 +81,3 @@ def test_bad_max_entries_and_clear():
     cache.put("q", "x", "y", S, A_WINS)
     cache.clear()
     assert len(cache) == 0 and cache.get("q", "x", "y", S) is None
-
-
-def test_from_pair_vote():
-    pv = PairVote(3, adaptive=True)
-    for p in pv.next_presentations():
-        pv.record(p.vote_index, False)
-    got = CachedComparison.from_pair_vote(pv, ["t0", "t1"])
-    assert got == CachedComparison("b", 0, 2, ["t0", "t1"])
-    with pytest.raises(ValueError, match="only finished votes"):
-        CachedComparison.from_pair_vote(PairVote(3))

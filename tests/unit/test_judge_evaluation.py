@@ -10,7 +10,7 @@ import pytest
 from rrm_ray.judge import best_of_n as bon
 from rrm_ray.judge.benchmarks import load_pandalm, load_rewardbench
 from rrm_ray.judge.evaluation import pandalm_pass, rewardbench_pass, trace_rows
-from rrm_ray.judge.service import JudgePair, JudgeTrace, PairJudgment
+from rrm_ray.judge.records import JudgePair, JudgeTrace, PairJudgment
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

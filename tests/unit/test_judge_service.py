@@ -12,14 +12,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from rrm_ray.judge.prompts import CHOICE_PREFIX, choice_token_ids, complete_choice
-from rrm_ray.judge.service import (
-    JudgeInputError,
-    JudgePair,
-    JudgeService,
-    JudgeSettings,
-    flip_judgment,
-    judge_rates,
-)
+from rrm_ray.judge.records import JudgeInputError, JudgePair, JudgeSettings, flip_judgment, judge_rates
+from rrm_ray.judge.service import JudgeService
 
 TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
@@ -390,7 +384,8 @@ def test_round_robin_recovers_the_hidden_order(tokenizer, rating):
 @pytest.mark.parametrize("method", ["knockout", "elo"])
 def test_best_of_n_small_groups(tokenizer, method):
     svc, judge = service(tokenizer, votes=2)
-    picks = svc.best_of_n([("one", ["r1 only"]), ("two", ["r1 worse", "r5 better"])], method=method)
+    results = svc.rank([("one", ["r1 only"]), ("two", ["r1 worse", "r5 better"])], method=method)
+    picks = [r.winner for r in results]  # best-of-n's pick: the tournament's winner
     assert picks == [0, 1]
     assert judge.calls == [(2, 1)]
 
@@ -417,8 +412,8 @@ def test_settings_from_config_and_validation():
     [(1, 0, True, 1.0), (1, 0, False, 0.0), (0, 2, False, 1.0), (0, 0, True, 0.5), (2, 2, False, 0.5)],
 )
 def test_eval_credit_follows_the_votes_not_the_tie_rule(wins_a, wins_b, good_is_a, expected):
-    from rrm_ray.judge.service import PairJudgment
-    from rrm_ray.judge_cli import credit
+    from rrm_ray.judge.evaluation import credit
+    from rrm_ray.judge.records import PairJudgment
 
     judgment = PairJudgment("a", wins_a, wins_b, wins_a + wins_b, 0, 0, 0)  # "a" may be a tie-rule coin
     assert credit(judgment, good_is_a) == expected
@@ -462,7 +457,7 @@ def test_a_keyed_item_gets_the_same_tournament_in_any_call(tokenizer):
 def test_the_shown_order_is_a_coin_per_pair_not_a_ranking_of_responses(tokenizer):
     """With one vote a position-biased judge favours whichever response is shown first: that must be
     a pseudo-random side per pair, not the same response in every match of its group."""
-    from rrm_ray.judge.service import shown_flipped
+    from rrm_ray.judge.records import shown_flipped
 
     group = responses([1, 2, 3, 4, 5, 6, 7, 8], "g")
     first_in = dict.fromkeys(group, 0)

@@ -3,7 +3,6 @@ optimizer steps, and the config checks that keep learner and engine numbers comp
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 
@@ -11,8 +10,9 @@ import pytest
 import torch
 
 from rrm_ray import algo
-from rrm_ray.config import ConfigError, LearnerConfig, load_config
+from rrm_ray.config import ConfigError, LearnerConfig
 from rrm_ray.seeds import SEED_BITS, request_seed
+from rrm_ray.validation import load_config
 
 # ---------------------------------------------------------------------------------------------
 # sampling seeds
@@ -80,7 +80,7 @@ def test_step_lrs_with_one_mini_batch_is_the_old_schedule():
 
 
 def test_dpo_follows_the_schedule_one_optimizer_step_per_dpo_step():
-    from rrm_ray.dpo import dpo_lrs
+    from rrm_ray.jobs.dpo import dpo_lrs
 
     learner = LearnerConfig(lr=2e-6, lr_schedule="cosine", warmup_steps=2, min_lr_ratio=0.0)
     lrs = dpo_lrs(learner, epochs=2, steps_per_epoch=3)  # 6 optimizer steps
@@ -130,21 +130,22 @@ def test_numerics_configs_that_are_fine():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_deepspeed_low_precision_keeps_fp32_masters_and_reduces_in_fp32(dtype):
-    from actors.backends import ds_config
+    from actors.backends.zero import ds_config
 
-    c = ds_config(dataclasses.asdict(LearnerConfig()), dtype, torch.device("cuda"), frozen=False)
+    c = ds_config(LearnerConfig(), dtype, torch.device("cuda"), frozen=False)
     assert c["bf16"]["enabled"] is (dtype == torch.bfloat16) and c["fp16"]["enabled"] is (
         dtype == torch.float16
     )
     assert "bf16_master_weights_and_grads" not in c["bf16"]  # DeepSpeed's default: fp32 masters
     assert c["bf16"]["check_grad_overflow"] is True  # an inf/nan gradient skips the step
     assert c["data_types"] == {"grad_accum_dtype": "fp32"} and c["communication_data_type"] == "fp32"
-    fp32 = ds_config(dataclasses.asdict(LearnerConfig()), torch.float32, torch.device("cpu"), frozen=False)
+    fp32 = ds_config(LearnerConfig(), torch.float32, torch.device("cpu"), frozen=False)
     assert "data_types" not in fp32 and "communication_data_type" not in fp32
 
 
 def test_export_rejects_an_unknown_dtype_before_loading(tmp_path):
-    from actors.backends import CheckpointError, export_checkpoint_to_hf
+    from actors.export import export_checkpoint_to_hf
+    from actors.model_io import CheckpointError
 
     (tmp_path / "learner_meta.json").write_text(json.dumps({"backend": "fsdp2", "dtype": "bfloat16"}))
     with pytest.raises(

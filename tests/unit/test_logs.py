@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from rrm_ray.logs import LOG_FILE_ENV, job_log_file, ray_init_kwargs
+from rrm_ray.logs import LOG_FILE_ENV, command_log_file, ray_init_kwargs
 
 
 def run_hook(path: str) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def test_a_log_that_cannot_be_written_leaves_the_worker_running(tmp_path):
 
 
 def test_quiet_workers_only_without_streaming(tmp_path):
-    path = job_log_file(tmp_path, "train")
+    path = command_log_file(tmp_path, "train")
     assert path.is_file() and path.parent == (tmp_path / "logs").resolve()
     quiet = ray_init_kwargs(path)
     assert quiet["log_to_driver"] is False

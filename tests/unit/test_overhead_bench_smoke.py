@@ -37,7 +37,7 @@ def test_bare_learner_trains_the_rebuilt_batch(tmp_path, monkeypatch):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rrm_ray.config import load_config
+    from rrm_ray.validation import load_config
 
     monkeypatch.syspath_prepend(str(BENCH))
     import step_overhead

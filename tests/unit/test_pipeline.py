@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from rrm_ray.config import ConfigError, load_config
+from rrm_ray.config import ConfigError
 from rrm_ray.pipeline import Event, Schedule, Scheduled, StalenessError, simulate
+from rrm_ray.validation import load_config
 
 
 def test_zero_staleness_is_the_synchronous_loop():
@@ -51,13 +52,13 @@ def test_every_batch_stays_within_the_bound_and_each_is_trained_once(k):
 
 def test_generating_ahead_is_bounded_by_the_queue_and_the_run():
     schedule: Schedule[None] = Schedule(2)
-    assert schedule.ahead(learner_version=1, engine_version=0, next_step=1, total_steps=10) == 2
+    assert schedule.to_produce(learner_version=1, engine_version=0, next_step=1, total_steps=10) == 2
     schedule.push(Scheduled(1, 2, 0, None))
-    assert schedule.ahead(learner_version=2, engine_version=1, next_step=2, total_steps=10) == 1
-    assert schedule.ahead(learner_version=2, engine_version=1, next_step=2, total_steps=2) == 0
-    assert Schedule(0).ahead(learner_version=1, engine_version=0, next_step=1, total_steps=10) == 0
+    assert schedule.to_produce(learner_version=2, engine_version=1, next_step=2, total_steps=10) == 1
+    assert schedule.to_produce(learner_version=2, engine_version=1, next_step=2, total_steps=2) == 0
+    assert Schedule(0).to_produce(learner_version=1, engine_version=0, next_step=1, total_steps=10) == 0
     # engines already current (a restarted engine was re-synced mid-update): one more fits
-    assert Schedule(1).ahead(learner_version=1, engine_version=1, next_step=1, total_steps=10) == 2
+    assert Schedule(1).to_produce(learner_version=1, engine_version=1, next_step=1, total_steps=10) == 2
 
 
 def test_a_batch_past_its_bound_is_never_trained_on():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rrm_ray.plan import Memory as Mem
-from rrm_ray.plan import count_params, group_peak, param_count
+from rrm_ray.memory import Memory as Mem
+from rrm_ray.memory import count_params, group_peak, param_count
 from tests.readme import runs_command
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rrm_ray.cli import build_parser, split_overrides
+from rrm_ray.cli import build_parser
+from rrm_ray.commands.options import split_overrides
 from tests.readme import (
     READMES,
     REPO,

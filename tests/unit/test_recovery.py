@@ -78,7 +78,8 @@ def test_an_actor_of_no_role_fails():
 
 
 def test_a_negative_restart_budget_is_refused_naming_the_key():
-    from rrm_ray.config import ConfigError, load_config
+    from rrm_ray.config import ConfigError
+    from rrm_ray.validation import load_config
 
     with pytest.raises(ConfigError, match=r"cluster\.max_actor_restarts: must be >= 0, got -1"):
         load_config(None, ["cluster.max_actor_restarts=-1"])

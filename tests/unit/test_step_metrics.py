@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from actors.rollout import Completion
 from rrm_ray.data.prompts import PromptRow
 from rrm_ray.step_metrics import accuracy, samples_table
+from rrm_ray.types import Completion
 
 
 def test_accuracy_counts_only_items_with_an_answer():

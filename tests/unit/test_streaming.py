@@ -1,12 +1,12 @@
-"""The streaming judge's schedule (rrm_ray.streaming.JudgeDispatch) and the parts streamed batches are
+"""The streaming judge's schedule (rrm_ray.judge.dispatch.JudgeDispatch) and the parts streamed batches are
 assembled from: ready groups go to idle engines together, busy engines make them wait."""
 
 from __future__ import annotations
 
 import pytest
 
-from actors.reward import ScoredBatch
-from rrm_ray.streaming import JudgeDispatch
+from rrm_ray.judge.dispatch import JudgeDispatch
+from rrm_ray.types import ScoredBatch
 
 
 def test_an_idle_engine_takes_every_ready_group_in_one_call():
@@ -56,7 +56,8 @@ def test_scored_groups_concatenate_in_the_order_given():
 
 
 def test_streaming_is_on_unless_the_roles_take_turns_or_generate_in_two_phases():
-    from rrm_ray.config import ConfigError, load_config, streaming_enabled
+    from rrm_ray.config import ConfigError
+    from rrm_ray.validation import load_config, streaming_enabled
 
     assert streaming_enabled(load_config(None, []))
     assert not streaming_enabled(load_config(None, ["reward.streaming=never"]))

@@ -10,11 +10,12 @@ import re
 import pytest
 from PIL import Image
 
-from rrm_ray.config import ConfigError, load_config, to_flat_dict
+from rrm_ray.config import ConfigError, to_flat_dict
 from rrm_ray.figures import sweep_accuracy
 from rrm_ray.judge import sweep
 from rrm_ray.judge.sweep import Axis, SweepError, SweepRow
 from rrm_ray.stats import wilson_interval
+from rrm_ray.validation import load_config
 
 STATS = {"generated_tokens": 1200, "judge_calls": 40, "comparisons": 20}
 
@@ -128,7 +129,7 @@ def _rows() -> list[SweepRow]:
 
 def test_the_table_has_a_line_per_point_with_the_swept_values():
     keys = ["judge.max_new_tokens", "judge.votes"]
-    lines = sweep.format_table(keys, _rows()).splitlines()
+    lines = sweep.points_table(keys, _rows()).splitlines()
     assert lines[0].split() == [
         "max_new_tokens",
         "votes",

@@ -11,8 +11,9 @@ import re
 
 import pytest
 
+from rrm_ray.data.io import write_jsonl
 from rrm_ray.data.preference import load_preference_pairs
-from rrm_ray.data.synthetic_pairs import KINDS, make_synthetic_pairs, write_jsonl
+from rrm_ray.data.synthetic_pairs import KINDS, make_synthetic_pairs, pair_records
 
 DIFFICULTIES = ("trivial", "easy", "medium", "hard")
 
@@ -115,7 +116,7 @@ def test_kinds_are_varied():
 @pytest.mark.parametrize("name", ["syn.jsonl", "syn.jsonl.gz"])
 def test_write_jsonl_round_trip(tmp_path, name):
     pairs = make_synthetic_pairs(10, seed=2)
-    write_jsonl(pairs, tmp_path / name)
+    write_jsonl(pair_records(pairs), tmp_path / name)
     back, skipped = load_preference_pairs(tmp_path / name, "generic")
     assert skipped == 0
     assert [(p.query, p.chosen, p.rejected) for p in back] == [(p.query, p.chosen, p.rejected) for p in pairs]

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rrm_ray.config import ConfigError, load_config
+from rrm_ray.config import ConfigError
 from rrm_ray.data.tasks import DataPathError, ensure_data_files, load_task_rows
+from rrm_ray.validation import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -140,7 +141,7 @@ def test_generation_keys_are_validated(overrides, needle):
 
 def test_prompt_stream_keeps_a_pairs_two_orders_together_and_resumes():
     from rrm_ray.data.prompts import PromptRow
-    from rrm_ray.driver import PromptStream
+    from rrm_ray.jobs.common import PromptStream
 
     rows = [PromptRow(f"pair{i // 2} order{i % 2}", str(1 + i % 2), i // 2, {}) for i in range(8)]
     stream = PromptStream(rows, batch=3, shuffle=True, seed=5, unit=2)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rrm_ray.config import ConfigError, load_config
+from rrm_ray.config import ConfigError
 from rrm_ray.tracking import (
     EXPERIMENT_KIND_TAG,
     MODEL_TRAINING,
@@ -21,6 +21,7 @@ from rrm_ray.tracking import (
     run_page,
     sanitize,
 )
+from rrm_ray.validation import load_config
 
 
 class FlakyTracker:

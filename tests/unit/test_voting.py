@@ -3,18 +3,52 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
 from rrm_ray.judge.voting import (
     PairVote,
     Presentation,
+    TieRule,
+    Verdict,
     prob_winner,
-    run_votes,
     swap_corrected_prob_a,
     tie_break,
     translate,
 )
+
+
+# The voting loop the judge service runs (its waves), without the service: a reference for these tests.
+def run_votes(
+    pairs_count: int,
+    votes: int,
+    adaptive: bool,
+    judge_batch: Callable[[list[Presentation]], list[Verdict]],
+    tie_rule: TieRule = "first",
+    seed: int = 0,
+) -> list[PairVote]:
+    """Vote on ``pairs_count`` pairs, calling ``judge_batch`` once per wave with the pending
+    presentations of ALL unfinished pairs (one engine batch per wave), until every pair is done.
+
+    ``judge_batch`` must return one verdict (1, 2 or None) per presentation, in order. Non-adaptive
+    voting takes exactly one wave; adaptive voting a few, each smaller than the last.
+    """
+    if pairs_count < 0:
+        raise ValueError(f"pairs_count must be >= 0, got {pairs_count}")
+    pairs = [PairVote(votes, adaptive, tie_rule, seed, pair_index=i) for i in range(pairs_count)]
+    while True:
+        wave = [p for pv in pairs for p in pv.next_presentations()]
+        if not wave:
+            return pairs
+        verdicts = list(judge_batch(wave))
+        if len(verdicts) != len(wave):
+            raise ValueError(
+                f"judge_batch returned {len(verdicts)} verdicts for {len(wave)} presentations; "
+                "expected one per presentation, in order"
+            )
+        for p, v in zip(wave, verdicts, strict=True):
+            pairs[p.pair_index].record(p.vote_index, translate(p, v))
 
 
 def judge_from(prefs: dict[int, list[str | None]]):

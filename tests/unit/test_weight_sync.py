@@ -1,14 +1,8 @@
 import pytest
 import torch
 
-from rrm_ray.weight_sync import (
-    SyncReceipt,
-    WeightSyncError,
-    buckets,
-    checksums_match,
-    layer_checksums,
-    manifest_of,
-)
+from rrm_ray.weight_sync import SyncReceipt, WeightSyncError, buckets, manifest_of
+from tests.weight_checks import checksums_match, layer_checksums
 
 
 def named():
@@ -89,7 +83,7 @@ def test_checksums_are_invariant_to_fusing_qkv():
     ],
 )
 def test_weight_sync_resolution(requested, device, colocated, fsdp2, method):
-    from rrm_ray.config import resolve_weight_sync
+    from rrm_ray.weight_sync import resolve_weight_sync
 
     assert resolve_weight_sync(requested, device, colocated, fsdp2) == method
 
@@ -104,14 +98,17 @@ def test_weight_sync_resolution(requested, device, colocated, fsdp2, method):
     ],
 )
 def test_weight_sync_rejects_what_cannot_work(requested, device, colocated, fsdp2, message):
-    from rrm_ray.config import ConfigError, resolve_weight_sync
+    from rrm_ray.config import ConfigError
+    from rrm_ray.weight_sync import resolve_weight_sync
 
     with pytest.raises(ConfigError, match=f"rollout.weight_sync: .*{message}"):
         resolve_weight_sync(requested, device, colocated, fsdp2)
 
 
 def test_weight_sync_is_validated_with_the_config():
-    from rrm_ray.config import ConfigError, load_config, vllm_backend, weight_sync_method
+    from rrm_ray.config import ConfigError
+    from rrm_ray.validation import load_config
+    from rrm_ray.weight_sync import vllm_backend, weight_sync_method
 
     cfg = load_config(None, [])
     assert (weight_sync_method(cfg), vllm_backend("collective", "cpu")) == ("collective", "gloo")

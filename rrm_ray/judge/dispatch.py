@@ -4,7 +4,7 @@ A prompt's group is ready for the judge once its n samples are generated. An eng
 every ready group at once (one `rank` call, so the tournaments of all of them advance in the same
 engine batches, wave by wave); groups that finish while every engine is busy wait for the next idle
 one. Several idle engines split the ready groups into contiguous shares. Pure bookkeeping, no Ray:
-`rrm_ray.clients.streaming` drives it with the rollout's streamed groups and the judge's results.
+`rrm_ray.clients.streamed_batch` drives it with the rollout's streamed groups and the judge's results.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rrm_ray.placement import ENGINES, PlacementPlan
+from rrm_ray.placement import ENGINES, PlacementLayout
 
 PHASE_NEEDS: dict[str, frozenset[str]] = {
     "rollout": frozenset({"rollout"}),
@@ -54,8 +54,8 @@ class Colocation:
     `log` records every phase with what was asked to sleep and wake, for tests and debugging.
     """
 
-    def __init__(self, plan: PlacementPlan, levels: dict[str, int], resync: Callable[[], Any]) -> None:
-        self.colocated = plan.colocated()
+    def __init__(self, layout: PlacementLayout, levels: dict[str, int], resync: Callable[[], Any]) -> None:
+        self.colocated = layout.colocated()
         self.levels = levels
         self.resync = resync
         self.engines: dict[str, Any] = {}  # role -> its actor group (anything with `call_all`)

@@ -1,4 +1,6 @@
-"""Job lifecycle on an existing Ray cluster through the Job Submission API.
+"""Submissions: a training job sent to an existing Ray cluster through Ray's Job Submission API, and
+its status, logs and stop. (In rrm-ray "job" means a training run, `rrm_ray.jobs`; what Ray calls a
+job is called a submission here, by the id Ray calls `submission_id`.)
 
 `submit` validates the config locally first (a bad key fails here, not after an upload), then sends
 `python -m rrm_ray.cli train CONFIG overrides... cluster.address=auto` with the working directory as
@@ -18,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from rrm_ray.validation import load_config
 
 DEFAULT_ADDRESS = os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265")
 EXCLUDES = [
@@ -74,7 +78,6 @@ def build_entrypoint(config: str, overrides: list[str]) -> str:
 
 
 def submit(args: argparse.Namespace) -> int:
-    from rrm_ray.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # fail before anything is uploaded
     workdir = Path(args.working_dir).resolve()
@@ -107,14 +110,14 @@ def submit(args: argparse.Namespace) -> int:
     submit_kwargs = dict(
         entrypoint=build_entrypoint(str(config.relative_to(workdir)), args.overrides),
         runtime_env=runtime_env,
-        submission_id=args.job_id,
+        submission_id=args.submission_id,
         metadata={"rrm_ray": "train", "config": str(config.relative_to(workdir))},
     )
-    job_id = _submit_when_agent_ready(client, submit_kwargs, args.agent_wait_s)
-    print(f"submitted job {job_id} to {args.address}")
+    submission_id = _submit_when_agent_ready(client, submit_kwargs, args.agent_wait_s)
+    print(f"submitted {submission_id} to {args.address}")
     if args.no_follow:
         return 0
-    return _follow(client, job_id)
+    return _follow(client, submission_id)
 
 
 def _submit_when_agent_ready(client: Any, submit_kwargs: dict[str, Any], wait_s: float) -> str:
@@ -134,21 +137,21 @@ def probe_interpreter(
     """Run a tiny job with the job's runtime env (no upload) that checks the cluster's `python` can
     import what rrm-ray needs. Returns what is wrong, as a message for the user, or None."""
     entrypoint = shlex.join(["python", "-c", PROBE.format(modules=list(modules))])
-    job_id = _submit_when_agent_ready(
+    submission_id = _submit_when_agent_ready(
         client,
         {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": {"rrm_ray": "probe"}},
         wait_s,
     )
     deadline = time.monotonic() + timeout_s
-    while str(client.get_job_status(job_id).value) not in TERMINAL:
+    while str(client.get_job_status(submission_id).value) not in TERMINAL:
         if time.monotonic() > deadline:
-            client.stop_job(job_id)
-            return f"the interpreter probe job {job_id} did not finish within {timeout_s:g}s"
+            client.stop_job(submission_id)
+            return f"the interpreter probe job {submission_id} did not finish within {timeout_s:g}s"
         time.sleep(0.5)
-    info, logs = client.get_job_info(job_id), client.get_job_logs(job_id)
+    info, logs = client.get_job_info(submission_id), client.get_job_logs(submission_id)
     status = str(info.status.value)
     with contextlib.suppress(Exception):  # a probe is not a job the user ran: keep `rrm-ray list` clean
-        client.delete_job(job_id)
+        client.delete_job(submission_id)
     if status == "SUCCEEDED":
         return None
     fix = (
@@ -163,48 +166,48 @@ def probe_interpreter(
             missing = ", ".join(found["missing"])
             return f"the cluster's python ({found['python']}) cannot import {missing}.\n{fix}"
     why = "\n".join(filter(None, [info.message, logs[-1500:]]))  # a failed --pip install is in the message
-    return f"the cluster could not run `python` for this job (probe {job_id} {status}):\n{why}\n{fix}"
+    return f"the cluster could not run `python` for this job (probe {submission_id} {status}):\n{why}\n{fix}"
 
 
-def _follow(client: Any, job_id: str, poll_s: float = 1.0) -> int:
+def _follow(client: Any, submission_id: str, poll_s: float = 1.0) -> int:
     """Print new log output until the job ends; exit code 0 only if it succeeded."""
     shown = 0
     while True:
-        status = str(client.get_job_status(job_id).value)
-        logs = client.get_job_logs(job_id)
+        status = str(client.get_job_status(submission_id).value)
+        logs = client.get_job_logs(submission_id)
         if len(logs) > shown:
             sys.stdout.write(logs[shown:])
             sys.stdout.flush()
             shown = len(logs)
         if status in TERMINAL:
-            print(f"\njob {job_id} {status}")
+            print(f"\nsubmission {submission_id} {status}")
             return 0 if status == "SUCCEEDED" else 1
         time.sleep(poll_s)
 
 
 def status(args: argparse.Namespace) -> int:
-    info = _client(args).get_job_info(args.job_id)
-    print(f"{args.job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+    info = _client(args).get_job_info(args.submission_id)
+    print(f"{args.submission_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
     return 0 if str(info.status.value) != "FAILED" else 1
 
 
 def logs(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.follow:
-        return _follow(client, args.job_id)
-    print(client.get_job_logs(args.job_id), end="")
+        return _follow(client, args.submission_id)
+    print(client.get_job_logs(args.submission_id), end="")
     return 0
 
 
-def list_jobs(args: argparse.Namespace) -> int:
-    for job in _client(args).list_jobs():
-        print(f"{job.submission_id or job.job_id}\t{job.status.value}\t{job.entrypoint}")
+def list_submissions(args: argparse.Namespace) -> int:
+    for info in _client(args).list_jobs():
+        print(f"{info.submission_id or info.job_id}\t{info.status.value}\t{info.entrypoint}")
     return 0
 
 
 def stop(args: argparse.Namespace) -> int:
-    stopped = _client(args).stop_job(args.job_id)
-    print(f"{args.job_id}: {'stop requested' if stopped else 'already finished'}")
+    stopped = _client(args).stop_job(args.submission_id)
+    print(f"{args.submission_id}: {'stop requested' if stopped else 'already finished'}")
     return 0
 
 
@@ -224,7 +227,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude", action="append", default=[], help="extra paths to leave out of the upload")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="env var for the job")
     p.add_argument("--pip", action="append", default=[], help="pip requirement installed for the job")
-    p.add_argument("--job-id", help="submission id (default: generated)")
+    p.add_argument("--submission-id", help="the submission's id (default: generated by Ray)")
     p.add_argument("--no-follow", action="store_true", help="return after submitting")
     p.add_argument(
         "--skip-probe",
@@ -241,18 +244,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=submit)
 
     for name, func, helptext in (
-        ("status", status, "a job's status"),
-        ("stop", stop, "stop a running job"),
+        ("status", status, "a submission's status"),
+        ("stop", stop, "stop a running submission"),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("job_id")
+        p.add_argument("submission_id", help="the id `submit` printed (or `list` shows)")
         common(p)
         p.set_defaults(func=func)
-    p = sub.add_parser("logs", help="a job's logs")
-    p.add_argument("job_id")
+    p = sub.add_parser("logs", help="a submission's logs")
+    p.add_argument("submission_id", help="the id `submit` printed (or `list` shows)")
     p.add_argument("--follow", action="store_true")
     common(p)
     p.set_defaults(func=logs)
-    p = sub.add_parser("list", help="jobs on the cluster")
+    p = sub.add_parser("list", help="submissions on the cluster")
     common(p)
-    p.set_defaults(func=list_jobs)
+    p.set_defaults(func=list_submissions)

@@ -1,11 +1,11 @@
 """A job's roles: the placement groups reserved up front and one typed client per role on them.
 
-    Roles.start():  check the cluster can hold the plan -> reserve every placement group
+    Roles.start():  check the cluster can hold the layout -> reserve every placement group
                     -> rollout engines -> learner ranks (rendezvous, weight transfer to the engines)
                     -> reward actor -> judge engines (judge.enabled)
     Roles.close():  every group shut down, the placement groups released
 
-Roles that share bundles (`cluster.colocate`) take turns through `share` (rrm_ray.colocation). Every
+Roles that share bundles (`cluster.colocate`) take turns through `share` (rrm_ray.clients.colocation). Every
 client retries through the one `restarts` (rrm_ray.clients.restarts); only a dead learner rank is
 the job's to handle (`rebuild_learner`, then restore a checkpoint).
 """
@@ -19,37 +19,38 @@ from typing import Any
 import ray
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-from rrm_ray.actor_group import ActorGroup, PlacementError, reserve
+from rrm_ray.clients.colocation import Colocation
+from rrm_ray.clients.group import ActorGroup, PlacementError, reserve
+from rrm_ray.clients.judge import JudgeClient
 from rrm_ray.clients.learner import LearnerClient
 from rrm_ray.clients.restarts import Restarts
-from rrm_ray.clients.reward import JudgeClient, RewardClient
+from rrm_ray.clients.reward import RewardClient
 from rrm_ray.clients.rollout import RolloutClient
-from rrm_ray.colocation import Colocation
 from rrm_ray.config import JobConfig
 from rrm_ray.placement import (
-    PlacementPlan,
+    PlacementLayout,
     cannot_hold_message,
     own_spec,
+    placement_layout,
     placement_problems,
-    plan_placement,
 )
 
 
-def check_fits(plan: PlacementPlan) -> None:
+def check_fits(layout: PlacementLayout) -> None:
     """Fail at once when the live cluster cannot hold the placement groups, naming what is missing
     (the lines `rrm-ray plan` prints for the same config), instead of waiting out the timeout."""
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    problems = placement_problems(plan.groups, nodes)
+    problems = placement_problems(layout.groups, nodes)
     if problems:
         raise PlacementError(cannot_hold_message(problems))
 
 
-def reserve_placement(plan: PlacementPlan, timeout_s: float) -> dict[str, PlacementGroup]:
-    """Every placement group of the plan, before any actor starts (a role that cannot be placed fails
+def reserve_placement(layout: PlacementLayout, timeout_s: float) -> dict[str, PlacementGroup]:
+    """Every placement group of the layout, before any actor starts (a role that cannot be placed fails
     before engines spend minutes loading); on failure the groups already reserved are released."""
     pgs: dict[str, PlacementGroup] = {}
     try:
-        for name, spec in plan.groups.items():
+        for name, spec in layout.groups.items():
             pgs[name] = reserve(spec, timeout_s)
     except BaseException:
         for pg in pgs.values():
@@ -59,29 +60,25 @@ def reserve_placement(plan: PlacementPlan, timeout_s: float) -> dict[str, Placem
 
 
 def place_role(
-    plan: PlacementPlan, pgs: dict[str, PlacementGroup], role: str, actor_cls: type, **kwargs: Any
+    layout: PlacementLayout, pgs: dict[str, PlacementGroup], role: str, actor_cls: type, **kwargs: Any
 ) -> ActorGroup:
     """The actors of `role` on its placement group, each asking for its share of one bundle."""
-    share = plan.roles[role]
+    share = layout.roles[role]
     return ActorGroup(actor_cls, share.spec, pg=pgs[share.group], **kwargs)
 
 
 class Placement:
     """The reserved placement groups; calling it places a role's actors on that role's share."""
 
-    def __init__(self, plan: PlacementPlan, pgs: dict[str, PlacementGroup]) -> None:
-        self.plan, self.pgs = plan, pgs
+    def __init__(self, layout: PlacementLayout, pgs: dict[str, PlacementGroup]) -> None:
+        self.layout, self.pgs = layout, pgs
 
     def __call__(self, role: str, actor_cls: type, **kwargs: Any) -> ActorGroup:
-        return place_role(self.plan, self.pgs, role, actor_cls, **kwargs)
+        return place_role(self.layout, self.pgs, role, actor_cls, **kwargs)
 
     def shared(self, role: str) -> bool:
         """Whether `role` shares its bundles with another role (its engines then sleep and wake)."""
-        return self.plan.roles[role].shared
-
-    def spec_and_pg(self, role: str) -> tuple[Any, PlacementGroup]:
-        share = self.plan.roles[role]
-        return share.spec, self.pgs[share.group]
+        return self.layout.roles[role].shared
 
 
 class OwnGroups:
@@ -112,10 +109,10 @@ class Roles:
         on_fault: Callable[[str, int], None],
     ) -> None:
         self.cfg, self.model_path, self.pad_id, self.think_budget = cfg, model_path, pad_id, think_budget
-        self.plan = plan_placement(cfg)  # placement groups, and each role's share of them
+        self.layout = placement_layout(cfg)  # placement groups, and each role's share of them
         self.pgs: dict[str, PlacementGroup] = {}
         levels = {"rollout": cfg.rollout.sleep_level, "judge": cfg.judge.sleep_level}
-        self.share = Colocation(self.plan, levels, self.sync_weights)  # roles sharing GPUs take turns
+        self.share = Colocation(self.layout, levels, self.sync_weights)  # roles sharing GPUs take turns
         self.restarts = Restarts(
             cfg.cluster.max_actor_restarts,
             cfg.cluster.call_timeout_s,
@@ -137,13 +134,12 @@ class Roles:
     def actor_ids(self) -> dict[str, list[str]]:
         return {g.spec.name: g.actor_ids() for g in self.groups}
 
-    def start(self, judge_pool: type) -> None:
-        """Reserve every placement group, then start the roles (`judge_pool`: the judge engines' pool
-        class, `actors.judge.JudgePool`). Ray must be connected."""
+    def start(self) -> None:
+        """Reserve every placement group, then start the roles. Ray must be connected."""
         cfg = self.cfg
-        check_fits(self.plan)
-        self.pgs = reserve_placement(self.plan, cfg.cluster.placement_timeout_s)
-        place = Placement(self.plan, self.pgs)
+        check_fits(self.layout)
+        self.pgs = reserve_placement(self.layout, cfg.cluster.placement_timeout_s)
+        place = Placement(self.layout, self.pgs)
         self.rollout = RolloutClient.start(
             cfg, self.model_path, place, self.share, self.restarts, self.think_budget
         )
@@ -151,12 +147,7 @@ class Roles:
         self.rollout.connect(self.learner)
         self.reward = RewardClient.start(cfg, place, self.restarts, judge=None)
         if cfg.judge.enabled:
-            spec, pg = place.spec_and_pg("judge")
-            self.share.before("judge")  # engines on its bundles sleep before it sizes its KV cache
-            self.judge = self.reward.judge = JudgeClient(
-                judge_pool(cfg, spec, pg=pg), self.share, self.restarts
-            )
-            self.share.register("judge", self.judge.group)
+            self.judge = self.reward.judge = JudgeClient.start(cfg, place, self.share, self.restarts)
         self.rollout.group.call_all("ping")  # engines are up
 
     def placement(self) -> list[dict[str, Any]]:

@@ -9,31 +9,22 @@
         learner.finish_update()
         rollout.sync_weights()  <- learner                     # vLLM weight transfer, checked complete
 
-Each role is a typed client (rrm_ray.clients) started by `rrm_ray.roles.Roles`; they retry their own
+Each role is a typed client (rrm_ray.clients) started by `rrm_ray.clients.roles.Roles`; they retry their own
 calls after an actor restart. The job keeps set-up, checkpoints and recovery of the learner,
 evaluation and the loop. Each phase has a named timer whose seconds go to MLflow with the step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import os
-import random
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
-import ray
-
-from actors.judge import JudgePool
-from actors.rollout import Completion
 from rrm_ray import algo
-from rrm_ray.actor_group import ActorGroup
 from rrm_ray.checkpoint import (
     DriverState,
     begin,
@@ -43,200 +34,33 @@ from rrm_ray.checkpoint import (
     resolve_resume,
     write_driver_state,
 )
-from rrm_ray.clients.learner import LearnerClient
-from rrm_ray.clients.reward import JudgeClient, StepRewards
-from rrm_ray.clients.streaming import generate_and_score
-from rrm_ray.colocation import Colocation
-from rrm_ray.config import JobConfig, streaming_enabled, to_flat_dict, to_yaml
-from rrm_ray.data.prompts import PromptRow, render_prompt
-from rrm_ray.data.tasks import RENDERED, load_task_rows
-from rrm_ray.downstream import downstream_metrics
-from rrm_ray.logs import job_log_file, ray_init_kwargs
-from rrm_ray.models import resolve_model_path
+from rrm_ray.clients.cluster import connect_ray
+from rrm_ray.clients.downstream import downstream_metrics
+from rrm_ray.clients.group import ActorDied
+from rrm_ray.clients.roles import Roles
+from rrm_ray.clients.streamed_batch import generate_and_score
+from rrm_ray.config import JobConfig, to_yaml
+from rrm_ray.data.prompts import PromptRow
+from rrm_ray.data.tasks import load_task_rows
+from rrm_ray.jobs.common import (
+    PhaseTimer,
+    PromptStream,
+    RoleJob,
+    evaluate_policy,
+    log_figures,
+    make_tracker,
+    render,
+    save_final,
+    think_budget,
+)
+from rrm_ray.models import load_tokenizer, resolve_model_path
 from rrm_ray.pipeline import Schedule, Scheduled
 from rrm_ray.progress import StepPrinter
 from rrm_ray.recovery import RoleFailure
-from rrm_ray.roles import Roles
 from rrm_ray.step_metrics import accuracy, samples_table, verdict_breakdown
-from rrm_ray.tracking import BufferedTracker, MLflowTracker, NullTracker, Tracker, default_run_name
-
-
-@dataclass
-class PhaseTimer:
-    """Seconds per named phase within one step."""
-
-    on_phase: Callable[[str], None] | None = None  # told each phase's name as it starts (the console)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        self.show(name)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-    def show(self, name: str) -> None:
-        """Name the phase on the console without timing it here (the learner times its own)."""
-        if self.on_phase is not None:
-            self.on_phase(name)
-
-
-def ray_submission_id() -> str:
-    """The submission id when this driver runs as a submitted Ray job (`rrm-ray submit`), else "".
-
-    Ray (2.60) sets no RAY_JOB_SUBMISSION_ID for a submitted driver: the id travels in the job config
-    JSON that the job supervisor puts in the driver's environment, as metadata["job_submission_id"].
-    """
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
-    with contextlib.suppress(ValueError, AttributeError):
-        return str(json.loads(raw).get("metadata", {}).get("job_submission_id") or "")
-    return ""
-
-
-def connect_ray(cfg: JobConfig, job: str = "train") -> Path | None:
-    """Connect to the configured cluster, or start a local one with the declared logical resources.
-
-    Returns the job's log file for actor and engine output (None when they stream to the console:
-    `cluster.stream_worker_logs`); see `rrm_ray.logs`."""
-    if ray.is_initialized():
-        return None
-    log_file = None if cfg.cluster.stream_worker_logs else job_log_file(cfg.checkpoint.dir, job)
-    if log_file is not None:
-        print(f"actor and engine logs: {log_file}")
-    kwargs = ray_init_kwargs(log_file)
-    if cfg.cluster.address:
-        ray.init(address=cfg.cluster.address, **kwargs)
-    else:
-        ray.init(
-            address="local",  # a new local instance, even if other clusters run on this machine
-            num_cpus=cfg.cluster.local_num_cpus,
-            num_gpus=cfg.cluster.local_num_gpus,
-            include_dashboard=False,
-            **kwargs,
-        )
-    return log_file
-
-
-class PromptStream:
-    """Epoch-wise shuffled prompts; `position` makes the stream resumable. `unit` consecutive rows stay
-    together (order-balanced judge training: a pair's two presentation orders form one GRPO group)."""
-
-    def __init__(self, rows: list[PromptRow], batch: int, shuffle: bool, seed: int, unit: int = 1) -> None:
-        if len(rows) % unit:
-            raise ValueError(f"PromptStream: {len(rows)} rows do not split into units of {unit}")
-        self.rows, self.batch, self.shuffle, self.seed, self.unit = rows, batch, shuffle, seed, unit
-        self.position = 0  # units (prompts, or pairs in both orders) consumed since the start
-
-    def _order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.rows) // self.unit))
-        if self.shuffle:
-            random.Random(self.seed + epoch).shuffle(order)
-        return order
-
-    def next(self) -> list[PromptRow]:
-        out = []
-        for _ in range(self.batch):
-            epoch, offset = divmod(self.position, len(self.rows) // self.unit)
-            start = self._order(epoch)[offset] * self.unit
-            out.extend(self.rows[start : start + self.unit])
-            self.position += 1
-        return out
-
-
-# -- what GRPO and DPO jobs share -----------------------------------------------------------------------
-def make_tracker(cfg: JobConfig, job_kind: str, model_path: str, run_id: str | None) -> Tracker:
-    """MLflow (buffered through outages) for `tracking.enabled`; a resumed run continues `run_id`."""
-    t = cfg.tracking
-    if not t.enabled:
-        return NullTracker()
-    # Fail over to the local buffer quickly instead of MLflow's minutes of HTTP retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(t.http_retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(t.http_timeout_s)))
-    inner = MLflowTracker(
-        t.uri,
-        t.experiment,
-        t.run_name or default_run_name(job_kind, model_path),
-        run_id=run_id,
-        system_metrics_interval_s=t.system_metrics_interval_s if t.system_metrics else None,
-    )
-    tracker = BufferedTracker(inner, Path(cfg.checkpoint.dir) / "mlflow_buffer.jsonl")
-    if run_id is None:
-        tracker.log_params(to_flat_dict(cfg))
-        d = cfg.data  # the files as read (generated ones exist by now): MLflow dataset inputs
-        for path, context in ((d.train_path, "training"), (d.eval_path, "eval")):
-            if path and Path(path).is_file():
-                tracker.log_dataset(str(path), context)
-    job_id = ray_submission_id() or os.environ.get("RAY_JOB_ID", "")
-    tracker.set_tags({"rrm_ray.job": job_kind, "ray.job_id": job_id})
-    return tracker
-
-
-def think_budget(cfg: JobConfig) -> int:
-    """Judge training (the policy is the judge) with budget forcing: see rrm_ray.judge.budget."""
-    return cfg.judge.think_budget if cfg.data.format == "preference" else 0
-
-
-def render(cfg: JobConfig, tokenizer: Any, rows: list[PromptRow]) -> list[str]:
-    m = cfg.model
-    return [
-        row.prompt
-        if row.extra.get(RENDERED)
-        else render_prompt(tokenizer, row.prompt, m.system_prompt, m.use_chat_template)
-        for row in rows
-    ]
-
-
-def evaluate_policy(
-    cfg: JobConfig, roles: Roles, rows: list[PromptRow], prompts: list[str]
-) -> dict[str, float]:
-    """Greedy decoding on the held-out prompts, scored by the same rule."""
-    if not rows:
-        return {}
-    completions = roles.rollout.generate(prompts, 1, 0.0, cfg.rollout.eval_max_new_tokens, seed=None)
-    scored = roles.reward.score(completions, rows)
-    rewards = [r for r in scored.rewards if r is not None]
-    if not rewards:
-        return {}
-    judging = cfg.data.format == "preference"
-    breakdown = (
-        verdict_breakdown("eval", rows, completions, cfg.judge.mode, think_budget(cfg)) if judging else {}
-    )
-    return {
-        "eval/reward_mean": sum(rewards) / len(rewards),
-        **accuracy("eval/accuracy", scored.correct, interval=True),
-        **breakdown,
-        "eval/response_length": sum(len(c.response_ids) for c in completions) / len(completions),
-    }
-
-
-def save_final(cfg: JobConfig, learner: LearnerClient, tracker: Tracker, step: int) -> str | None:
-    """The final policy in HF format (and its config), its path tagged on the MLflow run."""
-    if not cfg.checkpoint.save_final:
-        return None
-    final_dir = str(Path(cfg.checkpoint.dir, "final").resolve())
-    Path(final_dir).parent.mkdir(parents=True, exist_ok=True)
-    learner.save_hf(final_dir)
-    Path(final_dir, "rrm_ray_config.yaml").write_text(to_yaml(cfg))
-    tracker.set_tags({"rrm_ray.final_policy": final_dir})
-    t = cfg.tracking
-    if t.log_model != "none":  # the run's output: MLflow then lists it as a training run
-        tracker.log_model(final_dir, t.log_model, step, "policy", t.registered_model)
-    return final_dir
-
-
-def log_figures(cfg: JobConfig, tracker: Tracker) -> None:
-    """PNG figures of what MLflow does not draw (rrm_ray.figures), from the run's whole metric
-    history (earlier attempts of a resumed run included), as artifacts under `figures/`."""
-    from rrm_ray import figures
-
-    history = tracker.metric_history(("time/", "judge/", "eval/"))
-    out = Path(cfg.checkpoint.dir, "figures")
-    for draw in (figures.phase_seconds, figures.judge_agreement, figures.learning_curve):
-        path = draw(history, out / f"{draw.__name__}.png")
-        if path is not None:
-            tracker.log_artifact(str(path), "figures")
+from rrm_ray.tracking import Tracker
+from rrm_ray.types import Completion, StepRewards
+from rrm_ray.validation import streaming_enabled
 
 
 @dataclass
@@ -245,28 +69,10 @@ class Batch:
 
     rows: list[PromptRow]
     completions: list[Completion]
-    scored: StepRewards
+    rewards: StepRewards
     seconds: dict[str, float]  # its generate and reward phases
     started: float  # perf_counter when its generation started, and when its scoring ended
     ready: float
-
-
-class RoleJob:
-    """A job that owns `self.roles` and `self.tracker`: as a context manager it closes both, the run
-    marked FAILED when the block raised (GRPOJob, DPOJob)."""
-
-    roles: Roles
-    tracker: Tracker
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.close("FAILED" if exc_type else "FINISHED")
-
-    def close(self, status: str = "FINISHED") -> None:
-        self.roles.close()
-        self.tracker.close(status)
 
 
 class GRPOJob(RoleJob):
@@ -277,9 +83,7 @@ class GRPOJob(RoleJob):
     def __init__(self, cfg: JobConfig, tracker: Tracker | None = None) -> None:
         self.cfg = cfg
         self.model_path = resolve_model_path(cfg.model.path)
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = load_tokenizer(self.model_path)
         self.train_rows, self.eval_rows, self.data_counts = load_task_rows(cfg, self.tokenizer)
         # Order-balanced judge training: a group is one pair in both orders, half the samples each.
         self.orders = 2 if cfg.data.format == "preference" and cfg.data.order_balanced else 1
@@ -301,47 +105,22 @@ class GRPOJob(RoleJob):
             weights_trained=lambda: self.step > 0 or self.resume_from is not None,
             on_fault=lambda counter, value: self.tracker.log_metrics({f"faults/{counter}": value}, self.step),
         )
-        self.ahead: Schedule[Batch] = Schedule(cfg.trainer.max_staleness)  # batches generated ahead
+        self.schedule: Schedule[Batch] = Schedule(cfg.trainer.max_staleness)  # batches generated ahead
         self.streaming = streaming_enabled(cfg)  # reward.streaming: groups scored as they are generated
         self.placement: list[dict[str, Any]] = []
         self.before: dict[str, float] = {}  # the held-out baseline, kept across resumes
         self.on_phase: Callable[[str], None] | None = None
 
-    # -- the roles, and their actor groups for probes and tests ------------------------------------------
-    @property
-    def rollout(self) -> ActorGroup:
-        return self.roles.rollout.group
-
-    @property
-    def learner(self) -> ActorGroup:
-        return self.roles.learner.group
-
-    @property
-    def reward(self) -> ActorGroup:
-        return self.roles.reward.group
-
-    @property
-    def judge(self) -> JudgeClient | None:
-        return self.roles.judge
-
-    @property
-    def share(self) -> Colocation:
-        return self.roles.share
-
     @property
     def faults(self) -> dict[str, int]:
         return self.roles.restarts.faults
-
-    @property
-    def groups(self) -> list[ActorGroup]:
-        return self.roles.groups
 
     # -- set-up ------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect to Ray, check the job fits, reserve every placement group, start the roles. Roles
         that share bundles (`cluster.colocate`) take turns on them: `self.share` puts engines to sleep."""
         connect_ray(self.cfg)
-        self.roles.start(JudgePool)
+        self.roles.start()
         self.placement = self.roles.placement()
         if self.resume_from:
             self._restore(self.resume_from)
@@ -356,7 +135,7 @@ class GRPOJob(RoleJob):
         self.roles.learner.save_checkpoint(str(partial / "learner"))
         state = DriverState(
             self.step,
-            self.ahead.resume_position(self.stream.position),
+            self.schedule.resume_position(self.stream.position),
             self.tracker.run_id,
             {"faults": dict(self.faults), "eval_before": dict(self.before)},
         )
@@ -370,22 +149,22 @@ class GRPOJob(RoleJob):
         """Learner shards, driver RNGs, data position and step from a complete checkpoint; batches
         generated ahead are dropped (the restored position generates them again)."""
         state = read_driver_state(directory)
-        self.ahead.drop()
+        self.schedule.drop()
         self.roles.learner.load_checkpoint(str(directory / "learner"))
         self.step, self.stream.position = state.step, state.data_position
         for name, count in state.extra.get("faults", {}).items():  # counters stay cumulative over resumes
             self.faults[name] = max(self.faults.get(name, 0), int(count))
         self.roles.sync_weights()
 
-    def _recover_learner(self, error: ray.exceptions.RayActorError) -> None:
+    def _recover_learner(self, error: ActorDied) -> None:
         """A learner rank died: rebuild the learner group and continue from the last checkpoint."""
         latest = resolve_resume("auto", self.cfg.checkpoint.dir)
         restarts = self.roles.restarts
         decision = restarts.decide("learner", error, has_checkpoint=latest is not None)
         if decision.action == "fail":
-            raise RoleFailure("learner", f"{decision.message}\n  Ray: {str(error)[:500]}") from error
+            raise RoleFailure("learner", f"{decision.message}\n  Ray: {error.detail[:500]}") from error
         restarts.count(decision.counter)
-        warnings.warn(f"a learner rank failed ({type(error).__name__}); resuming from {latest}", stacklevel=2)
+        warnings.warn(f"a learner rank failed ({error.kind}); resuming from {latest}", stacklevel=2)
         self.roles.rebuild_learner()  # on the same placement group (and bundles) as before
         self._restore(latest)
 
@@ -396,7 +175,7 @@ class GRPOJob(RoleJob):
         while True:
             try:
                 return self.train_step()
-            except ray.exceptions.RayActorError as exc:
+            except ActorDied as exc:
                 role = self.roles.restarts.role_of(exc)
                 if role != "learner":  # the other roles retry inside their calls: this one escaped them
                     raise RoleFailure(
@@ -441,15 +220,15 @@ class GRPOJob(RoleJob):
         if self.streaming:  # each group is scored and judged as soon as it is generated
             timer.show("generate+reward")
             streamed = generate_and_score(rollout, self.roles.reward, rows, *args, step)
-            completions, scored = streamed.completions, streamed.rewards
+            completions, rewards = streamed.completions, streamed.rewards
             timer.seconds.update(generate=streamed.generate_s, reward=streamed.reward_s)
         else:
             with timer.phase("generate"):
                 completions = rollout.generate(*args)
             with timer.phase("reward"):  # the rule actor scores while the judge ranks
-                scored = self.roles.reward.score_step(rows, completions, n, step)
+                rewards = self.roles.reward.score_step(rows, completions, n, step)
         version = rollout.version  # read after the call: an engine restarted inside it was re-synced
-        batch = Batch(rows, completions, scored, timer.seconds, started, time.perf_counter())
+        batch = Batch(rows, completions, rewards, timer.seconds, started, time.perf_counter())
         return Scheduled(step, position, version, batch)
 
     def train_step(self) -> dict[str, float]:
@@ -457,10 +236,10 @@ class GRPOJob(RoleJob):
         while the previous update ran (`trainer.max_staleness` >= 1: the order is rrm_ray.pipeline's)."""
         cfg, timer, wall = self.cfg, PhaseTimer(self.on_phase), time.perf_counter()
         rollout, learner, n = self.roles.rollout, self.roles.learner, cfg.rollout.n_samples
-        if not len(self.ahead):  # always when synchronous; else the first step, or after a restore
-            self.ahead.push(self.produce(self.step))
-        item, staleness = self.ahead.pop(learner.version)
-        batch, rewards = item.batch, item.batch.scored.rewards
+        if not len(self.schedule):  # always when synchronous; else the first step, or after a restore
+            self.schedule.push(self.produce(self.step))
+        item, staleness = self.schedule.pop(learner.version)
+        batch, rewards = item.batch, item.batch.rewards.per_sample
         learner_free = max(learner.idle_since or batch.started, batch.started)
         advantages = algo.group_advantages(
             rewards, n, scale_by_std=cfg.algorithm.scale_by_std, subgroups=self.orders
@@ -472,11 +251,10 @@ class GRPOJob(RoleJob):
             timer.show("update")
             learner.start_update([batch.completions[i] for i in used], advantages[used], self.step)
         # max_staleness >= 1: the next batches are generated and scored while the learner updates
-        upcoming = self.ahead.next_step(self.step)
-        for _ in range(
-            self.ahead.ahead(learner.version + bool(used), rollout.version, upcoming, cfg.trainer.total_steps)
-        ):
-            self.ahead.push(self.produce(self.ahead.next_step(self.step)))
+        upcoming, total = self.schedule.next_step(self.step), cfg.trainer.total_steps
+        count = self.schedule.to_produce(learner.version + bool(used), rollout.version, upcoming, total)
+        for _ in range(count):
+            self.schedule.push(self.produce(self.schedule.next_step(self.step)))
         stats, seconds, trained_tokens = learner.finish_update() if used else ({}, {}, 0)
         sync = {"buckets": 0, "bytes": 0}
         if rollout.version < learner.version:  # new weights to the engines, between batches
@@ -487,7 +265,7 @@ class GRPOJob(RoleJob):
         if cfg.trainer.max_staleness:  # phases overlap: the wall clock, and the learner's idle time
             seconds["generate_wait"] = max(0.0, batch.ready - learner_free)
         metrics = self._step_metrics(batch, used, stats, seconds, sync, trained_tokens, staleness, wall)
-        for name, table in batch.scored.tables.items():
+        for name, table in batch.rewards.tables.items():
             self.tracker.log_table(table, name)
         self.tracker.log_metrics(metrics, step=self.step)
         if cfg.trainer.log_samples > 0:
@@ -509,7 +287,7 @@ class GRPOJob(RoleJob):
         started: float,
     ) -> dict[str, float]:
         cfg, n = self.cfg, self.cfg.rollout.n_samples
-        rewards, scored, completions = batch.scored.rewards, batch.scored.scored, batch.completions
+        rewards, scored, completions = batch.rewards.per_sample, batch.rewards.rule, batch.completions
         lengths = [len(c.response_ids) for c in completions]
         synchronous = not cfg.trainer.max_staleness
         metrics = {
@@ -531,7 +309,7 @@ class GRPOJob(RoleJob):
             "perf/trained_tokens_per_s": trained_tokens / max(seconds.get("update", 0.0), 1e-9),
             "sync/buckets": sync["buckets"],
             "sync/mb": sync["bytes"] / 2**20,
-            **batch.scored.judge_metrics,
+            **batch.rewards.judge_metrics,
         }
         if cfg.data.format == "preference":
             breakdown = verdict_breakdown(
@@ -611,7 +389,7 @@ class GRPOJob(RoleJob):
             "history": history,
             "run_id": self.tracker.run_id,
             "placement": self.placement,
-            "judge_agreement": dataclasses.asdict(self.roles.reward.agreement) if self.judge else None,
+            "judge_agreement": dataclasses.asdict(self.roles.reward.agreement) if self.roles.judge else None,
             "faults": dict(self.faults),
             "downstream": downstream,
             "staleness": {  # policy versions between a batch's generation and its update

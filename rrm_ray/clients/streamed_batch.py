@@ -5,7 +5,7 @@ rule actor and to the judge as soon as its n samples are done, so judging overla
                                              \\-> JudgeDispatch --> an idle judge engine .rank(ready)
 
 Judge engines rank every group that finished while they were busy in one call, so the tournaments of
-different prompts still share engine batches (`rrm_ray.streaming`); each tournament is seeded by its
+different prompts still share engine batches (`rrm_ray.judge.dispatch`); each tournament is seeded by its
 prompt's index, as the batch path seeds it, so a greedy judge gives the same rewards either way.
 
 A role's actor that dies midway is restarted by Ray (`rrm_ray.clients.restarts`) and the whole batch
@@ -21,13 +21,12 @@ from typing import Any
 
 import ray
 
-from actors.reward import ScoredBatch
-from actors.rollout import Completion
-from rrm_ray.actor_group import RemoteCallTimeout
-from rrm_ray.clients.reward import RewardClient, StepRewards
+from rrm_ray.clients.group import ActorDied, RemoteCallTimeout
+from rrm_ray.clients.reward import RewardClient
 from rrm_ray.clients.rollout import RolloutClient
 from rrm_ray.data.prompts import PromptRow
-from rrm_ray.streaming import JudgeDispatch
+from rrm_ray.judge.dispatch import JudgeDispatch
+from rrm_ray.types import Completion, ScoredBatch, StepRewards
 
 
 @dataclass
@@ -41,7 +40,7 @@ class StreamedBatch:
 class StreamFailure(Exception):
     """Actors that died during one streamed attempt, every role's death (not only the first seen)."""
 
-    def __init__(self, deaths: list[ray.exceptions.RayActorError]) -> None:
+    def __init__(self, deaths: list[ActorDied]) -> None:
         super().__init__(f"{len(deaths)} actor(s) died while the batch streamed")
         self.deaths = deaths
 
@@ -72,7 +71,7 @@ def generate_and_score(
             return _stream(rollout, reward, rows, prompts, n, temperature, max_tokens, seed, step)
         except StreamFailure as failure:
             deaths = failure.deaths
-        except ray.exceptions.RayActorError as exc:  # the re-sync (the stream's own deaths come settled)
+        except ActorDied as exc:  # the re-sync (the stream's own deaths come settled)
             deaths = [exc]
         for exc in deaths:
             group = groups.get(restarts.role_of(exc) or "")
@@ -110,8 +109,11 @@ def _stream(
         refs = [flow.rule_refs[p] for p in order]
         scored = ScoredBatch.concat(reward.group.get(refs, "score"))
     except ray.exceptions.RayActorError as exc:
+        died, others = ActorDied.of(exc), flow.settle()
+        raise StreamFailure([died, *(d for d in others if d.actor_id != died.actor_id)]) from exc
+    except ActorDied as died:  # from the rule actor's results (`ActorGroup.get`)
         others = flow.settle()
-        raise StreamFailure([exc, *(d for d in others if d.actor_id != exc.actor_id)]) from exc
+        raise StreamFailure([died, *(d for d in others if d.actor_id != died.actor_id)]) from died
     rewards = reward.combine(scored, {p: flow.judged[p] for p in sorted(flow.judged)}, n, step)
     if flow.dispatch is not None:  # rank calls: one per idle engine each time finished groups waited
         rewards.judge_metrics["judge/stream_rank_calls"] = float(flow.dispatch.sent)
@@ -160,7 +162,7 @@ class _Flow:
                 assert self.reward.judge is not None
                 for engine, ps in self.dispatch.take():
                     items = [self.reward.judge_item(self.rows[p], self.groups[p]) for p in ps]
-                    self.judging[self.reward.judge.pool.rank_on(engine, items, ps)] = engine
+                    self.judging[self.reward.judge.rank_on(engine, items, ps)] = engine
 
     def _group_from(self, stream: Any) -> None:
         try:
@@ -177,17 +179,17 @@ class _Flow:
             assert self.dispatch is not None
             self.dispatch.arrive([p])
 
-    def settle(self) -> list[Any]:
+    def settle(self) -> list[ActorDied]:
         """After a failure: wait for every call still in flight and return each distinct actor death
         among them. A live actor finishes its call before it can take the retry's anyway, so this costs
         no time, and every role that died is recovered and counted, not only the first one seen."""
-        deaths: dict[Any, Any] = {}
+        deaths: dict[Any, ActorDied] = {}
 
         def outcome(call: Any) -> None:
             try:
                 ray.get(call, timeout=self.timeout)
             except ray.exceptions.RayActorError as exc:
-                deaths.setdefault(exc.actor_id, exc)
+                deaths.setdefault(exc.actor_id, ActorDied.of(exc))
             except Exception:  # only deaths matter now; the first error is raised already
                 pass
 
@@ -198,7 +200,7 @@ class _Flow:
                 except StopIteration:
                     break
                 except ray.exceptions.RayActorError as exc:
-                    deaths.setdefault(exc.actor_id, exc)
+                    deaths.setdefault(exc.actor_id, ActorDied.of(exc))
                     break
                 outcome(ref)
         for call in [*self.rule_refs.values(), *self.judging]:

@@ -14,16 +14,15 @@ gathered results (every wait bounded by `call_timeout_s`), or `async_*` variants
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rrm_ray.placement import RoleSpec  # re-exported: the bundle shape every group is built from
+from rrm_ray.placement import RoleSpec
 
 
 class PlacementError(RuntimeError):
@@ -32,6 +31,34 @@ class PlacementError(RuntimeError):
 
 class RemoteCallTimeout(TimeoutError):
     """A remote call did not answer within the configured timeout."""
+
+
+class ActorDied(RuntimeError):
+    """An actor died during a call: Ray's `RayActorError` in our terms, so nothing above the clients
+    handles Ray's exceptions. `actor_id` names the actor (Ray keeps it over restarts; the clients map it
+    to a role), `gone_for_good` says Ray will not restart it, `detail` is Ray's message."""
+
+    def __init__(self, actor_id: str | None, gone_for_good: bool, detail: str, kind: str) -> None:
+        super().__init__(detail)
+        self.actor_id, self.gone_for_good, self.detail, self.kind = actor_id, gone_for_good, detail, kind
+
+    @classmethod
+    def of(cls, error: ray.exceptions.RayActorError) -> ActorDied:
+        return cls(
+            error.actor_id,
+            isinstance(error, ray.exceptions.ActorDiedError),
+            str(error),
+            type(error).__name__,
+        )
+
+
+@contextlib.contextmanager
+def actor_deaths() -> Iterator[None]:
+    """Ray's actor errors raised in the block become `ActorDied`."""
+    try:
+        yield
+    except ray.exceptions.RayActorError as exc:
+        raise ActorDied.of(exc) from exc
 
 
 def reserve(spec: RoleSpec, timeout_s: float) -> PlacementGroup:
@@ -122,7 +149,7 @@ class ActorGroup:
         return len(self.actors)
 
     def actor_ids(self) -> list[str]:
-        """Hex actor ids in rank order: what `RayActorError.actor_id` names (kept across restarts)."""
+        """Hex actor ids in rank order: what `ActorDied.actor_id` names (kept across restarts)."""
         return [a._actor_id.hex() for a in self.actors]  # the handle's id; Ray has no public getter
 
     # -- dispatch ------------------------------------------------------------------------------------
@@ -158,7 +185,8 @@ class ActorGroup:
                     f"{self.spec.name}.{what} did not finish within cluster.call_timeout_s="
                     f"{self.call_timeout_s:g}s"
                 )
-            ray.get(ready[0])  # raises the remote error, if any
+            with actor_deaths():
+                ray.get(ready[0])  # raises the remote error, if any
         return ray.get(refs)
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -175,26 +203,3 @@ class ActorGroup:
         if self._owns_pg:
             with contextlib.suppress(Exception):
                 remove_placement_group(self.pg)
-
-
-class Worker:
-    """Base class of every actor: node facts and a free port for the rank-0 rendezvous."""
-
-    def node_info(self) -> dict[str, Any]:
-        ctx = ray.get_runtime_context()
-        return {
-            "node_id": ctx.get_node_id(),
-            "ip": ray.util.get_node_ip_address(),
-            "bundle": int(os.environ.get("RRM_RAY_BUNDLE", "-1")),
-            "pid": os.getpid(),
-        }
-
-    def free_port(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return int(s.getsockname()[1])
-
-    def ping(self) -> bool:
-        return True

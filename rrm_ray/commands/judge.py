@@ -19,86 +19,42 @@ passes, output records) is `rrm_ray.judge.evaluation`'s.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from rrm_ray.cli import add_run_options, with_verbose
-from rrm_ray.config import JobConfig, load_config, to_flat_dict
-from rrm_ray.data.io import DataFormatError, read_records, require_str
-from rrm_ray.judge.evaluation import Scored, counted, judgment_fields, stats_line
-from rrm_ray.judge.evaluation import credit as credit  # re-exported: the credit rule's unit tests
-from rrm_ray.judge.service import JudgePair, PairJudgment
-from rrm_ray.progress import map_in_chunks
-
-if TYPE_CHECKING:
-    from actors.rollout import Completion
-    from rrm_ray.clients.restarts import Restarts
-    from rrm_ray.clients.reward import JudgeClient
-    from rrm_ray.data.prompts import PromptRow
-
-CHUNK_PER_ENGINE = 32  # items per judge call and engine: the progress bar moves this often
-
-Client = TypeVar("Client")
-
-
-def _alone(cfg: JobConfig, start: Callable[[Restarts], Client]) -> Client:
-    """A client started without a learner (`start(restarts)`); its restarts watch its own group."""
-    from rrm_ray.clients.restarts import Restarts
-
-    groups: list[Any] = []
-    client = start(Restarts.alone(cfg, groups))
-    groups.append(client.group)  # type: ignore[attr-defined]
-    return client
-
-
-@contextlib.contextmanager
-def judge_session(cfg: JobConfig, job: str = "judge") -> Iterator[JudgeClient]:
-    """Ray up (unless already connected), the judge engines started behind a JudgeClient; both torn
-    down on exit."""
-    import ray
-
-    from actors.judge import JudgePool
-    from rrm_ray.clients.reward import JudgeClient
-    from rrm_ray.driver import connect_ray
-
-    started = not ray.is_initialized()
-    connect_ray(cfg, job)
-    judge = None
-    try:
-        judge = _alone(cfg, lambda restarts: JudgeClient(JudgePool(cfg), None, restarts))
-        yield judge
-    finally:
-        if judge is not None:
-            judge.shutdown()
-        if started:
-            ray.shutdown()
-
-
-def _compare(
-    judge: JudgeClient, pairs: list[JudgePair], cfg: JobConfig, label: str = "judging"
-) -> list[PairJudgment]:
-    """All pairs judged, a chunk at a time behind a progress bar over items."""
-    return map_in_chunks(label, pairs, judge.compare, CHUNK_PER_ENGINE * cfg.judge.num_engines)
-
-
-def _write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+from rrm_ray.clients.cluster import ray_session
+from rrm_ray.clients.judge import JudgeClient
+from rrm_ray.commands.options import add_run_options, with_verbose
+from rrm_ray.config import ConfigError, JobConfig, to_flat_dict
+from rrm_ray.data.io import DataFormatError, read_records, require_str, write_jsonl
+from rrm_ray.data.preference import render_conversation
+from rrm_ray.data.prompts import PromptDataError, load_prompts
+from rrm_ray.jobs.judging import (
+    benchmark_pass,
+    compare_all,
+    judge_session,
+    rank_settings,
+    sample_policy,
+    score_correct,
+)
+from rrm_ray.judge import best_of_n as bon
+from rrm_ray.judge import sweep
+from rrm_ray.judge.benchmarks import load_pandalm, load_rewardbench, read_summary
+from rrm_ray.judge.best_of_n import BestOfNError
+from rrm_ray.judge.evaluation import Scored, judgment_fields, pandalm_pass, rewardbench_pass, stats_line
+from rrm_ray.judge.records import JudgeInputError, JudgePair
+from rrm_ray.judge.sweep import SweepError
+from rrm_ray.rewards.rules import RuleError, resolve_rule
+from rrm_ray.tracking import Tracker, default_run_name, open_tracker, run_line
+from rrm_ray.validation import load_config
 
 
 def _mlflow_line(tracker: Any, cfg: JobConfig) -> None:
-    if tracker.run_id:
-        print(f"MLflow run {tracker.run_id} at {cfg.tracking.uri} (experiment {cfg.tracking.experiment!r})")
+    if line := run_line(tracker, cfg.tracking):
+        print(line)
 
 
 # ---------------------------------------------------------------------------------------------- judge
@@ -111,10 +67,10 @@ def _judge(args: argparse.Namespace) -> int:
     ]
     with judge_session(cfg) as judge:
         started = time.perf_counter()  # judging only, not the engine start
-        judgments = _compare(judge, pairs, cfg)
+        judgments = compare_all(judge, pairs, cfg)
         seconds = time.perf_counter() - started
         stats = judge.stats()
-    _write_jsonl(
+    write_jsonl(
         [{**rec, **judgment_fields(j)} for (_, rec), j in zip(records, judgments, strict=True)], args.out
     )
     decided = [j.winner for j in judgments if j.decided]
@@ -128,30 +84,16 @@ def _judge(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- eval
 def _tracker(
-    cfg: JobConfig, job: str = "eval", run_name: str | None = None, parent_run_id: str | None = None
-):
-    """The command's MLflow run (a NullTracker when tracking is off); `parent_run_id` nests it (a
-    sweep's point), and such a run samples no system metrics of its own: its parent does."""
-    from rrm_ray.tracking import MLflowTracker, NullTracker, default_run_name
-
-    t = cfg.tracking
-    if not t.enabled:
-        return NullTracker()
-    system = t.system_metrics and parent_run_id is None
-    return MLflowTracker(
-        t.uri,
-        t.experiment,
-        run_name or t.run_name or default_run_name(job, cfg.judge.model_path),
-        system_metrics_interval_s=t.system_metrics_interval_s if system else None,
-        parent_run_id=parent_run_id,
+    cfg: JobConfig, kind: str = "eval", run_name: str | None = None, parent_run_id: str | None = None
+) -> Tracker:
+    """The command's MLflow run, named after the judge model (`rrm_ray.tracking.open_tracker`)."""
+    return open_tracker(
+        cfg.tracking, kind, cfg.judge.model_path, run_name=run_name, parent_run_id=parent_run_id
     )
 
 
 def _load_benchmark(args: argparse.Namespace, cfg: JobConfig) -> tuple[list[Any], str, dict[str, float], Any]:
     """(items, the console line on what was read, data/* metrics, the benchmark's scoring pass)."""
-    from rrm_ray.judge.benchmarks import load_pandalm, load_rewardbench, read_summary
-    from rrm_ray.judge.evaluation import pandalm_pass, rewardbench_pass
-
     load, run = (
         (load_rewardbench, rewardbench_pass)
         if args.benchmark == "rewardbench"
@@ -161,21 +103,6 @@ def _load_benchmark(args: argparse.Namespace, cfg: JobConfig) -> tuple[list[Any]
     items = data.items[: args.limit]
     data_line, data_metrics = read_summary(data, items)  # what was coerced or skipped, never silent
     return items, data_line, data_metrics, run
-
-
-def _judged(
-    args: argparse.Namespace, cfg: JobConfig, items: list[Any], judge: JudgeClient, run: Any, label: str
-) -> tuple[Scored, dict[str, float], float]:
-    """One benchmark pass on running engines, with the judge's counters (reset after) and seconds."""
-    started = time.perf_counter()  # judging only, not the engine start
-    scored = run(items, lambda pairs: _compare(judge, pairs, cfg, label), cfg.trainer.seed, args.traces)
-    seconds = time.perf_counter() - started
-    stats = judge.stats(reset=True)
-    scored.metrics.update({f"judge/{k}": float(v) for k, v in stats.items()})
-    scored.metrics["judge/unparseable_rate"] = stats["unparseable"] / max(stats["judge_calls"], 1)
-    scored.metrics["judge/comparisons_per_s"] = max(stats["comparisons"], 1) / seconds
-    scored.metrics["judge/seconds"] = seconds
-    return scored, stats, seconds
 
 
 def _eval_params(args: argparse.Namespace, cfg: JobConfig) -> dict[str, Any]:
@@ -221,7 +148,7 @@ def _eval(args: argparse.Namespace) -> int:
     status = "FAILED"
     try:
         with judge_session(cfg, "eval") as judge:
-            scored, stats, seconds = _judged(args, cfg, items, judge, run, "judging")
+            scored, stats, seconds = benchmark_pass(cfg, items, judge, run, args.traces, "judging")
         print("\n".join(scored.report))
         print(stats_line(stats, seconds))
         _log_scored(tracker, args, scored)
@@ -237,13 +164,6 @@ def _eval_sweep(args: argparse.Namespace) -> int:
     """Every point of the grid evaluated on the same items: one judge session per engine the points
     need (rrm_ray.judge.sweep), one MLflow child run per point under the sweep's run, then the table
     and the accuracy figures."""
-    import ray
-
-    from rrm_ray.config import ConfigError
-    from rrm_ray.driver import connect_ray
-    from rrm_ray.judge import sweep
-    from rrm_ray.tracking import default_run_name
-
     base = _eval_overrides(args)
     axes = sweep.parse_axes(args.sweep, fixed_keys=[o.partition("=")[0] for o in base])
     out = sweep.check_table_path(args.out) if args.out else None
@@ -284,16 +204,15 @@ def _eval_sweep(args: argparse.Namespace) -> int:
     parent.log_dataset(args.data, "eval")
     rows: list[sweep.SweepRow | None] = [None] * len(points)
     status = "FAILED"
-    ray_started = not ray.is_initialized()
     try:
-        connect_ray(cfg, "eval-sweep")  # one Ray for every session
-        for g, group in enumerate(groups):
-            print(f"judge session {g + 1}/{len(groups)}: points {', '.join(str(i + 1) for i in group)}")
-            with judge_session(cfgs[group[0]], "eval") as judge:
-                for i in group:
-                    rows[i] = _sweep_point(args, cfgs[i], items, judge, run, i, points, parent, run_name)
+        with ray_session(cfg, "eval-sweep"):  # one Ray for every session
+            for g, group in enumerate(groups):
+                print(f"judge session {g + 1}/{len(groups)}: points {', '.join(str(i + 1) for i in group)}")
+                with judge_session(cfgs[group[0]], "eval") as judge:
+                    for i in group:
+                        rows[i] = _sweep_point(args, cfgs[i], items, judge, run, i, points, parent, run_name)
         done = [r for r in rows if r is not None]
-        print("\n" + sweep.format_table(keys, done))
+        print("\n" + sweep.points_table(keys, done))
         records = sweep.table_records(keys, done)
         parent.log_table(records, "sweep")
         from rrm_ray.figures import sweep_accuracy
@@ -307,8 +226,6 @@ def _eval_sweep(args: argparse.Namespace) -> int:
         status = "FINISHED"
     finally:
         parent.close(status)
-        if ray_started:
-            ray.shutdown()
     return 0
 
 
@@ -324,8 +241,6 @@ def _sweep_point(
     run_name: str,
 ) -> Any:
     """Point i on running engines (set to its sampling-time settings), as a child run of `parent`."""
-    from rrm_ray.judge import sweep
-
     point, tag = points[i], f"point {i + 1}/{len(points)}"
     child = _tracker(cfg, "eval", f"{run_name} [{sweep.label(point)}]", parent_run_id=parent.run_id)
     status = "FAILED"
@@ -334,8 +249,8 @@ def _sweep_point(
         child.set_tags(
             {"rrm_ray.job": "eval", "rrm_ray.benchmark": args.benchmark, "rrm_ray.sweep_point": str(i)}
         )
-        judge.configure(dataclasses.asdict(cfg.judge))  # the point's decoding, votes; a fresh cache
-        scored, stats, seconds = _judged(args, cfg, items, judge, run, f"{tag} judging")
+        judge.configure(cfg.judge)  # the point's decoding, votes; a fresh cache
+        scored, stats, seconds = benchmark_pass(cfg, items, judge, run, args.traces, f"{tag} judging")
         _log_scored(child, args, scored)
         row = sweep.SweepRow.from_scores(i, point, scored.successes, scored.n, stats, seconds, child.run_id)
         print(
@@ -349,73 +264,9 @@ def _sweep_point(
     return row
 
 
-# ---------------------------------------------------------------------------------------------- best-of-n
-def _sample(cfg: JobConfig, rows: list[PromptRow], n: int) -> list[Completion]:
-    """n policy samples per prompt (prompt-major), on rollout engines started as training starts
-    them (`rollout.*`), shut down before the judge starts, so the two never need resources at the
-    same time (one GPU, or a small CPU machine, holds either). They keep the weights they loaded:
-    no learner, no weight-transfer backend."""
-    from transformers import AutoTokenizer
-
-    from rrm_ray.clients.rollout import RolloutClient
-    from rrm_ray.data.prompts import render_prompt
-    from rrm_ray.models import resolve_model_path
-    from rrm_ray.roles import OwnGroups
-
-    r, m = cfg.rollout, cfg.model
-    policy = resolve_model_path(m.path)
-    tokenizer = AutoTokenizer.from_pretrained(policy)
-    prompts = [render_prompt(tokenizer, row.prompt, m.system_prompt, m.use_chat_template) for row in rows]
-    print(f"starting {r.num_engines} rollout engine(s) for {policy}", flush=True)
-    rollout = _alone(
-        cfg,
-        lambda restarts: RolloutClient.start(
-            cfg, policy, OwnGroups(cfg), None, restarts, takes_weights=False
-        ),
-    )
-    print(f"sampling {n} responses for each of {len(prompts)} prompts", flush=True)
-    try:
-        return rollout.generate(prompts, n, r.temperature, r.max_new_tokens, cfg.trainer.seed)
-    finally:
-        rollout.group.shutdown()
-
-
-def _score(cfg: JobConfig, rule: str, rows: list[PromptRow], samples: list[Completion]) -> list[Any]:
-    """Per prompt, whether each response is correct, or None without an answer: the reward actor's
-    accuracy (`rule`, `reward.timeout_s` per item), as training reports it. A response the rule
-    times out or fails on gets `reward.fallback`, and the console says how many."""
-    from rrm_ray.clients.reward import RewardClient
-    from rrm_ray.judge import best_of_n as bon
-    from rrm_ray.roles import OwnGroups
-
-    answers = [row.answer for row in rows]
-    index = [s.prompt_index for s in samples]
-    if all(a is None for a in answers):  # nothing to verify: no reward actor
-        return bon.correct_flags(answers, index, [None] * len(samples))
-    reward = _alone(cfg, lambda restarts: RewardClient.start(cfg, OwnGroups(cfg), restarts, judge=None))
-    try:
-        scored = reward.score(samples, rows)
-    finally:
-        reward.group.shutdown()
-    if scored.timeouts or scored.errors:
-        print(
-            f"rule {rule!r}: {scored.timeouts} responses timed out and {scored.errors} failed; counted as "
-            f"incorrect. {'; '.join(scored.error_messages)}"
-        )
-    return bon.correct_flags(answers, index, scored.correct)
-
-
 def _best_of_n(args: argparse.Namespace) -> int:
     """Sample once; judge per (method, votes) setting over the same responses; score picks against
     the verifier where prompts carry answers (rrm_ray.judge.best_of_n)."""
-    import ray
-
-    from rrm_ray.data.preference import render_conversation
-    from rrm_ray.data.prompts import load_prompts
-    from rrm_ray.driver import connect_ray
-    from rrm_ray.judge import best_of_n as bon
-    from rrm_ray.rewards.rules import resolve_rule
-
     overrides = [*with_verbose(args)]
     single_method = args.method is not None and "," not in args.method
     single_votes = args.votes is not None and "," not in args.votes
@@ -447,44 +298,25 @@ def _best_of_n(args: argparse.Namespace) -> int:
     tracker.set_tags({"rrm_ray.job": "best-of-n"})
     started = time.perf_counter()
     status = "FAILED"
-    ray_started = not ray.is_initialized()
-    table: list[bon.SettingRow] = []
-    out: list[dict[str, Any]] = []
     try:
-        connect_ray(cfg, "best-of-n")
-        samples = _sample(cfg, rows, args.n)
-        responses = bon.per_prompt([s.prompt_index for s in samples], [s.text for s in samples], len(rows))
-        correct = _score(cfg, rule, rows, samples)
-        with judge_session(cfg) as judge:
-            for method, votes in grid:
-                judge.clear_cache()  # each setting pays for its own comparisons
-                judge_started = time.perf_counter()
-                results = map_in_chunks(
-                    f"judging ({method}, {counted(votes, 'vote')})",
-                    list(zip(queries, responses, strict=True)),
-                    lambda part, m=method, k=votes: judge.rank(part, method=m, votes=k),
-                    CHUNK_PER_ENGINE,
-                )
-                seconds = time.perf_counter() - judge_started
-                stats = judge.stats(reset=True)
-                print(f"{method}, {counted(votes, 'vote')}: {stats_line(stats, seconds)}")
-                scores = bon.pick_scores(correct, [res.winner for res in results])
-                table.append(
-                    bon.SettingRow(method, votes, args.n, scores, int(stats["judge_calls"]), seconds)
-                )
-                out += bon.pick_records(rows, queries, responses, correct, results, votes)
-        _write_jsonl(out, args.out)
+        with ray_session(cfg, "best-of-n"):
+            samples = sample_policy(cfg, rows, args.n)
+            responses = bon.per_prompt(
+                [s.prompt_index for s in samples], [s.text for s in samples], len(rows)
+            )
+            correct = score_correct(cfg, rule, rows, samples)
+            with judge_session(cfg) as judge:
+                table, out = rank_settings(judge, grid, rows, queries, responses, correct, args.n)
+        write_jsonl(out, args.out)
         print(f"{len(rows)} prompts x {args.n} responses x {len(grid)} settings -> {args.out}")
         print(f"total {time.perf_counter() - started:.1f}s (generation, engine starts and judging)")
-        print("\n" + bon.format_table(table, len(rows)))
+        print("\n" + bon.settings_table(table, len(rows)))
         tracker.log_metrics(bon.metrics(table), step=0)
         tracker.log_table(bon.table_records(table), "best_of_n")
         tracker.log_dataset(args.data, "eval")
         status = "FINISHED"
     finally:
         tracker.close(status)
-        if ray_started:
-            ray.shutdown()
     return 0
 
 
@@ -493,12 +325,6 @@ def _friendly(func: Any) -> Any:
     """Bad data files end the command with the reader's message (file, row, field), not a traceback."""
 
     def run(args: argparse.Namespace) -> int:
-        from rrm_ray.data.prompts import PromptDataError
-        from rrm_ray.judge.best_of_n import BestOfNError
-        from rrm_ray.judge.service import JudgeInputError
-        from rrm_ray.judge.sweep import SweepError
-        from rrm_ray.rewards.rules import RuleError
-
         bad_input = (DataFormatError, PromptDataError, JudgeInputError, FileNotFoundError)
         try:
             return func(args)

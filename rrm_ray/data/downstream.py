@@ -1,49 +1,37 @@
-"""Downstream accuracy of a policy: lm-eval (EleutherAI lm-evaluation-harness) multiple-choice tasks
-over local MMLU-Pro / GPQA files, offline.
-
-rrm-ray downstream-eval --model smollm2 --tasks mmlu_pro=mmlu_pro_test.jsonl,gpqa=gpqa_main.csv --limit 200
+"""Downstream accuracy, the data half: local MMLU-Pro / GPQA files read, checked and described to
+lm-eval (EleutherAI lm-evaluation-harness) as multiple-choice tasks, and its results named as metrics.
 
 The RRM paper reports its post-trained policies on MMLU-Pro and GPQA; no hub is reachable where
 rrm-ray runs, so the user brings the files and nothing is downloaded. Each file is read and checked
 here, row by row, before lm-eval starts (a bad row fails naming file, row, key and what was
 expected), written out in one normalised JSONL shape, and described to lm-eval as a task over that
 local file (`dataset_path: json`) in a generated YAML folder that lm-eval's `TaskManager` indexes
-(`include_path`, without its built-in tasks). lm-eval then scores each option's log-likelihood with
-its HF backend (`simple_evaluate(model="hf")`) and reports `acc` and `acc_norm` with their stderr.
+(`include_path`, without its built-in tasks). `actors.downstream` runs lm-eval's HF backend on them
+(`rrm-ray downstream-eval`, or a Ray task of `rrm-ray train`: `rrm_ray.clients.downstream`).
 
 Prompts show the lettered options and score the letters, as lm-eval's MMLU and GPQA tasks do:
 MMLU-Pro "A. option" lines then "Answer:" (choices " A", " B", ...), GPQA "(A) option" lines then
 "Answer:" (choices " (A)", ...). GPQA rows name the correct answer and three incorrect ones, so their
 order is shuffled per row, from `gpqa_option_seed` and the question's text alone (the same file gives
 the same order whatever its row order or `limit`).
-
-In `rrm-ray train` (`trainer.downstream_eval.enabled`), `downstream_metrics` runs the evaluation in
-a Ray task of its own (1 GPU on cuda, 1 CPU on cpu, a worker that exits afterwards), so the driver
-never holds a model and the learner's and engines' GPUs are not shared; see `downstream_metrics`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
 import hashlib
 import json
-import os
 import random
 import re
-import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rrm_ray.config import ConfigError
-from rrm_ray.models import SMOLLM2_ALIAS
+import yaml
 
-if TYPE_CHECKING:
-    from rrm_ray.config import DownstreamEvalConfig, JobConfig
+from rrm_ray.config import ConfigError, DownstreamEvalConfig
+from rrm_ray.data.io import DataFormatError, read_records
+from rrm_ray.tables import aligned_table
 
 FORMATS = ("mmlu_pro", "gpqa")
 LETTERS = "ABCDEFGHIJ"  # MMLU-Pro has at most 10 options
@@ -128,7 +116,7 @@ def parse_task_list(text: str) -> dict[str, str]:
 
 
 def validate_settings(d: DownstreamEvalConfig) -> None:
-    """The `trainer.downstream_eval` values (config.validate calls this; files are checked later)."""
+    """The `trainer.downstream_eval` values (rrm_ray.validation calls this; files are checked later)."""
     for name, path in d.tasks.items():
         try:
             task_format(name)
@@ -218,8 +206,6 @@ def _read_csv(path: Path) -> list[tuple[int, dict]]:
 
 
 def _read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
-    from rrm_ray.data.io import DataFormatError, read_records
-
     if not path.is_file():
         raise DownstreamDataError(f"{path}: no such file ({'a folder' if path.exists() else 'missing'})")
     if path.name.lower().endswith(".csv"):
@@ -305,8 +291,6 @@ def task_config(
 
 def write_task_dir(tasks: dict[str, TaskData], out_dir: str | Path, num_fewshot: int = 0) -> Path:
     """`out_dir/<name>.jsonl` (normalised rows) and `out_dir/<name>.yaml` (its lm-eval task) per task."""
-    import yaml
-
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for task in tasks.values():
@@ -317,62 +301,6 @@ def write_task_dir(tasks: dict[str, TaskData], out_dir: str | Path, num_fewshot:
         config = task_config(task, data_file, out / "hf_datasets_cache", num_fewshot)
         (out / f"{task.name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return out
-
-
-def _number(value: Any) -> float | None:
-    """lm-eval writes "N/A" for a stderr it cannot compute (a single row)."""
-    return float(value) if isinstance(value, int | float) else None
-
-
-def evaluate_tasks(
-    tasks: dict[str, TaskData],
-    model_path: str,
-    device: str,
-    dtype: str,
-    batch_size: int,
-    num_fewshot: int = 0,
-) -> dict[str, dict[str, float | None]]:
-    """lm-eval over `tasks` with its HF backend on a local model: {task: {acc, acc_stderr, acc_norm,
-    acc_norm_stderr, n}}. Sets the hub-offline variables first (read by the libraries at import)."""
-    os.environ.update(OFFLINE_ENV)
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    # An absolute path is no valid hub repo id, so lm-eval's model-info lookup cannot become a request.
-    model_path = str(Path(model_path).resolve())
-    with tempfile.TemporaryDirectory(prefix="rrm-downstream-") as tmp:
-        task_dir = write_task_dir(tasks, tmp, num_fewshot)
-        manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-        out = lm_eval.simple_evaluate(
-            model="hf",
-            model_args={"pretrained": model_path, "dtype": dtype},
-            tasks=[lm_eval_task_name(name) for name in tasks],
-            batch_size=batch_size,
-            device=device,
-            task_manager=manager,
-            log_samples=False,
-        )
-    results: dict[str, dict[str, float | None]] = {}
-    for name in tasks:
-        scores = out["results"][lm_eval_task_name(name)]
-        results[name] = {
-            "acc": _number(scores["acc,none"]),
-            "acc_stderr": _number(scores.get("acc_stderr,none")),
-            "acc_norm": _number(scores["acc_norm,none"]),
-            "acc_norm_stderr": _number(scores.get("acc_norm_stderr,none")),
-            "n": float(out["n-samples"][lm_eval_task_name(name)]["effective"]),
-        }
-    return results
-
-
-def run_downstream_eval(
-    d: DownstreamEvalConfig, model_path: str, device: str, dtype: str
-) -> dict[str, dict[str, float | None]]:
-    """Read and check the files of `d.tasks`, then evaluate `model_path` ("smollm2" or an HF folder)."""
-    from rrm_ray.models import resolve_model_path
-
-    tasks = read_tasks(d)
-    return evaluate_tasks(tasks, resolve_model_path(model_path), device, dtype, d.batch_size, d.num_fewshot)
 
 
 def metric_names(results: dict[str, dict[str, float | None]], when: str | None = None) -> dict[str, float]:
@@ -388,159 +316,20 @@ def metric_names(results: dict[str, dict[str, float | None]], when: str | None =
     }
 
 
-def format_table(results: dict[str, dict[str, float | None]]) -> str:
+def results_table(results: dict[str, dict[str, float | None]]) -> str:
+    """Per task: n, acc and acc_norm with their standard errors ("-": lm-eval could not compute one)."""
+
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
-    lines = [f"{'task':<20}{'n':>7}{'acc':>8}{'stderr':>9}{'acc_norm':>10}{'stderr':>9}"]
-    for task, s in results.items():
-        lines.append(
-            f"{task:<20}{int(s['n'] or 0):>7}{cell(s['acc']):>8}{cell(s['acc_stderr']):>9}"
-            f"{cell(s['acc_norm']):>10}{cell(s['acc_norm_stderr']):>9}"
-        )
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------- train hook
-def downstream_metrics(cfg: JobConfig, model_path: str, when: str) -> dict[str, float]:
-    """`rrm-ray train`'s hook: the policy at `model_path` evaluated on `trainer.downstream_eval.tasks`,
-    as metric names (`metric_names`); {} when `trainer.downstream_eval.enabled` is false.
-
-    Connected to Ray (the training job), it runs in a Ray task that asks 1 GPU on cuda (1 CPU on cpu)
-    outside the job's placement groups, in a worker that exits afterwards: the driver never holds a
-    model, no GPU of the learner or the engines is shared, and the memory is returned. The task needs
-    that resource free (config.validate checks a declared cluster; here the live one) and
-    `model_path` readable on its node (a shared checkpoint.dir for the final policy on a multi-node
-    cluster). Without Ray it runs in this process.
-    """
-    if when not in WHEN:
-        raise ValueError(f"when must be one of {', '.join(WHEN)}, got {when!r}")
-    d = cfg.trainer.downstream_eval
-    if not d.enabled:
-        return {}
-    from rrm_ray.config import resolved_dtype
-
-    device, dtype = cfg.cluster.device, resolved_dtype(cfg)
-    import ray
-
-    if not ray.is_initialized():
-        return metric_names(run_downstream_eval(d, model_path, device, dtype), when)
-    resource = "GPU" if device == "cuda" else "CPU"
-    free = ray.available_resources().get(resource, 0.0)
-    if free < 1:
-        raise RuntimeError(
-            f"trainer.downstream_eval: the evaluation runs in a Ray task that needs 1 {resource} outside the "
-            f"job's placement groups, and the cluster has {free:g} free; leave one free, or set "
-            "trainer.downstream_eval.enabled=false and run `rrm-ray downstream-eval --model DIR` afterwards"
-        )
-    # Absolute paths, as this process sees them: a Ray worker does not start in the driver's directory.
-    d = dataclasses.replace(d, tasks={name: str(Path(p).resolve()) for name, p in d.tasks.items()})
-    if model_path != SMOLLM2_ALIAS:
-        model_path = str(Path(model_path).resolve())
-    remote = ray.remote(
-        num_cpus=1,
-        num_gpus=1 if device == "cuda" else 0,
-        max_calls=1,  # the worker exits after the task: the model's memory goes with it
-        runtime_env={"env_vars": OFFLINE_ENV},
-    )(run_downstream_eval)
-    ref = remote.remote(d, model_path, device, dtype)
-    try:
-        results = ray.get(ref, timeout=cfg.cluster.call_timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        ray.cancel(ref, force=True)
-        raise
-    return metric_names(results, when)
-
-
-# ---------------------------------------------------------------------------------------------- command
-def _tracker(cfg: JobConfig, model_path: str):
-    from rrm_ray.tracking import MLflowTracker, NullTracker, default_run_name
-
-    t = cfg.tracking
-    if not t.enabled:
-        return NullTracker()
-    return MLflowTracker(
-        t.uri,
-        t.experiment,
-        t.run_name or default_run_name("downstream", model_path),
-        system_metrics_interval_s=t.system_metrics_interval_s if t.system_metrics else None,
+    body = [
+        [
+            task,
+            str(int(s["n"] or 0)),
+            *(cell(s[k]) for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")),
+        ]
+        for task, s in results.items()
+    ]
+    return "\n".join(
+        aligned_table(["task", "n", "acc", "stderr", "acc_norm", "stderr"], body, label_first=True)
     )
-
-
-def _command(args: argparse.Namespace) -> int:
-    from rrm_ray.cli import with_verbose
-    from rrm_ray.config import load_config, resolved_dtype, to_flat_dict
-
-    cfg = load_config(args.config, with_verbose(args))
-    d = cfg.trainer.downstream_eval
-    tasks = parse_task_list(args.tasks) if args.tasks else dict(d.tasks)
-    if not tasks:
-        raise ConfigError("no tasks: give --tasks NAME=FILE[,...] or set trainer.downstream_eval.tasks")
-    d = dataclasses.replace(d, tasks=tasks, limit=args.limit if args.limit is not None else d.limit)
-    validate_settings(d)
-    if not args.verbose:
-        import logging
-
-        logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    read = read_tasks(d)  # every row checked before the model loads
-    for task in read.values():
-        dropped = f"; {task.padding_dropped} 'N/A' padding options dropped" if task.padding_dropped else ""
-        rows = f"{len(task.questions)} of {task.rows_in_file} rows"
-        print(f"{task.name}: {rows} of {task.path} ({task.format}{dropped})")
-    from rrm_ray.models import resolve_model_path
-
-    model = args.model or cfg.model.path
-    try:
-        model_dir = resolve_model_path(model)
-    except FileNotFoundError as exc:
-        print(f"error: --model: {exc}", file=sys.stderr)
-        return 2
-    tracker = _tracker(cfg, model_dir)
-    if tracker.run_id:
-        print(f"MLflow run {tracker.run_id} at {cfg.tracking.uri} (experiment {cfg.tracking.experiment!r})")
-    tracker.log_params(
-        {
-            **to_flat_dict(cfg),
-            "downstream.model": model,
-            "downstream.limit": d.limit,
-            **{f"downstream.tasks.{name}": path for name, path in tasks.items()},
-        }
-    )
-    tracker.set_tags({"rrm_ray.job": "downstream-eval", "rrm_ray.model": model_dir})
-    status = "FAILED"
-    try:
-        started = time.perf_counter()
-        results = evaluate_tasks(
-            read, model_dir, cfg.cluster.device, resolved_dtype(cfg), d.batch_size, d.num_fewshot
-        )
-        seconds = time.perf_counter() - started
-        print(f"\n{format_table(results)}")
-        where = f"{cfg.cluster.device} ({resolved_dtype(cfg)})"
-        print(f"{model} on {where}, {d.num_fewshot}-shot, in {seconds:.1f}s")
-        tracker.log_metrics({**metric_names(results), "downstream/seconds": seconds}, step=0)
-        for task in read.values():
-            if not task.path.lower().endswith(".csv"):  # MLflow's dataset reader takes JSON(L)/Parquet
-                tracker.log_dataset(task.path, "eval")
-        status = "FINISHED"
-    finally:
-        tracker.close(status)
-    return 0
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    from rrm_ray.cli import add_run_options
-
-    p = sub.add_parser(
-        "downstream-eval",
-        help="lm-eval multiple-choice accuracy of a model on local MMLU-Pro / GPQA files (offline)",
-    )
-    p.add_argument("--model", help="an HF model directory or 'smollm2' (default: model.path)")
-    p.add_argument(
-        "--tasks",
-        help="NAME=FILE[,NAME=FILE...]; NAME is a format (mmlu_pro, gpqa) alone or with _label "
-        "(default: trainer.downstream_eval.tasks)",
-    )
-    p.add_argument("--limit", type=int, help="only the first N rows of each file")
-    p.add_argument("--config", help="YAML config (cluster.device, model.dtype, tracking, ...)")
-    add_run_options(p)
-    p.set_defaults(func=_command)

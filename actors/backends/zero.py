@@ -1,0 +1,193 @@
+"""The DeepSpeed ZeRO-2/3 backend over torch AdamW (DeepSpeed is imported when a backend is built)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from actors.backends.base import Backend, StepOutcome
+from actors.model_io import CheckpointError, load_hf_model
+
+if TYPE_CHECKING:
+    from rrm_ray.config import LearnerConfig
+
+DS_TAG = "deepspeed"
+GATHER_NUMEL = 1 << 26  # ZeRO-3 export gathers at most this many elements at once
+
+
+def ds_config(cfg: LearnerConfig, dtype: torch.dtype, device: torch.device, frozen: bool) -> dict:
+    """The DeepSpeed config for our learner dict (see the module docstring for the scaling choices)."""
+    stage = cfg.zero_stage
+    offload_opt, offload_params = cfg.offload_optimizer, cfg.offload_params
+    if stage not in (2, 3):
+        raise ValueError(f"learner.zero_stage must be 2 or 3, got {stage}")
+    if offload_params and stage != 3:
+        raise ValueError("learner.offload_params needs learner.zero_stage=3 (ZeRO-2 keeps full parameters)")
+    if (offload_opt or offload_params) and device.type == "cpu":
+        raise ValueError("learner.offload_optimizer/offload_params move state off the GPU: cuda only")
+    zero: dict[str, Any] = {"stage": stage}
+    if offload_opt:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,  # bookkeeping only: we feed the engine ourselves
+        "gradient_accumulation_steps": 1,  # never rescale the loss; the learner marks boundaries
+        "zero_optimization": zero,
+        # bf16/fp16: the ZeRO optimizer keeps fp32 master partitions (bf16_master_weights_and_grads
+        # stays off) and skips a step whose gradients overflowed; fp16 adds dynamic loss scaling.
+        "bf16": {"enabled": dtype == torch.bfloat16, "check_grad_overflow": True},
+        "fp16": {"enabled": dtype == torch.float16},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if dtype != torch.float32 and not frozen:  # accumulate and reduce micro-batch gradients in fp32
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+        config["communication_data_type"] = "fp32"
+    if not frozen:
+        config["gradient_clipping"] = float(cfg.grad_clip)
+        config["zero_force_ds_cpu_optimizer"] = False  # torch AdamW also with optimizer offload
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {
+                "lr": cfg.lr,
+                "betas": [cfg.adam_beta1, cfg.adam_beta2],
+                "eps": 1e-8,  # torch.optim.AdamW's default, as the FSDP2 backend uses
+                "weight_decay": cfg.weight_decay,
+                "torch_adam": True,
+            },
+        }
+    return config
+
+
+def import_deepspeed(device_type: str):
+    """Import DeepSpeed, choosing its CPU accelerator first when there is no GPU (read at import)."""
+    if device_type == "cpu":
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed
+
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    return deepspeed
+
+
+class DeepSpeedBackend(Backend):
+    """A DeepSpeed engine with ZeRO stage 2 or 3 over torch AdamW; a frozen one has no optimizer."""
+
+    name = "deepspeed"
+
+    def __init__(
+        self, model_path: str, dtype: torch.dtype, device: torch.device, cfg: LearnerConfig, frozen: bool
+    ) -> None:
+        os.environ.setdefault("LOCAL_RANK", "0")  # Ray shows each rank exactly its own device
+        deepspeed = import_deepspeed(device.type)
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
+        self.deepspeed = deepspeed
+        model = load_hf_model(model_path, dtype, device, cfg.gradient_checkpointing and not frozen)
+        config = ds_config(cfg, dtype, device, frozen)
+        self.stage = config["zero_optimization"]["stage"]
+        if frozen:
+            model.eval()
+            model.requires_grad_(False)
+        if frozen and self.stage < 3:  # nothing to shard without an optimizer: a plain replica
+            self.model, self.engine = model, None
+            return
+        params = None if frozen else model.parameters()
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+        self.model = self.engine
+        if frozen:
+            self.engine.eval()
+
+    def start_micro_batch(self, last: bool) -> None:
+        self.engine.set_gradient_accumulation_boundary(last)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def clip_and_step(self, max_norm: float) -> StepOutcome:
+        self.engine.optimizer.clip_grad = max(max_norm, 0.0)  # ZeRO-2/3 clip inside their step()
+        self.engine.set_gradient_accumulation_boundary(True)
+        self.engine.step()  # also zeroes the gradients; skips the update when their norm is inf/nan
+        norm = self.engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else float("nan")
+        return StepOutcome(norm, math.isfinite(norm))  # ZeRO reports a skipped step's norm as inf
+
+    def zero_grad(self) -> None:
+        self.engine.zero_grad()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _has_masters(self) -> bool:
+        """bf16/fp16 training: the module holds low-precision copies, the optimizer the fp32 masters."""
+        return (
+            self.engine is not None
+            and self.engine.optimizer is not None
+            and (self.engine.bfloat16_enabled() or self.engine.fp16_enabled())
+        )
+
+    def full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        if dtype is None and self._has_masters():
+            return self._full_masters()
+        sd = self._full_module_state()
+        return {k: v.to(dtype) for k, v in sd.items()} if dtype is not None else sd
+
+    def _full_masters(self) -> dict[str, torch.Tensor]:
+        """The fp32 master weights, one parameter at a time (collective: DeepSpeed all-reduces each)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        rank0 = dist.get_rank() == 0
+        out: dict[str, torch.Tensor] = {}
+        gathered: dict[int, torch.Tensor | None] = {}
+        for name, t in self.engine.module.state_dict(keep_vars=True).items():
+            if id(t) not in gathered:
+                master = safe_get_full_fp32_param(t) if isinstance(t, torch.nn.Parameter) else None
+                full = master if master is not None else t  # buffers: as they are
+                gathered[id(t)] = full.detach().to("cpu", copy=True) if rank0 else None
+            if rank0:
+                out[name] = gathered[id(t)]
+        return out
+
+    def _full_module_state(self) -> dict[str, torch.Tensor]:
+        module = self.engine.module if self.engine is not None else self.model
+        rank0 = dist.get_rank() == 0
+        if self.stage < 3:  # ZeRO-2 keeps full parameters on every rank
+            if not rank0:
+                return {}
+            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        # ZeRO-3: gather parameters a bounded group at a time; tied names share one gathered copy.
+        entries = module.state_dict(keep_vars=True)
+        unique: dict[int, torch.Tensor] = {}
+        for t in entries.values():
+            unique.setdefault(id(t), t)
+        copies: dict[int, torch.Tensor] = {}
+        group: list[torch.Tensor] = []
+        numel = 0
+        tensors = list(unique.values())
+        for i, t in enumerate(tensors):
+            group.append(t)
+            numel += getattr(t, "ds_numel", t.numel())
+            if numel >= GATHER_NUMEL or i == len(tensors) - 1:
+                params = [p for p in group if hasattr(p, "ds_id")]
+                with self.deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                    if rank0:
+                        for p in group:
+                            copies[id(p)] = p.detach().to("cpu", copy=True)
+                group, numel = [], 0
+        return {k: copies[id(t)] for k, t in entries.items()} if rank0 else {}
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag=DS_TAG, client_state={}, save_latest=True)
+
+    def load(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(
+            str(directory), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if path is None:
+            raise CheckpointError(f"{directory}: DeepSpeed found no checkpoint under tag {DS_TAG!r}")

@@ -1,0 +1,123 @@
+"""`rrm-ray train | dpo | export`: a GRPO or DPO job on a local Ray or a cluster, and a checkpoint
+exported as an HF model directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from actors.export import export_checkpoint_to_hf
+from rrm_ray.checkpoint import is_complete
+from rrm_ray.commands.options import add_run_options, with_verbose
+from rrm_ray.data.downstream import read_tasks
+from rrm_ray.data.tasks import check_data_paths
+from rrm_ray.jobs.dpo import DPOJob
+from rrm_ray.jobs.grpo import GRPOJob
+from rrm_ray.models import resolve_model_path
+from rrm_ray.tracking import run_line
+from rrm_ray.validation import load_config, validate_dpo
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, with_verbose(args))  # validated before Ray is touched
+    check_data_paths(cfg)  # a mistyped data path fails now, not after the model is loaded
+    if cfg.trainer.downstream_eval.enabled:
+        read_tasks(cfg.trainer.downstream_eval)  # every row of its files checked now, too
+    if args.command == "dpo":
+        validate_dpo(cfg)
+        job_cls: type[GRPOJob | DPOJob] = DPOJob
+    else:
+        job_cls = GRPOJob
+
+    job = job_cls(cfg)
+    if line := run_line(job.tracker, cfg.tracking):
+        print(line)
+    status = "FAILED"
+    try:
+        job.start()
+        summary = job.run()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("interrupted: shutting down the actors", file=sys.stderr)
+        return 130
+    finally:
+        job.close(status)
+    _print_summary(summary)
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump({k: v for k, v in summary.items() if k != "history"}, f, indent=2, default=str)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    before, after = summary["before"], summary["after"]
+    print(f"\nsteps {summary['steps']} in {summary['wall_s']:.0f}s; MLflow run {summary['run_id']}")
+    if before and after:
+        for key in before:
+            if key.endswith(("_ci_low", "_ci_high", "_n")) or key not in after:
+                continue  # printed beside their accuracy
+            line = f"held-out {key.split('/')[-1]:>16}: before {before[key]:.3f}  after {after[key]:.3f}"
+            if f"{key}_ci_low" in after:
+                line += f"  (after: 95% CI {after[key + '_ci_low']:.3f}-{after[key + '_ci_high']:.3f}"
+                line += f", n={after[key + '_n']:.0f})"
+            print(line)
+    down = summary.get("downstream") or {}  # a resumed run has only the final policy's
+    for task in sorted(
+        {k.split("/")[1] for k in down if k.startswith(("downstream_before/", "downstream_after/"))}
+    ):
+        parts = [
+            f"{when} {down[f'downstream_{when}/{task}/acc']:.3f}"
+            for when in ("before", "after")
+            if f"downstream_{when}/{task}/acc" in down
+        ]
+        print(f"downstream {task}: {'  '.join(parts)}")
+    agreement = summary.get("judge_agreement")
+    if agreement and agreement["pairs_total"]:
+        rate = agreement["pairs_agree"] / agreement["pairs_total"]
+        print(
+            f"RRM vs verifier: agreed on {agreement['pairs_agree']}/{agreement['pairs_total']} comparisons "
+            f"({rate:.0%}) whose two responses the verifier scored apart; its pick was one the verifier "
+            f"scored best for {agreement['picks_correct']}/{agreement['picks_total']} prompts"
+        )
+    if summary.get("final_policy"):
+        print(f"final policy (HF format): {summary['final_policy']}")
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Checkpoint -> HF directory, without Ray or a process group."""
+    checkpoint = Path(args.checkpoint)
+    if not is_complete(checkpoint):
+        print(f"{checkpoint} is not a complete checkpoint (no COMPLETE marker)", file=sys.stderr)
+        return 2
+    cfg = load_config(checkpoint / "config.yaml")
+    out = export_checkpoint_to_hf(
+        str(checkpoint / "learner"), resolve_model_path(cfg.model.path), args.out, dtype=args.dtype
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    for name, helptext in (
+        ("train", "run a GRPO job (starts a local Ray unless cluster.address is set)"),
+        ("dpo", "run a DPO job whose preference labels come from the RRM judge"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("config")
+        add_run_options(p)
+        p.add_argument("--summary-json", help="also write the run summary here")
+        p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="a complete checkpoint -> an HF model directory (no Ray needed)")
+    p.add_argument("checkpoint", help="a step_N directory written by checkpoint.every")
+    p.add_argument("--out", required=True, help="the HF directory to write")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="weights' dtype in the export (default: the model's dtype; checkpoints hold fp32 masters)",
+    )
+    p.set_defaults(func=_export)

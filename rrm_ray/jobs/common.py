@@ -1,0 +1,173 @@
+"""What the GRPO and DPO jobs share: phase timers, the prompt stream, the tracker, held-out evaluation,
+the final policy and the figures, and the context-manager base that closes a job's roles and run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from rrm_ray.clients.cluster import ray_submission_id
+from rrm_ray.clients.learner import LearnerClient
+from rrm_ray.clients.roles import Roles
+from rrm_ray.config import JobConfig, to_flat_dict, to_yaml
+from rrm_ray.data.prompts import PromptRow, render_prompt
+from rrm_ray.data.tasks import RENDERED
+from rrm_ray.step_metrics import accuracy, verdict_breakdown
+from rrm_ray.tracking import BufferedTracker, NullTracker, Tracker, open_tracker
+
+
+@dataclass
+class PhaseTimer:
+    """Seconds per named phase within one step."""
+
+    on_phase: Callable[[str], None] | None = None  # told each phase's name as it starts (the console)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self.show(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def show(self, name: str) -> None:
+        """Name the phase on the console without timing it here (the learner times its own)."""
+        if self.on_phase is not None:
+            self.on_phase(name)
+
+
+class PromptStream:
+    """Epoch-wise shuffled prompts; `position` makes the stream resumable. `unit` consecutive rows stay
+    together (order-balanced judge training: a pair's two presentation orders form one GRPO group)."""
+
+    def __init__(self, rows: list[PromptRow], batch: int, shuffle: bool, seed: int, unit: int = 1) -> None:
+        if len(rows) % unit:
+            raise ValueError(f"PromptStream: {len(rows)} rows do not split into units of {unit}")
+        self.rows, self.batch, self.shuffle, self.seed, self.unit = rows, batch, shuffle, seed, unit
+        self.position = 0  # units (prompts, or pairs in both orders) consumed since the start
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.rows) // self.unit))
+        if self.shuffle:
+            random.Random(self.seed + epoch).shuffle(order)
+        return order
+
+    def next(self) -> list[PromptRow]:
+        out = []
+        for _ in range(self.batch):
+            epoch, offset = divmod(self.position, len(self.rows) // self.unit)
+            start = self._order(epoch)[offset] * self.unit
+            out.extend(self.rows[start : start + self.unit])
+            self.position += 1
+        return out
+
+
+# -- what GRPO and DPO jobs share -----------------------------------------------------------------------
+def make_tracker(cfg: JobConfig, job_kind: str, model_path: str, run_id: str | None) -> Tracker:
+    """A training job's MLflow run, buffered through outages; a resumed run continues `run_id`. A new run
+    gets the flattened config as params, the data files as dataset inputs and the job's tags."""
+    inner = open_tracker(cfg.tracking, job_kind, model_path, run_id=run_id)
+    if isinstance(inner, NullTracker):
+        return inner
+    tracker = BufferedTracker(inner, Path(cfg.checkpoint.dir) / "mlflow_buffer.jsonl")
+    if run_id is None:
+        tracker.log_params(to_flat_dict(cfg))
+        d = cfg.data  # the files as read (generated ones exist by now): MLflow dataset inputs
+        for path, context in ((d.train_path, "training"), (d.eval_path, "eval")):
+            if path and Path(path).is_file():
+                tracker.log_dataset(str(path), context)
+    job_id = ray_submission_id() or os.environ.get("RAY_JOB_ID", "")
+    tracker.set_tags({"rrm_ray.job": job_kind, "ray.job_id": job_id})
+    return tracker
+
+
+def think_budget(cfg: JobConfig) -> int:
+    """Judge training (the policy is the judge) with budget forcing: see rrm_ray.judge.budget."""
+    return cfg.judge.think_budget if cfg.data.format == "preference" else 0
+
+
+def render(cfg: JobConfig, tokenizer: Any, rows: list[PromptRow]) -> list[str]:
+    m = cfg.model
+    return [
+        row.prompt
+        if row.extra.get(RENDERED)
+        else render_prompt(tokenizer, row.prompt, m.system_prompt, m.use_chat_template)
+        for row in rows
+    ]
+
+
+def evaluate_policy(
+    cfg: JobConfig, roles: Roles, rows: list[PromptRow], prompts: list[str]
+) -> dict[str, float]:
+    """Greedy decoding on the held-out prompts, scored by the same rule."""
+    if not rows:
+        return {}
+    completions = roles.rollout.generate(prompts, 1, 0.0, cfg.rollout.eval_max_new_tokens, seed=None)
+    scored = roles.reward.score(completions, rows)
+    rewards = [r for r in scored.rewards if r is not None]
+    if not rewards:
+        return {}
+    judging = cfg.data.format == "preference"
+    breakdown = (
+        verdict_breakdown("eval", rows, completions, cfg.judge.mode, think_budget(cfg)) if judging else {}
+    )
+    return {
+        "eval/reward_mean": sum(rewards) / len(rewards),
+        **accuracy("eval/accuracy", scored.correct, interval=True),
+        **breakdown,
+        "eval/response_length": sum(len(c.response_ids) for c in completions) / len(completions),
+    }
+
+
+def save_final(cfg: JobConfig, learner: LearnerClient, tracker: Tracker, step: int) -> str | None:
+    """The final policy in HF format (and its config), its path tagged on the MLflow run."""
+    if not cfg.checkpoint.save_final:
+        return None
+    final_dir = str(Path(cfg.checkpoint.dir, "final").resolve())
+    Path(final_dir).parent.mkdir(parents=True, exist_ok=True)
+    learner.save_hf(final_dir)
+    Path(final_dir, "rrm_ray_config.yaml").write_text(to_yaml(cfg))
+    tracker.set_tags({"rrm_ray.final_policy": final_dir})
+    t = cfg.tracking
+    if t.log_model != "none":  # the run's output: MLflow then lists it as a training run
+        tracker.log_model(final_dir, t.log_model, step, "policy", t.registered_model)
+    return final_dir
+
+
+def log_figures(cfg: JobConfig, tracker: Tracker) -> None:
+    """PNG figures of what MLflow does not draw (rrm_ray.figures), from the run's whole metric
+    history (earlier attempts of a resumed run included), as artifacts under `figures/`."""
+    from rrm_ray import figures
+
+    history = tracker.metric_history(("time/", "judge/", "eval/"))
+    out = Path(cfg.checkpoint.dir, "figures")
+    for draw in (figures.phase_seconds, figures.judge_agreement, figures.learning_curve):
+        path = draw(history, out / f"{draw.__name__}.png")
+        if path is not None:
+            tracker.log_artifact(str(path), "figures")
+
+
+class RoleJob:
+    """A job that owns `self.roles` and `self.tracker`: as a context manager it closes both, the run
+    marked FAILED when the block raised (GRPOJob, DPOJob)."""
+
+    roles: Roles
+    tracker: Tracker
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close("FAILED" if exc_type else "FINISHED")
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.roles.close()
+        self.tracker.close(status)
