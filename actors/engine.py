@@ -13,6 +13,7 @@ and importing vLLM costs seconds and sets up its platform state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -225,6 +226,22 @@ class VLLMEngine(Worker):
             update_info = {**update_info, "tensors": [t for _, t in ray.get(update_info["bucket_ref"])]}
             del update_info["bucket_ref"]
         self.llm.update_weights({"update_info": update_info})
+
+    def abort_weight_update(self) -> None:
+        """End an update that failed half-way (the learner calls this after a failed sync), so the
+        next sync can start: vLLM has no abort, so its update is finished if it is still open (the
+        layerwise reload is finalised; layers that got no new weights keep their old ones), our receipt
+        is dropped, and the transfer is closed (a collective group that broke mid-chunk is unusable),
+        so `weight_transfer_ready` says a new one must be set up. Until the next full sync the engine
+        may hold a mix of old and new weights."""
+        with contextlib.suppress(Exception):  # not open any more: the worker already ended it
+            self.llm.finish_weight_update()
+        self.llm.collective_rpc("rrm_abort_sync")
+        if self._transfer_initialized:
+            with contextlib.suppress(Exception):
+                self.llm.shutdown_weight_transfer_engine()
+            self._transfer_initialized = False
+        self.llm.reset_prefix_cache()
 
     def finish_weight_update(self) -> dict[str, int]:
         """vLLM's finish (layerwise reload finalised), then the completeness check: raises
