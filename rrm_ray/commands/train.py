@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.export import export_checkpoint_to_hf
-from rrm_ray.checkpoint import is_complete
+from rrm_ray.checkpoint import is_complete, verify
 from rrm_ray.commands.options import add_run_options, with_verbose
 from rrm_ray.data.downstream import read_tasks
 from rrm_ray.data.tasks import check_data_paths
@@ -88,16 +88,27 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """Checkpoint -> HF directory, without Ray or a process group."""
-    checkpoint = Path(args.checkpoint)
+    """Checkpoint -> HF directory, without Ray or a process group. The checkpoint is verified against
+    its manifest first; a non-empty --out is refused unless --overwrite."""
+    checkpoint, out = Path(args.checkpoint), Path(args.out)
     if not is_complete(checkpoint):
         print(f"{checkpoint} is not a complete checkpoint (no COMPLETE marker)", file=sys.stderr)
         return 2
+    problems = verify(checkpoint)
+    if problems:
+        print(f"{checkpoint} does not match its manifest: {'; '.join(problems[:5])}", file=sys.stderr)
+        return 2
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        print(
+            f"--out {out} exists and is not empty; pass --overwrite to replace it, or choose another --out",
+            file=sys.stderr,
+        )
+        return 2
     cfg = load_config(checkpoint / "config.yaml")
-    out = export_checkpoint_to_hf(
-        str(checkpoint / "learner"), resolve_model_path(cfg.model.path), args.out, dtype=args.dtype
+    written = export_checkpoint_to_hf(
+        str(checkpoint / "learner"), resolve_model_path(cfg.model.path), out, dtype=args.dtype
     )
-    print(f"wrote {out}")
+    print(f"wrote {written}")
     return 0
 
 
@@ -114,7 +125,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="a complete checkpoint -> an HF model directory (no Ray needed)")
     p.add_argument("checkpoint", help="a step_N directory written by checkpoint.every")
-    p.add_argument("--out", required=True, help="the HF directory to write")
+    p.add_argument("--out", required=True, help="the HF directory to write (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     p.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),

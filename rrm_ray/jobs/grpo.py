@@ -27,11 +27,15 @@ from typing import Any
 from rrm_ray import algo
 from rrm_ray.checkpoint import (
     DriverState,
+    RunRecord,
     begin,
     commit,
+    latest_of_run,
+    new_run_id,
     prune,
     read_driver_state,
     resolve_resume,
+    run_dir,
     write_driver_state,
 )
 from rrm_ray.clients.cluster import connect_ray
@@ -95,8 +99,16 @@ class GRPOJob(RoleJob):
         self.resumed_state = (
             read_driver_state(self.resume_from, restore_rng=False) if self.resume_from else None
         )
-        run_id = self.resumed_state.mlflow_run_id if self.resumed_state else None
-        self.tracker = tracker or make_tracker(cfg, self.job_kind, self.model_path, run_id)
+        # The run: a resumed one continues its own (folder, MLflow run); a new one starts a series of its
+        # own, beside any other run's in checkpoint.dir (rrm_ray.checkpoint).
+        state = self.resumed_state
+        self.run_id = (state.run_id if state else None) or new_run_id(self.job_kind)
+        self.run_dir = run_dir(cfg.checkpoint.dir, self.run_id)
+        record = RunRecord.read(self.run_dir)  # the MLflow run may have been created after the checkpoint
+        mlflow_run_id = (state.mlflow_run_id if state else None) or (record.mlflow_run_id if record else None)
+        self.tracker = tracker or make_tracker(
+            cfg, self.job_kind, self.model_path, mlflow_run_id, self.run_id, self.run_dir
+        )
         self.roles = Roles(
             cfg,
             self.model_path,
@@ -130,18 +142,20 @@ class GRPOJob(RoleJob):
         """Learner shards + driver state into `step_N.partial`, then marked complete and renamed. Batches
         generated ahead (max_staleness >= 1) are not saved: the data position is the oldest one's, so a
         resumed run generates them again, with the checkpoint's weights."""
-        root = Path(self.cfg.checkpoint.dir)
-        partial = begin(root, self.step)
+        ck = self.cfg.checkpoint
+        partial = begin(self.run_dir, self.step)
         self.roles.learner.save_checkpoint(str(partial / "learner"))
         state = DriverState(
             self.step,
             self.schedule.resume_position(self.stream.position),
             self.tracker.run_id,
             {"faults": dict(self.faults), "eval_before": dict(self.before)},
+            self.run_id,
         )
-        write_driver_state(partial, state, to_yaml(self.cfg))
-        final = commit(partial, {"step": self.step, "backend": self.cfg.learner.backend})
-        prune(root, self.cfg.checkpoint.keep_last)
+        write_driver_state(partial, state, to_yaml(self.cfg))  # secrets redacted
+        manifest = {"step": self.step, "backend": self.cfg.learner.backend}
+        final = commit(partial, manifest, self.run_id, ck.checksums)
+        prune(self.run_dir, ck.keep_last, self.run_id)
         self.tracker.set_tags({"rrm_ray.last_checkpoint": str(final)})
         return final
 
@@ -157,8 +171,9 @@ class GRPOJob(RoleJob):
         self.roles.sync_weights()
 
     def _recover_learner(self, error: ActorDied) -> None:
-        """A learner rank died: rebuild the learner group and continue from the last checkpoint."""
-        latest = resolve_resume("auto", self.cfg.checkpoint.dir)
+        """A learner rank died: rebuild the learner group and continue from this run's last intact
+        checkpoint (never another run's in the same checkpoint.dir)."""
+        latest = latest_of_run(self.cfg.checkpoint.dir, self.run_id)
         restarts = self.roles.restarts
         decision = restarts.decide("learner", error, has_checkpoint=latest is not None)
         if decision.action == "fail":
@@ -319,7 +334,7 @@ class GRPOJob(RoleJob):
         return metrics
 
     def save_final(self) -> str | None:
-        return save_final(self.cfg, self.roles.learner, self.tracker, self.step)
+        return save_final(self.cfg, self.roles.learner, self.tracker, self.step, self.run_dir)
 
     # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -379,7 +394,7 @@ class GRPOJob(RoleJob):
             after_downstream = downstream_metrics(cfg, final_dir, "after")
             self.tracker.log_metrics(after_downstream, step=self.step)
             downstream |= after_downstream
-        log_figures(cfg, self.tracker)
+        log_figures(self.tracker, self.run_dir)
         return {
             "before": before,
             "after": after,
