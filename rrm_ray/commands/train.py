@@ -17,6 +17,7 @@ from rrm_ray.data.tasks import check_data_paths
 from rrm_ray.jobs.dpo import DPOJob
 from rrm_ray.jobs.grpo import GRPOJob
 from rrm_ray.models import resolve_model_path
+from rrm_ray.stopping import GracefulStop
 from rrm_ray.tracking import run_line
 from rrm_ray.validation import load_config, validate_dpo
 
@@ -32,24 +33,33 @@ def _train(args: argparse.Namespace) -> int:
     else:
         job_cls = GRPOJob
 
-    job = job_cls(cfg)
-    if line := run_line(job.tracker, cfg.tracking):
-        print(line)
-    status = "FAILED"
-    try:
-        job.start()
-        summary = job.run()
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        print("interrupted: shutting down the actors", file=sys.stderr)
-        return 130
-    finally:
-        job.close(status)
+    # SIGTERM / SIGINT stop the job at its next step boundary, within trainer.stop_grace_s (rrm_ray.stopping)
+    with GracefulStop(cfg.trainer.stop_grace_s) as stop:
+        job = job_cls(cfg)
+        job.stop = stop
+        print(f"run {job.run_id}: checkpoints and the final policy go to {job.run_dir}")
+        if line := run_line(job.tracker, cfg.tracking):
+            print(line)
+        status = "FAILED"
+        try:
+            job.start()
+            summary = job.run()
+            status = "KILLED" if summary.get("stopped") else "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            print("interrupted: shutting down the actors", file=sys.stderr)
+            return stop.exit_code
+        finally:
+            job.close(status)
     _print_summary(summary)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump({k: v for k, v in summary.items() if k != "history"}, f, indent=2, default=str)
+    if summary.get("stopped"):
+        where = summary.get("checkpoint")
+        resume = f"; `resume=auto` continues from {where}" if where else ""
+        print(f"stopped by {summary['stopped']} after step {summary['steps']}{resume}", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

@@ -20,6 +20,7 @@ from rrm_ray.config import JobConfig, to_flat_dict, to_yaml
 from rrm_ray.data.prompts import PromptRow, render_prompt
 from rrm_ray.data.tasks import RENDERED
 from rrm_ray.step_metrics import accuracy, verdict_breakdown
+from rrm_ray.stopping import GracefulStop
 from rrm_ray.tracking import BufferedTracker, NullTracker, Tracker, open_tracker
 
 
@@ -179,10 +180,15 @@ def log_figures(tracker: Tracker, folder: Path) -> None:
 
 class RoleJob:
     """A job that owns `self.roles` and `self.tracker`: as a context manager it closes both, the run
-    marked FAILED when the block raised (GRPOJob, DPOJob)."""
+    marked FAILED when the block raised (GRPOJob, DPOJob). `stop`: the command's graceful stop
+    (SIGTERM/SIGINT), checked at every step boundary."""
 
     roles: Roles
     tracker: Tracker
+    stop: GracefulStop | None = None
+
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.requested
 
     def __enter__(self) -> Self:
         return self

@@ -181,6 +181,21 @@ class DPOJob(RoleJob):
         with StepPrinter(total, before) as printer:
             for epoch in range(d.epochs):
                 for s in range(steps_per_epoch):
+                    if self.stop_requested():  # SIGTERM / SIGINT: DPO keeps no checkpoint to resume
+                        assert self.stop is not None
+                        self.stop.reached_boundary()
+                        self.tracker.set_tags({"rrm_ray.stopped_by": self.stop.name})
+                        return {
+                            "before": before,
+                            "after": {},
+                            "steps": self.step,
+                            "wall_s": time.perf_counter() - started,
+                            "run_id": self.tracker.run_id,
+                            "history": history,
+                            "pairs": stats,
+                            "final_policy": None,
+                            "stopped": self.stop.name,
+                        }
                     rows = slice(2 * s * per_step, 2 * (s + 1) * per_step)
                     part, part_ref = batch.select(rows), ref[rows]
                     shards = shard_pairs(part, ranks)
