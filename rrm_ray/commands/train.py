@@ -12,10 +12,12 @@ from typing import Any
 from actors.export import export_checkpoint_to_hf
 from rrm_ray.checkpoint import is_complete, verify
 from rrm_ray.commands.options import add_run_options, with_verbose
+from rrm_ray.config import secret_values
 from rrm_ray.data.downstream import read_tasks
 from rrm_ray.data.tasks import check_data_paths
 from rrm_ray.jobs.dpo import DPOJob
 from rrm_ray.jobs.grpo import GRPOJob
+from rrm_ray.logs import redact_console
 from rrm_ray.models import resolve_model_path
 from rrm_ray.stopping import GracefulStop
 from rrm_ray.tracking import run_line
@@ -24,6 +26,7 @@ from rrm_ray.validation import load_config, validate_dpo
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, with_verbose(args))  # validated before Ray is touched
+    redact_console(secret_values(cfg))  # an HF_TOKEN in cluster.env never reaches the console or a log
     check_data_paths(cfg)  # a mistyped data path fails now, not after the model is loaded
     if cfg.trainer.downstream_eval.enabled:
         read_tasks(cfg.trainer.downstream_eval)  # every row of its files checked now, too
