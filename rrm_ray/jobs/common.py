@@ -197,5 +197,9 @@ class RoleJob:
         self.close("FAILED" if exc_type else "FINISHED")
 
     def close(self, status: str = "FINISHED") -> None:
-        self.roles.close()
-        self.tracker.close(status)
+        """Shut the roles down and end the run: the run is ended (and its buffer flushed) even when
+        shutting the roles down fails."""
+        try:
+            self.roles.close()
+        finally:
+            self.tracker.close(status)

@@ -420,6 +420,8 @@ class GRPOJob(RoleJob):
                     self.tracker.log_metrics(ev, step=self.step)
                     metrics.update(ev)
                 printer.update(self.step, metrics)
+            if self.stop_requested():  # a signal during the last step: stop, as at any step boundary
+                return self._stopped(started, before, history)
         if cfg.checkpoint.every and self.step % cfg.checkpoint.every:
             self.save_checkpoint()  # the last steps, too
         after = self.evaluate()
