@@ -394,7 +394,7 @@ class LearnerWorker(Worker):
         self.policy.load(d)
         rng_file = d / f"rng_rank{self.rank:05d}.pt"
         if same_world and rng_file.is_file():  # FSDP2 may reshard; RNG streams then start afresh
-            rng = torch.load(rng_file, weights_only=False)
+            rng = torch.load(rng_file, weights_only=True)  # tensors and an int: nothing that runs code
             torch.set_rng_state(rng["cpu"])
             if "cuda" in rng and self.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"])

@@ -2,7 +2,7 @@
 
 rrm-ray train configs/quickstart.yaml trainer.total_steps=5
 rrm-ray dpo configs/dpo_rrm_cpu.yaml
-rrm-ray export runs/quickstart/step_000010 --out hf_model/ --dtype bfloat16
+rrm-ray export runs/quickstart/<run id>/step_000010 --out hf_model/ --dtype bfloat16
 rrm-ray judge | eval | best-of-n ...  # the RRM judge on its own
 rrm-ray submit configs/quickstart.yaml --address http://head:8265 -- trainer.total_steps=5
 rrm-ray status JOB | logs JOB [--follow] | list | stop JOB

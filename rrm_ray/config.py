@@ -9,6 +9,8 @@ against the declared cluster shape, and every message says which key is wrong an
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,17 @@ class ClusterConfig:
     num_nodes: int = 0
     gpus_per_node: int = 0
     placement_timeout_s: float = 120.0  # waiting longer than this for resources is an error
-    call_timeout_s: float = 1800.0  # every remote call waits at most this long
+    # Every remote call waits at most this long; an actor that does not answer in time is treated as
+    # hung: killed and restarted like a dead one (counted in faults/<role>_hangs). Must outlive
+    # judge.batch_timeout_s and the reward rule's worst case for one batch (validated).
+    call_timeout_s: float = 3600.0
     # A dead rollout/judge/reward actor is restarted and its call retried this many times (per actor);
     # the learner is rebuilt from a checkpoint at most this many times (rrm_ray/recovery.py).
     max_actor_restarts: int = 2
-    env: dict[str, str] = field(default_factory=dict)  # extra env vars for every actor
+    # Extra env vars for every actor. Their values are treated as secrets (an HF_TOKEN, say): shown as
+    # "***" in MLflow params, saved configs and the console; `${oc.env:NAME}` reads one from the
+    # driver's environment instead of writing it in a file.
+    env: dict[str, str] = field(default_factory=dict)
     # Roles that share GPUs, e.g. [[rollout, judge]] or [[rollout, judge, learner]]: one placement group
     # whose every bundle the k roles split (each asks 1/k of its CPU and GPU). On GPU the engines sleep
     # (rollout.sleep_level, judge.sleep_level) while another role of the group works. Roles in a group
@@ -268,6 +276,12 @@ class TrainerConfig:
     # trains, each trained at most this many policy versions after the weights that generated it; the
     # lag is corrected by algorithm.tis_cap. 0: synchronous (generate, score, update, sync in turn).
     max_staleness: int = 0
+    # SIGTERM / SIGINT (`rrm-ray stop`, Ctrl-C, Kubernetes, Slurm): the step in flight may finish within
+    # this many seconds, then a checkpoint is written, MLflow is flushed and the run marked KILLED; past
+    # it the step is abandoned (the last checkpoint stays) and the run closed at once. Kubernetes and
+    # Slurm send SIGKILL 30 s after SIGTERM by default; `rrm-ray submit` gives Ray's stop that long plus
+    # 120 s for the checkpoint (RAY_JOB_STOP_WAIT_TIME_S). A second signal stops at once.
+    stop_grace_s: float = 25.0
     downstream_eval: DownstreamEvalConfig = field(default_factory=DownstreamEvalConfig)
 
 
@@ -279,6 +293,11 @@ class TrackingConfig:
     enabled: bool = True
     http_retries: int = 1  # MLflow HTTP retries before a call is buffered locally (server down)
     http_timeout_s: float = 10.0
+    # Training jobs: false: MLflow down at start is an outage like any other (calls are kept in the run's
+    # journal, <checkpoint.dir>/<run>/mlflow_buffer.jsonl, and the run is created once it is back);
+    # true: the job fails at start, naming the URI.
+    required: bool = False
+    buffer_max_mb: float = 256.0  # the journal's size cap during an outage; beyond it the job fails
     # MLflow system metrics of the driver's machine (CPU, memory, disk, network; GPU with nvidia-ml-py)
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
@@ -290,10 +309,16 @@ class TrackingConfig:
 
 @dataclass
 class CheckpointConfig:
+    # Each run writes into its own folder here, <dir>/<run id>/ (step_N checkpoints, final/, figures/,
+    # the MLflow journal): a second run in the same dir starts its own series and never prunes or
+    # resumes another's. resume=auto continues the run that completed a checkpoint last.
     dir: str = "runs/checkpoints"
-    every: int = 0  # 0: no intermediate checkpoints
-    keep_last: int = 2
-    save_final: bool = True  # write the final policy in HF format and log its path to MLflow
+    every: int = 0  # 0: no intermediate checkpoints (SIGTERM still writes one)
+    keep_last: int = 2  # complete checkpoints of this run kept (>= 1)
+    # Each file's CRC-32 in the manifest (sizes are always there), checked at load: costs one read of the
+    # checkpoint at save and at load (about 2 GB/s); false: sizes only
+    checksums: bool = True
+    save_final: bool = True  # write the final policy in HF format (<dir>/<run id>/final) and log it to MLflow
 
 
 @dataclass
@@ -310,7 +335,9 @@ class JobConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    resume: str | None = None  # "auto": the latest complete checkpoint in checkpoint.dir; or a step_N path
+    # "auto": the latest complete checkpoint in checkpoint.dir (of the run that wrote one last), or a
+    # <run>/step_N path; the run (its folder, its MLflow run) is continued
+    resume: str | None = None
 
 
 def merge_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
@@ -402,8 +429,47 @@ def resolved_dtype(cfg: JobConfig) -> str:
     return "float32" if cfg.cluster.device == "cpu" else "bfloat16"
 
 
-def to_flat_dict(cfg: JobConfig) -> dict[str, Any]:
-    """The config as `section.key -> value`, for MLflow params."""
+# -- secrets ---------------------------------------------------------------------------------------------
+REDACTED = "***"
+# A key whose last word is one of these holds a secret value (HF_TOKEN, api_key, db_password, ...); one
+# that ends in _env, _file, _path, _dir or _name holds the NAME of a variable or a file, not the secret.
+_SECRET_WORDS = {"token", "secret", "password", "passwd", "passphrase", "credential", "credentials", "apikey"}
+_SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"), ("auth", "key")}
+_NAME_WORDS = {"env", "file", "path", "dir", "name", "var"}
+SECRET_SECTIONS = ("cluster.env.",)  # every value under these is a secret
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config key (dotted or not) names a secret value, judged by its last component."""
+    words = [w for w in re.split(r"[^a-z0-9]+", key.rsplit(".", 1)[-1].lower()) if w]
+    if not words or words[-1] in _NAME_WORDS:
+        return False
+    pairs = set(itertools.pairwise(words))
+    return bool(_SECRET_WORDS & set(words) or _SECRET_PAIRS & pairs)
+
+
+def is_secret(key: str) -> bool:
+    """Whether the flattened config key `key` holds a value that must not be shown."""
+    return key.startswith(SECRET_SECTIONS) or is_secret_key(key)
+
+
+def secret_values(cfg: JobConfig) -> list[str]:
+    """The config's secret values (non-empty strings), longest first: what `redact_text` hides."""
+    found = {str(v) for k, v in to_flat_dict(cfg, redact=False).items() if is_secret(k) and v}
+    return sorted(found, key=len, reverse=True)
+
+
+def redact_text(text: str, secrets: list[str]) -> str:
+    """`text` with every occurrence of each secret value replaced by `***`."""
+    for secret in secrets:
+        if len(secret) >= 4:  # a 1-3 character "secret" would blank out ordinary text
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def to_flat_dict(cfg: JobConfig, redact: bool = True) -> dict[str, Any]:
+    """The config as `section.key -> value`, for MLflow params; secret values are `***` unless
+    `redact=False`."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -411,11 +477,20 @@ def to_flat_dict(cfg: JobConfig) -> dict[str, Any]:
             for k, v in node.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
         else:
-            out[prefix] = node
+            out[prefix] = REDACTED if redact and node not in (None, "") and is_secret(prefix) else node
 
     walk("", OmegaConf.to_container(OmegaConf.structured(cfg)))
     return out
 
 
-def to_yaml(cfg: JobConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+def to_yaml(cfg: JobConfig, redact: bool = True) -> str:
+    """The config as YAML (what a checkpoint and an exported model keep); secret values are `***`
+    unless `redact=False`."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg))
+
+    def walk(prefix: str, node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(f"{prefix}.{k}" if prefix else str(k), v) for k, v in node.items()}
+        return REDACTED if redact and node not in (None, "") and is_secret(prefix) else node
+
+    return OmegaConf.to_yaml(OmegaConf.create(walk("", container)))

@@ -8,7 +8,13 @@ rules or the downstream task settings live here, above those modules, so the sch
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rrm_ray.config import (
     ConfigError,
@@ -36,6 +42,170 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+# -- every numeric knob -----------------------------------------------------------------------------------
+# Every int or float in the config (typed fields, and values of numeric maps such as reward.rule_weights)
+# must be finite and, unless listed here, >= 0: a knob added to the schema is covered without a line
+# here. Intervals in the usual notation; `inf` as an upper end means "finite, no bound".
+RANGES: dict[str, str] = {
+    "cluster.local_num_cpus": "[1, inf)",
+    "cluster.placement_timeout_s": "(0, inf)",
+    "cluster.call_timeout_s": "(0, inf)",
+    "cluster.gpu_memory_gib": "(0, inf)",
+    "model.max_model_len": "[1, inf)",
+    "rollout.num_engines": "[1, inf)",
+    "rollout.cpus_per_engine": "(0, inf)",
+    "rollout.tensor_parallel_size": "[1, inf)",
+    "rollout.n_samples": "[1, inf)",
+    "rollout.temperature": "(0, inf)",
+    "rollout.top_p": "(0, 1]",
+    "rollout.max_new_tokens": "[1, inf)",
+    "rollout.eval_max_new_tokens": "[1, inf)",
+    "rollout.kv_cache_gib": "(0, inf)",
+    "rollout.gpu_memory_utilization": "(0, 1]",
+    "rollout.threads": "[1, inf)",
+    "rollout.weight_bucket_mb": "[1, inf)",
+    "rollout.max_num_batched_tokens": "[1, inf)",
+    "learner.num_ranks": "[1, inf)",
+    "learner.cpus_per_rank": "(0, inf)",
+    "learner.threads": "[1, inf)",
+    "learner.micro_batch_size": "[1, inf)",
+    "learner.lr": "(0, inf)",
+    "learner.min_lr_ratio": "[0, 1]",
+    "learner.adam_beta1": "[0, 1)",
+    "learner.adam_beta2": "[0, 1)",
+    "learner.logprob_chunk": "[1, inf)",
+    "algorithm.clip_low": "[0, 1)",
+    "algorithm.mini_batches": "[1, inf)",
+    "reward.rule_weights.*": "(-inf, inf)",
+    "reward.timeout_s": "(0, inf)",
+    "reward.fallback": "(-inf, inf)",
+    "reward.num_workers": "[1, inf)",
+    "reward.cpus": "(0, inf)",
+    "judge.num_engines": "[1, inf)",
+    "judge.cpus_per_engine": "(0, inf)",
+    "judge.tensor_parallel_size": "[1, inf)",
+    "judge.top_p": "(0, 1]",
+    "judge.max_new_tokens": "[1, inf)",
+    "judge.max_model_len": "[1, inf)",
+    "judge.max_prompt_tokens": "[1, inf)",
+    "judge.votes": "[1, inf)",
+    "judge.k_factor": "(0, inf)",
+    "judge.batch_timeout_s": "(0, inf)",
+    "judge.kv_cache_gib": "(0, inf)",
+    "judge.gpu_memory_utilization": "(0, 1]",
+    "judge.threads": "[1, inf)",
+    "dpo.beta": "(0, inf)",
+    "dpo.label_smoothing": "[0, 0.5)",
+    "dpo.epochs": "[1, inf)",
+    "dpo.pairs_per_step": "[1, inf)",
+    "dpo.max_prompts": "[1, inf)",
+    "data.prompts_per_step": "[1, inf)",
+    "data.arithmetic_max_operand": "[1, inf)",
+    "trainer.total_steps": "[1, inf)",
+    "trainer.time_limit_min": "(0, inf)",
+    "trainer.stop_grace_s": "(0, inf)",
+    "trainer.downstream_eval.batch_size": "[1, inf)",
+    "tracking.http_timeout_s": "(0, inf)",
+    "tracking.system_metrics_interval_s": "(0, inf)",
+    "tracking.buffer_max_mb": "(0, inf)",
+    "checkpoint.keep_last": "[1, inf)",
+}
+DEFAULT_RANGE = "[0, inf)"
+
+
+def parse_interval(text: str) -> tuple[float, float, bool, bool]:
+    """ "(0, 1]" -> (0.0, 1.0, low open, high closed)."""
+    low, high = (part.strip() for part in text[1:-1].split(","))
+    return float(low), float(high), text[0] == "(", text[-1] == ")"
+
+
+def describe_interval(text: str) -> str:
+    """ "[1, inf)" -> "at least 1", "[0, inf)" -> ">= 0", "(0, inf)" -> "> 0", "(0, 1]" -> "in (0, 1]"."""
+    low, high, low_open, _ = parse_interval(text)
+    if math.isinf(high) and math.isinf(low):
+        return "a finite number"
+    if math.isinf(high):
+        return f"> {low:g}" if low_open else (">= 0" if low == 0 else f"at least {low:g}")
+    return f"in {text}"
+
+
+def _numeric_type(hint: Any) -> bool:
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if _is_union(hint) else [hint]
+    return bool(args) and all(a in (int, float) for a in args)
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def numeric_keys(schema: type = JobConfig, prefix: str = "") -> Iterator[str]:
+    """Every numeric knob of the schema, dotted; a map of numbers as `key.*` (for tests and docs)."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key, hint = f"{prefix}{f.name}", hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from numeric_keys(hint, f"{key}.")
+        elif typing.get_origin(hint) is dict and _numeric_type(typing.get_args(hint)[1]):
+            yield f"{key}.*"
+        elif _numeric_type(hint):
+            yield key
+
+
+def numeric_values(node: Any, prefix: str = "") -> Iterator[tuple[str, str, float]]:
+    """(key, its RANGES entry's key, value) for every number set in a config (dataclass) tree."""
+    for f in dataclasses.fields(node):
+        key, value = f"{prefix}{f.name}", getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from numeric_values(value, f"{key}.")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    yield f"{key}.{k}", f"{key}.*", v
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield key, key, value
+
+
+def validate_numbers(cfg: JobConfig, finite_only: bool = False) -> None:
+    """Every number finite and in its range (RANGES, else >= 0): `inf` passes a `> 0` check, crashes
+    later (ray.wait, the reward runner, the LR schedule), and NaN passes no comparison at all.
+    `validate` checks finiteness first and the ranges last, so the checks in between (with messages
+    about how keys relate) see finite numbers and speak first."""
+    for key, entry, value in numeric_values(cfg):
+        interval = RANGES.get(entry, DEFAULT_RANGE)
+        low, high, low_open, high_open = parse_interval(interval)
+        what = describe_interval(interval)
+        require(math.isfinite(value), key, f"must be a finite number ({what}), got {value}")
+        if finite_only:
+            continue
+        ok = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+        require(ok, key, f"must be {what}, got {value}")
+
+
+def validate_timeouts(cfg: JobConfig) -> None:
+    """A remote call must outlive the work inside it: one judge engine batch, and the reward rule's
+    worst case for the biggest batch it scores in one call (every item timing out, one after another
+    on each worker; the accuracy rule, when it differs, scores the batch again)."""
+    c, r, j, d = cfg.cluster, cfg.reward, cfg.judge, cfg.data
+    if j.enabled:
+        require(
+            c.call_timeout_s > j.batch_timeout_s,
+            "cluster.call_timeout_s",
+            f"a judge call waits for at least one engine batch, so it must outlive judge.batch_timeout_s="
+            f"{j.batch_timeout_s:g}; got {c.call_timeout_s:g} (raise it, or lower judge.batch_timeout_s)",
+        )
+    items = max(d.prompts_per_step * cfg.rollout.n_samples, d.eval_max_prompts)
+    passes = 1 if (r.accuracy_rule is None or r.accuracy_rule == r.rule) and not r.rule_weights else 2
+    worst = math.ceil(items / r.num_workers) * r.timeout_s * passes
+    require(
+        c.call_timeout_s > worst,
+        "cluster.call_timeout_s",
+        f"a reward call scores up to {items} items (data.prompts_per_step x rollout.n_samples, or "
+        f"data.eval_max_prompts) over reward.num_workers={r.num_workers}, each allowed reward.timeout_s="
+        f"{r.timeout_s:g}{' twice (reward and accuracy rule)' if passes == 2 else ''}: up to {worst:g}s, "
+        f"which cluster.call_timeout_s={c.call_timeout_s:g} must outlive",
+    )
+
+
 def validate_tracking(cfg: JobConfig) -> None:
     """The `tracking` section (called by `validate`)."""
     t = cfg.tracking
@@ -59,6 +229,7 @@ def validate_tracking(cfg: JobConfig) -> None:
 def validate(cfg: JobConfig) -> None:
     """Check values against each other and the declared cluster; raise ConfigError naming the key."""
     c, r, lr, a, d = cfg.cluster, cfg.rollout, cfg.learner, cfg.algorithm, cfg.data
+    validate_numbers(cfg, finite_only=True)
     one_of(c.device, "cluster.device", ("cpu", "cuda"))
     one_of(cfg.model.dtype, "model.dtype", ("auto", "float32", "bfloat16", "float16"))
     one_of(lr.backend, "learner.backend", ("fsdp2", "deepspeed"))
@@ -224,6 +395,8 @@ def validate(cfg: JobConfig) -> None:
                 f"an engine with {prefix}.tensor_parallel_size={tp} needs that many GPUs, got {gpus:g}",
             )
     require(c.gpu_memory_gib > 0, "cluster.gpu_memory_gib", f"must be > 0, got {c.gpu_memory_gib:g}")
+    validate_numbers(cfg)
+    validate_timeouts(cfg)
     if c.address is None and c.device == "cpu":
         asked_cpu = sum(g.num_workers * g.cpus for g in groups.values())
         require(

@@ -73,6 +73,15 @@ def generate_and_score(
             deaths = failure.deaths
         except ActorDied as exc:  # the re-sync (the stream's own deaths come settled)
             deaths = [exc]
+        except RemoteCallTimeout as exc:  # a hang: the roles' actors that answer no ping are restarted
+            named = [groups[exc.role]] if exc.role in groups else list(groups.values())
+            hung = [g for g in named if g.unresponsive()]
+            if not hung:
+                raise
+            for group in hung:
+                needs_weights = restarts.recover_hang(group, exc)
+                resync |= needs_weights and group is rollout.group and rollout.source is not None
+            continue
         for exc in deaths:
             group = groups.get(restarts.role_of(exc) or "")
             if group is None:
@@ -156,7 +165,7 @@ class _Flow:
                 self._group_from(done)
             else:
                 assert self.dispatch is not None
-                results = ray.get(done)
+                results = ray.get(done, timeout=self.timeout)  # ready: at once
                 self.judged.update(zip(self.dispatch.done(self.judging.pop(done)), results, strict=True))
             if self.dispatch is not None:
                 assert self.reward.judge is not None
@@ -165,8 +174,8 @@ class _Flow:
                     self.judging[self.reward.judge.rank_on(engine, items, ps)] = engine
 
     def _group_from(self, stream: Any) -> None:
-        try:
-            group: list[Completion] = ray.get(next(stream))
+        try:  # `ray.wait` said its next item is ready (or that it ended): neither waits
+            group: list[Completion] = ray.get(next(stream), timeout=self.timeout)
         except StopIteration:
             self.streams.remove(stream)
             if not self.streams:
@@ -184,17 +193,23 @@ class _Flow:
         among them. A live actor finishes its call before it can take the retry's anyway, so this costs
         no time, and every role that died is recovered and counted, not only the first one seen."""
         deaths: dict[Any, ActorDied] = {}
+        deadline = time.monotonic() + self.timeout  # one bound for all of it: a hung call is not waited on
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
 
         def outcome(call: Any) -> None:
             try:
-                ray.get(call, timeout=self.timeout)
+                ray.get(call, timeout=left())
             except ray.exceptions.RayActorError as exc:
                 deaths.setdefault(exc.actor_id, ActorDied.of(exc))
-            except Exception:  # only deaths matter now; the first error is raised already
+            except Exception:  # only deaths matter now (a timeout too); the first error is raised already
                 pass
 
         for stream in self.streams:
             while True:
+                if not ray.wait([stream], timeout=left())[0]:  # next(stream) itself would wait unbounded
+                    break
                 try:
                     ref = next(stream)
                 except StopIteration:
