@@ -18,6 +18,7 @@ import torch
 from actors.reward import RewardWorker
 from rrm_ray.clients.group import ActorGroup
 from rrm_ray.clients.judge import JudgeClient
+from rrm_ray.clients.judge_endpoint import EndpointJudgeClient
 from rrm_ray.clients.restarts import Restarts
 from rrm_ray.config import JobConfig
 from rrm_ray.data.prompts import PromptRow
@@ -34,14 +35,22 @@ class RewardClient:
     agreement with the verifier over the run."""
 
     def __init__(
-        self, group: ActorGroup, cfg: JobConfig, restarts: Restarts, judge: JudgeClient | None
+        self,
+        group: ActorGroup,
+        cfg: JobConfig,
+        restarts: Restarts,
+        judge: JudgeClient | EndpointJudgeClient | None,
     ) -> None:
         self.group, self.cfg, self.restarts, self.judge = group, cfg, restarts, judge
         self.agreement = Agreement()
 
     @classmethod
     def start(
-        cls, cfg: JobConfig, place: Placement, restarts: Restarts, judge: JudgeClient | None
+        cls,
+        cfg: JobConfig,
+        place: Placement,
+        restarts: Restarts,
+        judge: JudgeClient | EndpointJudgeClient | None,
     ) -> RewardClient:
         c, r = cfg.cluster, cfg.reward
         # a judge-training rule reads verdicts by judge.verdict_rule, as evaluation does

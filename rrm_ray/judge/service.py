@@ -463,6 +463,29 @@ def shown_first(pair: JudgePair, s: JudgeSettings, votes: int | None = None) -> 
     return [coin, other] if both else [coin]
 
 
+def presentations(tokenizer: Any, s: JudgeSettings, pair: JudgePair) -> list[dict[str, Any]]:
+    """What the judge would be shown for ``pair`` (``rrm-ray judge --render-only``): per distinct
+    presentation, in vote order, which response is Assistant 1 ("a" or "b"), the chat messages, the
+    prompt text and its token count (``truncated``: the documented cut). Raises ``PromptTooLongError``
+    where the judge would skip the pair or fail (``judge.over_length``)."""
+    out = []
+    for side in shown_first(pair, s):
+        first, second = (
+            (pair.response_a, pair.response_b) if side == "a" else (pair.response_b, pair.response_a)
+        )
+        prompt = render_presentation(tokenizer, s, pair.query, first, second)
+        out.append(
+            {
+                "first": side,
+                "messages": [dict(m) for m in prompt.messages],
+                "prompt": prompt.text,
+                "prompt_tokens": prompt.num_tokens,
+                "truncated": prompt.truncated,
+            }
+        )
+    return out
+
+
 def new_tournament(s: JudgeSettings, method: str, n: int, seed: int) -> Tournament:
     """The tournament ``rank`` runs over ``n`` responses (also what ``rrm_ray.judge.simulation`` drives).
 
