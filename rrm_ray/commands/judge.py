@@ -47,6 +47,7 @@ from rrm_ray.judge import sweep
 from rrm_ray.judge.benchmarks import load_pandalm, load_rewardbench, read_summary
 from rrm_ray.judge.best_of_n import BestOfNError
 from rrm_ray.judge.evaluation import Scored, judgment_fields, pandalm_pass, rewardbench_pass, stats_line
+from rrm_ray.judge.prompts import PromptTooLongError, resolve_prompt_style
 from rrm_ray.judge.records import JudgeInputError, JudgePair
 from rrm_ray.judge.sweep import SweepError
 from rrm_ray.rewards.rules import RuleError, resolve_rule
@@ -94,8 +95,9 @@ def _render_only(args: argparse.Namespace, cfg: JobConfig, records: list[Any], p
     over = [r for r in rendered if r["over_length"]]
     cut = sum(any(p["truncated"] for p in r["presentations"]) for r in rendered)
     j = cfg.judge
+    style = resolve_prompt_style(j.prompt_style, j.mode)
     print(
-        f"{len(pairs)} pairs -> {args.out}: {shown} presentations (judge.prompt_style={j.prompt_style}, "
+        f"{len(pairs)} pairs -> {args.out}: {shown} presentations (judge.prompt_style={style}, "
         f"judge.presentation={j.presentation}, judge.votes={j.votes}); "
         f"{len(over) + cut} pairs over judge.max_prompt_tokens={j.max_prompt_tokens} "
         f"({cut} truncated, {len(over)} {'skipped' if j.over_length == 'skip' else 'that fail the judge'}; "
@@ -347,7 +349,7 @@ def _friendly(func: Any) -> Any:
     """Bad data files end the command with the reader's message (file, row, field), not a traceback."""
 
     def run(args: argparse.Namespace) -> int:
-        bad_input = (DataFormatError, PromptDataError, JudgeInputError, FileNotFoundError)
+        bad_input = (DataFormatError, PromptDataError, JudgeInputError, FileNotFoundError, PromptTooLongError)
         try:
             return func(args)
         except (*bad_input, SweepError, BestOfNError, RuleError) as exc:

@@ -205,6 +205,10 @@ class PromptTooLongError(ValueError):
         self.num_tokens = num_tokens
         self.limit = limit
 
+    def __reduce__(self) -> tuple:
+        """Rebuilt with all three arguments, so it crosses from a judge actor to the driver intact."""
+        return type(self), (str(self), self.num_tokens, self.limit)
+
 
 @dataclass(frozen=True)
 class JudgePrompt:

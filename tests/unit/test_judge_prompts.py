@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -391,6 +392,9 @@ def test_skip_and_error_raise_with_token_counts(make_tokenizer, policy):
     assert f"{full.num_tokens} tokens" in msg and "judge.max_prompt_tokens is 200" in msg
     assert f"response 1 {_count(tok, r1)}" in msg and f"response 2 {_count(tok, r2)}" in msg
     assert (err.value.num_tokens, err.value.limit) == (full.num_tokens, 200)
+    # it crosses from a judge actor to the driver (pickled) with its message and counts
+    back = pickle.loads(pickle.dumps(err.value))
+    assert (str(back), back.num_tokens, back.limit) == (msg, full.num_tokens, 200)
 
 
 def test_truncate_raises_when_template_alone_does_not_fit(make_tokenizer):
