@@ -140,7 +140,7 @@ class VLLMEngine(Worker):
         return outputs
 
     def _as_finished(
-        self, prompts: list[str], params: list[Any], deadline: float = math.inf
+        self, prompts: list[Any], params: list[Any], deadline: float = math.inf
     ) -> Iterator[tuple[int, Any]]:
         """Step the engine over these requests, yielding (prompt index, its finished vLLM
         `RequestOutput`) as each finishes, until all did or the deadline passed; the unfinished ones
@@ -283,7 +283,7 @@ class VLLMEngine(Worker):
 
     def generate_texts(
         self,
-        prompts: list[str],
+        prompts: list[Any],
         n: int,
         temperature: float,
         top_p: float,
@@ -294,6 +294,8 @@ class VLLMEngine(Worker):
     ) -> TextBatch:
         """n samples per prompt, but never longer than ``timeout_s``: the engine is stepped by hand and
         requests still unfinished at the deadline are aborted (their KV blocks freed) and returned as None.
+        A prompt is a text or vLLM's ``{"prompt_token_ids": [...]}`` (the judge's: encoded once, so the
+        engine adds no second BOS).
 
         No per-request seeds: vLLM's CPU sampler loses them across a chunked prefill; the engine's own
         seed keeps runs reproducible. ``think_budget`` > 0: budget forcing (``rrm_ray.judge.budget``);
@@ -330,7 +332,7 @@ class VLLMEngine(Worker):
             for text, k in samples or []:
                 closed = close_thinking_text(text)
                 used = k + (0 if closed == text else len(self.forced_close_ids))
-                follow.append(prompts[i] + closed)
+                follow.append(self._continued(prompts[i], closed))
                 follow_params.append(params(1, verdict_allowance(max_tokens, used)))
                 owner.append((i, closed, k))
         verdicts = self._run_until(follow, follow_params, deadline) if follow else []
@@ -344,9 +346,16 @@ class VLLMEngine(Worker):
             tokens += k + out[0][1]
         return TextBatch(texts, tokens, texts.count(None), time.perf_counter() - start)
 
+    def _continued(self, prompt: Any, text: str) -> Any:
+        """``prompt`` followed by ``text`` (budget forcing's second phase), in the prompt's own form."""
+        if isinstance(prompt, dict):
+            extra = self.tokenizer.encode(text, add_special_tokens=False)
+            return {"prompt_token_ids": [*prompt["prompt_token_ids"], *extra]}
+        return prompt + text
+
     def _run_until(
         self,
-        prompts: list[str],
+        prompts: list[Any],
         params: list[Any],
         deadline: float,
         read: Callable[[Any], Any] | None = None,

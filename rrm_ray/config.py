@@ -149,6 +149,29 @@ class RewardConfig:
 
 
 @dataclass
+class JudgeEndpointConfig:
+    """A judge served once for many jobs (`rrm-ray serve-judge`, or any OpenAI-compatible
+    `/v1/completions` server such as `vllm serve`): the job starts no judge engines and reserves no
+    judge bundles; its judge service runs in the driver and sends token-id prompts over HTTP."""
+
+    # http://host:port of the server (several, comma-separated: one per served engine, as serve-judge
+    # prints them; each query's pairs go to one of them, so its prompt head stays in one prefix cache).
+    # null: the job starts its own judge engines.
+    url: str | None = None
+    model: str | None = None  # the served model name; null: the server's only model
+    # The NAME of the environment variable that holds the API key (e.g. RRM_JUDGE_API_KEY), read only
+    # where the HTTP client is built, so the key itself never reaches a config dump, MLflow or a log.
+    # null: no Authorization header.
+    api_key_env: str | None = None
+    max_concurrency: int = 64  # HTTP requests in flight at once, per server
+    timeout_s: float = 600.0  # one request; a slower answer is an endpoint error (retried)
+    # A failed request (connection refused, HTTP 5xx, time-out) is sent again this many times, after
+    # 1, 2, 4, ... s (capped at 30 s), counted as judge/endpoint_errors; then the run fails naming the URL.
+    # 4xx answers (a wrong key, a bad request) are not retried.
+    retries: int = 3
+
+
+@dataclass
 class JudgeConfig:
     """The RRM judge: a vLLM engine that reasons, then says which of two responses is better."""
 
@@ -161,9 +184,18 @@ class JudgeConfig:
     # that position, renormalised over both, averaged over the two orders: a wins if mean P(a) > 0.5,
     # exactly 0.5 goes to judge.tie_rule (rrm_ray.judge.voting.prob_winner)
     verdict: str = "generate"
-    prompt_style: str = (
-        "full"  # full: the paper-style prompt | compact: short, with a reply example (small judges)
-    )
+    # auto (rrm_release in rrm mode, mtbench in direct mode) | rrm_release: the released RRM-7B /
+    # RRM-32B's own prompt, byte for byte | mtbench: this project's MT-Bench-style layout (formerly
+    # "full") | compact: short, with a reply example (small judges); rrm_ray.judge.prompts
+    prompt_style: str = "auto"
+    # release: the released RRMs' evaluation parser (exact "Assistant 1"/"Assistant 2" in the last
+    # \boxed before a second </think>) | lenient: last complete box, case and \text{} ignored. One rule
+    # for evaluation, tournaments, best-of-n and the judge-training reward (rrm_ray.judge.verdict).
+    verdict_rule: str = "release"
+    # both_orders: votes alternate the presentation order, the first from a coin seeded by trainer.seed
+    # (1 vote: that one order) | seeded_coin: every vote in the seeded coin's order. The release's
+    # protocol is one presentation per item from a seeded coin, one sample: either value with votes=1.
+    presentation: str = "both_orders"
     # rrm mode, > 0: budget forcing. Thinking stops after this many tokens; the engine then writes
     # "</think>" itself (masked out of the loss in judge training) and the judge goes on to its verdict.
     think_budget: int = 0
@@ -180,8 +212,11 @@ class JudgeConfig:
     max_new_tokens: int = 8192
     max_model_len: int = 16384
     max_prompt_tokens: int = 4096
-    over_length: str = "truncate"  # truncate (documented rule in rrm_ray.judge.prompts) | reject
-    votes: int = 1  # sampled judgments per pair (majority), both presentation orders
+    # A pair whose prompt exceeds max_prompt_tokens: error (the call fails naming the pair; the release
+    # never cuts) | skip (not judged: undecided, counted) | truncate (the documented cut of
+    # rrm_ray.judge.prompts, counted). Both counts are judge/over_length_pairs in MLflow and the console.
+    over_length: str = "error"
+    votes: int = 1  # sampled judgments per pair (majority); judge.presentation says in which orders
     adaptive_votes: bool = True  # stop sampling once the remaining votes cannot change the majority
     tie_rule: str = "random"  # random | first | none
     # knockout (n-1 comparisons) | elo (round robin, n(n-1)/2) | swiss (swiss_rounds x floor(n/2));
@@ -202,6 +237,7 @@ class JudgeConfig:
     reward_mix: str = "judge_if_no_rule"  # judge_if_no_rule | weighted
     rule_weight: float = 1.0
     judge_weight: float = 1.0
+    endpoint: JudgeEndpointConfig = field(default_factory=JudgeEndpointConfig)
 
 
 @dataclass
@@ -379,6 +415,14 @@ def _open_free_form_dicts(node: DictConfig) -> None:
             else:
                 _open_free_form_dicts(child)
 
+
+# Values that earlier versions documented, and what says the same now (checked by rrm_ray.validation).
+REPLACED_VALUES = {
+    ("judge.prompt_style", "full"): "renamed to mtbench (this project's MT-Bench-style layout); the "
+    "released RRMs' own prompt is rrm_release, which auto picks in judge.mode=rrm",
+    ("judge.over_length", "reject"): "renamed: skip (the pair is not judged, undecided and counted) or "
+    "error (the run fails naming the pair)",
+}
 
 # Keys that earlier versions documented, and what says the same now.
 REPLACED_KEYS = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rrm_ray.config import (
+    REPLACED_VALUES,
     ConfigError,
     JobConfig,
     JudgeConfig,
@@ -27,6 +29,9 @@ from rrm_ray.config import (
     resolved_dtype,
 )
 from rrm_ray.data.downstream import validate_settings
+from rrm_ray.judge.prompts import CONFIG_PROMPT_STYLES, OVER_LENGTH
+from rrm_ray.judge.records import PRESENTATIONS
+from rrm_ray.judge.verdict import VERDICT_RULES
 from rrm_ray.placement import COLOCATABLE, gpus_asked, own_spec, placement_layout
 from rrm_ray.rewards.rules import resolve_rule
 from rrm_ray.weight_sync import weight_sync_method
@@ -288,6 +293,7 @@ def validate(cfg: JobConfig) -> None:
         f"got {r.n_samples} (or set data.order_balanced=false)",
     )
     validate_judge(cfg.judge)
+    validate_judge_in_job(cfg)
     validate_tracking(cfg)
     validate_settings(cfg.trainer.downstream_eval)
     require(
@@ -335,6 +341,14 @@ def validate(cfg: JobConfig) -> None:
             f"judge training generates rollout.max_new_tokens={r.max_new_tokens} / eval_max_new_tokens="
             f"{r.eval_max_new_tokens} tokens per judgment; the thinking budget {cfg.judge.think_budget} must "
             "leave room for the verdict",
+        )
+        j = cfg.judge  # the judge prompts are the rollout's prompts
+        require(
+            j.max_prompt_tokens + r.max_new_tokens <= cfg.model.max_model_len,
+            "model.max_model_len",
+            f"judge training renders prompts of up to judge.max_prompt_tokens={j.max_prompt_tokens} tokens "
+            f"and samples rollout.max_new_tokens={r.max_new_tokens} after them, so the rollout engines need "
+            f"model.max_model_len >= {j.max_prompt_tokens + r.max_new_tokens}, got {cfg.model.max_model_len}",
         )
     _validate_rules(cfg.reward)
 
@@ -577,7 +591,17 @@ def validate_dpo(cfg: JobConfig) -> None:
     )
 
 
+def _replaced_value(key: str, value: object) -> None:
+    """A value an earlier version documented fails with what says the same now (`REPLACED_VALUES`)."""
+    if (key, value) in REPLACED_VALUES:
+        raise ConfigError(f"{key}: {value!r} was {REPLACED_VALUES[(key, value)]}")
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def validate_judge(j: JudgeConfig) -> None:
+    """The `judge` section on its own (its place in the job: `validate_judge_in_job`)."""
     one_of(j.mode, "judge.mode", ("rrm", "direct"))
     one_of(j.verdict, "judge.verdict", ("generate", "choice", "choice_prob"))
     require(
@@ -592,7 +616,21 @@ def validate_judge(j: JudgeConfig) -> None:
         f"must be 1 with judge.verdict=choice_prob (both orders are scored once, exactly; there is nothing "
         f"to sample again), got {j.votes}",
     )
-    one_of(j.prompt_style, "judge.prompt_style", ("full", "compact"))
+    _replaced_value("judge.prompt_style", j.prompt_style)
+    one_of(j.prompt_style, "judge.prompt_style", CONFIG_PROMPT_STYLES)
+    require(
+        j.prompt_style != "rrm_release" or j.mode == "rrm",
+        "judge.prompt_style",
+        "rrm_release is the released RRMs' reasoning prompt and needs judge.mode=rrm; a DirectJudge uses "
+        f"mtbench or compact (or auto), got judge.mode={j.mode}",
+    )
+    one_of(j.verdict_rule, "judge.verdict_rule", VERDICT_RULES)
+    one_of(j.presentation, "judge.presentation", PRESENTATIONS)
+    require(
+        j.verdict != "choice_prob" or j.presentation == "both_orders",
+        "judge.presentation",
+        "judge.verdict=choice_prob scores both orders of every pair; set judge.presentation=both_orders",
+    )
     require(
         j.think_budget == 0 or j.mode == "rrm",
         "judge.think_budget",
@@ -604,7 +642,8 @@ def validate_judge(j: JudgeConfig) -> None:
         f"must be 0 (off) or below judge.max_new_tokens={j.max_new_tokens} (room for the verdict), "
         f"got {j.think_budget}",
     )
-    one_of(j.over_length, "judge.over_length", ("truncate", "reject"))
+    _replaced_value("judge.over_length", j.over_length)
+    one_of(j.over_length, "judge.over_length", OVER_LENGTH)
     one_of(j.tie_rule, "judge.tie_rule", ("random", "first", "none"))
     one_of(j.method, "judge.method", ("knockout", "elo", "swiss"))
     require(
@@ -632,3 +671,59 @@ def validate_judge(j: JudgeConfig) -> None:
         f"{j.max_prompt_tokens + j.max_new_tokens}, got {j.max_model_len}",
     )
     require(j.batch_timeout_s > 0, "judge.batch_timeout_s", "must be > 0")
+    validate_judge_endpoint(j)
+
+
+def validate_judge_endpoint(j: JudgeConfig) -> None:
+    """`judge.endpoint`: a served judge the job talks to over HTTP instead of starting engines."""
+    e = j.endpoint
+    require(
+        e.max_concurrency >= 1, "judge.endpoint.max_concurrency", f"must be >= 1, got {e.max_concurrency}"
+    )
+    require(e.timeout_s > 0, "judge.endpoint.timeout_s", f"must be > 0 seconds, got {e.timeout_s}")
+    require(e.retries >= 0, "judge.endpoint.retries", f"must be >= 0, got {e.retries}")
+    if e.api_key_env is not None:
+        require(
+            bool(_ENV_NAME.match(e.api_key_env)),
+            "judge.endpoint.api_key_env",
+            "must be the NAME of an environment variable that holds the key (letters, digits and _, e.g. "
+            "RRM_JUDGE_API_KEY), never the key itself",
+        )
+    if e.url is None:
+        return
+    urls = [u.strip() for u in e.url.split(",")]
+    for url in urls:
+        require(
+            re.match(r"^https?://[^/\s]+", url) is not None,
+            "judge.endpoint.url",
+            f"expected http://host:port (several separated by commas), got {url!r}",
+        )
+    require(
+        j.think_budget == 0,
+        "judge.think_budget",
+        "budget forcing writes </think> inside the engine between two generation phases; a judge behind "
+        "judge.endpoint.url cannot; set judge.think_budget=0",
+    )
+
+
+def validate_judge_in_job(cfg: JobConfig) -> None:
+    """The judge against the rest of the job: a served judge (`judge.endpoint.url`) has no bundles to
+    share, and the judge-training reward reads verdicts by `judge.verdict_rule`."""
+    j = cfg.judge
+    if j.endpoint.url is not None:
+        for i, group in enumerate(cfg.cluster.colocate):
+            require(
+                "judge" not in group,
+                f"cluster.colocate[{i}]",
+                f"judge.endpoint.url={j.endpoint.url} serves the judge outside this job: it has no bundles "
+                "to share; take judge out of cluster.colocate",
+            )
+    rule = cfg.reward.rule.replace(" ", "")
+    stated = re.search(r"verdict_rule=(\w+)", rule)
+    require(
+        stated is None or stated.group(1) == j.verdict_rule,
+        "reward.rule",
+        f"names verdict_rule={stated.group(1) if stated else ''} but judge.verdict_rule={j.verdict_rule}: "
+        "judge training reads verdicts by judge.verdict_rule (one rule for training and evaluation); "
+        "set it there and drop verdict_rule from reward.rule",
+    )

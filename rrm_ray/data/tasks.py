@@ -5,6 +5,8 @@ Two kinds of job read data here:
 - judge training (the policy IS the judge): preference pairs become judge prompts, rendered with the
   judge template (the chosen response placed first or second by a seeded coin) and the label "1"/"2"
   as the answer. Held-out pairs are shown in both orders, so held-out accuracy is position-swapped.
+  A pair whose prompt exceeds `judge.max_prompt_tokens` fails the job naming its row, is dropped (both
+  orders) or is cut, by `judge.over_length`; dropped and cut pairs are counted and printed.
 
 Generated data (the arithmetic task, synthetic pairs) is written only inside ``data.generate_dir``;
 a data path that does not exist anywhere else is an error (:func:`ensure_data_files`).
@@ -21,7 +23,7 @@ from rrm_ray.data.io import write_jsonl
 from rrm_ray.data.preference import load_preference_pairs, to_judge_examples
 from rrm_ray.data.prompts import PromptRow, load_prompts, render_prompt
 from rrm_ray.data.synthetic_pairs import make_synthetic_pairs, pair_records
-from rrm_ray.judge.prompts import fit_pair_to_context
+from rrm_ray.judge.prompts import JudgePrompt, PromptTooLongError, fit_pair_to_context
 
 RENDERED = "rendered"  # PromptRow.extra flag: the prompt is final text, no chat template to apply
 
@@ -199,22 +201,36 @@ def _preference_rows(
     cfg: JobConfig, tokenizer: Any
 ) -> tuple[list[PromptRow], list[PromptRow], dict[str, int]]:
 
-    d = cfg.data
+    d, j = cfg.data, cfg.judge
     counts: dict[str, int] = {}
 
     def rows(path: str, both_orders: bool, limit: int | None) -> list[PromptRow]:
         pairs, skipped = load_preference_pairs(path, format=d.preference_format, on_error=d.on_error)  # type: ignore[arg-type]
         counts[f"skipped_rows/{Path(path).name}"] = skipped
-        out = []
+        out, over = [], 0
         for ex in to_judge_examples(pairs[:limit], seed=cfg.trainer.seed):
             orders = [(ex.response_1, ex.response_2, ex.label)]
             if both_orders:
                 orders.append((ex.response_2, ex.response_1, 3 - ex.label))
-            for first, second, label in orders:
-                text = judge_prompt_text(
-                    cfg, tokenizer, ex.query, first, second, where=f"{path} row {ex.pair_row}"
-                )
-                out.append(PromptRow(text, str(label), ex.pair_row, {RENDERED: True, "source": ex.source}))
+            where = f"{path} row {ex.pair_row}: "
+            try:
+                shown = [(judge_prompt(cfg, tokenizer, ex.query, a, b, where), lab) for a, b, lab in orders]
+            except PromptTooLongError:
+                if j.over_length == "error":
+                    raise
+                over += 1  # skip: the pair is dropped in both orders, so its groups stay balanced
+                continue
+            over += any(prompt.truncated for prompt, _ in shown)
+            for prompt, label in shown:
+                extra = {RENDERED: True, "source": ex.source}
+                out.append(PromptRow(prompt.text, str(label), ex.pair_row, extra))
+        if over:
+            what = "dropped" if j.over_length == "skip" else "cut (the documented truncation)"
+            print(
+                f"{path}: {over} pairs over judge.max_prompt_tokens={j.max_prompt_tokens}, {what} "
+                f"(judge.over_length={j.over_length})"
+            )
+        counts[f"over_length_pairs/{Path(path).name}"] = over
         return out
 
     # Order-balanced groups: each training pair is two consecutive rows, one per order (PromptStream
@@ -224,13 +240,13 @@ def _preference_rows(
     return train, held, counts
 
 
-def judge_prompt_text(
+def judge_prompt(
     cfg: JobConfig, tokenizer: Any, query: str, first: str, second: str, where: str = ""
-) -> str:
-    """The judge prompt for one presentation, fitted to `judge.max_prompt_tokens` per `judge.over_length`."""
-
+) -> JudgePrompt:
+    """The judge prompt for one presentation, fitted to `judge.max_prompt_tokens` per `judge.over_length`
+    (`PromptTooLongError` when it does not fit and is not to be cut)."""
     j = cfg.judge
-    fitted = fit_pair_to_context(
+    return fit_pair_to_context(
         tokenizer,
         query,
         first,
@@ -241,4 +257,3 @@ def judge_prompt_text(
         where=where,
         style=j.prompt_style,
     )
-    return fitted.text

@@ -135,8 +135,11 @@ def evaluate_policy(
     if not rewards:
         return {}
     judging = cfg.data.format == "preference"
+    j = cfg.judge
     breakdown = (
-        verdict_breakdown("eval", rows, completions, cfg.judge.mode, think_budget(cfg)) if judging else {}
+        verdict_breakdown("eval", rows, completions, j.mode, think_budget(cfg), j.verdict_rule)
+        if judging
+        else {}
     )
     return {
         "eval/reward_mean": sum(rewards) / len(rewards),

@@ -342,7 +342,7 @@ class GRPOJob(RoleJob):
         }
         if cfg.data.format == "preference":
             breakdown = verdict_breakdown(
-                "reward", batch.rows, completions, cfg.judge.mode, think_budget(cfg)
+                "reward", batch.rows, completions, cfg.judge.mode, think_budget(cfg), cfg.judge.verdict_rule
             )
             metrics.update(breakdown)
         return metrics
