@@ -9,6 +9,7 @@ from actors.rollout import RolloutWorker
 from rrm_ray.clients.group import ActorGroup
 from rrm_ray.clients.restarts import Restarts
 from rrm_ray.config import JobConfig, resolved_dtype
+from rrm_ray.seeds import seeds_requests
 from rrm_ray.types import Completion
 from rrm_ray.weight_sync import vllm_backend, weight_sync_method
 
@@ -36,7 +37,7 @@ def engine_spec(
             "weight_transfer_backend": backend,
             "enable_sleep_mode": enable_sleep_mode,
         },
-        "env": {**engine_env(c.device, r.kv_cache_gib, r.threads), **c.env},
+        "env": {**engine_env(c.device, r.kv_cache_gib, r.threads, r.tensor_parallel_size), **c.env},
     }
 
 
@@ -96,7 +97,10 @@ class RolloutClient:
     def generate(
         self, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int | None
     ) -> list[Completion]:
-        """n samples per prompt (flat, prompt-major); restarted and retried if an engine dies."""
+        """n samples per prompt (flat, prompt-major); restarted and retried if an engine dies. `seed` is
+        dropped where `rollout.seed_requests` says requests go unseeded (`rrm_ray.seeds.seeds_requests`)."""
+        if not seeds_requests(self.cfg.rollout.seed_requests, self.cfg.cluster.device):
+            seed = None
         resync = self.sync_weights if self.source is not None else None
         return self.restarts.retry(
             self.group, lambda _: self._generate_once(prompts, n, temperature, max_tokens, seed), resync
