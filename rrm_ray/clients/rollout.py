@@ -97,10 +97,8 @@ class RolloutClient:
     def generate(
         self, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int | None
     ) -> list[Completion]:
-        """n samples per prompt (flat, prompt-major); restarted and retried if an engine dies. `seed` is
-        dropped where `rollout.seed_requests` says requests go unseeded (`rrm_ray.seeds.seeds_requests`)."""
-        if not seeds_requests(self.cfg.rollout.seed_requests, self.cfg.cluster.device):
-            seed = None
+        """n samples per prompt (flat, prompt-major); restarted and retried if an engine dies."""
+        seed = self._request_seed(seed)
         resync = self.sync_weights if self.source is not None else None
         return self.restarts.retry(
             self.group, lambda _: self._generate_once(prompts, n, temperature, max_tokens, seed), resync
@@ -132,6 +130,10 @@ class RolloutClient:
                 )
         return [c for out in self.group.get(refs, "generate") for c in out]
 
+    def _request_seed(self, seed: int | None) -> int | None:
+        """`seed`, or None where `rollout.seed_requests` sends requests unseeded (`rrm_ray.seeds`)."""
+        return seed if seeds_requests(self.cfg.rollout.seed_requests, self.cfg.cluster.device) else None
+
     def stream(
         self, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int | None
     ) -> list[Any]:
@@ -139,6 +141,7 @@ class RolloutClient:
         soon as they are done (`rrm_ray.clients.streamed_batch`, which also retries it as a whole)."""
         if self.share is not None:
             self.share.before("rollout")
+        seed = self._request_seed(seed)
         chunk = -(-len(prompts) // len(self.group))
         streams = []
         for e, actor in enumerate(self.group.actors):
