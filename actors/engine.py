@@ -143,6 +143,7 @@ class VLLMEngine(Worker):
         )
         # Sleep/wake when colocated (rrm_ray.clients.colocation): the state, and a log the tests read back.
         self.asleep: set[str] = set()  # SLEEP_TAGS not on the device now (empty: awake)
+        self.weights_incomplete = False  # a weight update failed half-way (`abort_weight_update`)
         self.sleep_level = 0
         self.sleep_events: list[tuple[str, int, float]] = []  # (sleep | wake, level, wall time)
         self.work_calls: list[tuple[str, bool, float]] = []  # (method, awake?, wall time) per call
@@ -253,9 +254,11 @@ class VLLMEngine(Worker):
         layerwise reload is finalised; layers that got no new weights keep their old ones), our receipt
         is dropped, and the transfer is closed (a collective group that broke mid-chunk is unusable),
         so `weight_transfer_ready` says a new one must be set up. Until the next full sync the engine
-        may hold a mix of old and new weights."""
+        holds a mix of old weights, new ones and (gloo) the zeros the learner sent to release its
+        receive, so it refuses to generate until a full sync has passed its completeness check."""
         with contextlib.suppress(Exception):  # not open any more: the worker already ended it
             self.llm.finish_weight_update()
+        self.weights_incomplete = True  # generating is refused until a full sync (`_check_awake`)
         self.llm.collective_rpc("rrm_abort_sync")
         if self._transfer_initialized:
             with contextlib.suppress(Exception):
@@ -268,7 +271,9 @@ class VLLMEngine(Worker):
         WeightSyncError unless every parameter of the manifest arrived once, with its shape and dtype."""
         self.llm.finish_weight_update()
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
-        return self.llm.collective_rpc("rrm_finish_sync")[0]
+        report = self.llm.collective_rpc("rrm_finish_sync")[0]
+        self.weights_incomplete = False  # a full sync, checked
+        return report
 
     # -- sleep/wake: colocated roles take turns on a GPU (rrm_ray.clients.colocation drives these) -------
     def sleep(self, level: int = 1) -> None:
@@ -307,6 +312,11 @@ class VLLMEngine(Worker):
         """A sleeping engine must not be given work: its scheduler is paused, so the call would wait
         forever (and on GPU its memory belongs to another role)."""
         self.work_calls.append((method, self.awake, time.time()))
+        if self.weights_incomplete:
+            raise RuntimeError(
+                f"{method}: this engine's last weight update failed half-way and it holds a mix of weights; "
+                "the driver syncs the weights again before it generates"
+            )
         if not self.awake:
             raise RuntimeError(
                 f"{method} on a sleeping engine: the driver must wake it first (rrm_ray.clients.colocation)"

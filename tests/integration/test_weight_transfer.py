@@ -17,7 +17,14 @@ from actors.rollout import RolloutWorker
 from rrm_ray.clients.group import ActorGroup
 from rrm_ray.config import AlgorithmConfig, LearnerConfig
 from rrm_ray.placement import RoleSpec
-from tests.integration.probes import engine_logprobs, learner_logprobs, master_weights, on_all, on_rank0
+from tests.integration.probes import (
+    break_sync_after,
+    engine_logprobs,
+    learner_logprobs,
+    master_weights,
+    on_all,
+    on_rank0,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -147,6 +154,19 @@ def test_a_tensor_parallel_engine_in_an_actor_generates_and_takes_the_weights(
         assert max_diff(before, target) > 1e-2
         assert learner.call_all("send_weights")[0]["params"] == 20
         assert max_diff(on_rank0(engine, engine_logprobs, PROBE), target) < 1e-4
+        # A sync that fails half-way (issue 23, item 2) ends the engines' update and closes the
+        # transfer, so the next one is set up again and goes through whole.
+        on_all(learner, break_sync_after, 7)
+        with pytest.raises(Exception, match="injected: the sync failed after 7 tensors"):
+            learner.call_all("send_weights")
+        assert learner.call_all("weight_transfer_ready") == [False]
+        # the engine got the rest as zeros (its receive released) and knows its weights are a mix
+        with pytest.raises(Exception, match="last weight update failed half-way"):
+            engine.call_rank0("generate", ["Hello there"], 1, 1.0, 1.0, 4, 5, 0)
+        learner.call_all("init_weight_transfer", "gloo", engine.actors, 2, 1, 300.0)
+        assert learner.call_all("send_weights")[0]["params"] == 20
+        assert max_diff(on_rank0(engine, engine_logprobs, PROBE), target) < 1e-4
+        assert len(engine.call_rank0("generate", ["Hello there"], 1, 1.0, 1.0, 4, 5, 0)) == 1
     finally:
         learner.call_all("close")
         learner.shutdown()
