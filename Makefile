@@ -37,6 +37,7 @@ test: install lint
 bench: install
 	$(PY) bench/weight_sync.py
 	$(PY) bench/learner_memory.py
+	$(PY) bench/learner_load.py
 	$(PY) bench/tournaments.py
 	$(PY) bench/judge_throughput.py --pairs 8 --max-new-tokens 64
 	$(PY) bench/judge_verdicts.py

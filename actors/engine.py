@@ -47,10 +47,20 @@ def sampled_logprobs(sample: Any) -> list[float]:
     return [float(s[tok].logprob) for tok, s in zip(sample.token_ids, steps, strict=True)]
 
 
-def engine_env(device: str, kv_cache_gib: float, threads: int) -> dict[str, str]:
-    """Environment an engine needs before vLLM is imported (set through the actor's runtime env)."""
+SLEEP_TAGS = ("weights", "kv_cache")  # what vLLM's sleep mode frees, and wakes one by one
+
+
+def engine_env(
+    device: str, kv_cache_gib: float, threads: int, tensor_parallel_size: int = 1
+) -> dict[str, str]:
+    """Environment an engine needs before vLLM is imported (set through the actor's runtime env).
+
+    Tensor parallelism on CPU: vLLM binds each worker's OpenMP threads to the cores of a NUMA node by
+    default ("auto"), which needs a node per worker and asserts on a one-node machine ("Not enough
+    allowed NUMA nodes"); the engines here share the machine's cores with the other roles anyway, so
+    the workers' threads are left unbound (`OMP_NUM_THREADS` each)."""
     env = {
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # keep the engine inside the actor process
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # keep the engine core inside the actor process
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
     }
     if device == "cpu":
@@ -59,7 +69,20 @@ def engine_env(device: str, kv_cache_gib: float, threads: int) -> dict[str, str]
             VLLM_CPU_NUM_OF_RESERVED_CPU="0",
             OMP_NUM_THREADS=str(threads),
         )
+        if tensor_parallel_size > 1:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     return env
+
+
+def executor_kwargs(tensor_parallel_size: int) -> dict[str, Any]:
+    """vLLM's executor for an engine inside a Ray actor. TP > 1 runs vLLM's multiprocessing executor:
+    its workers are child processes of the actor and use the GPUs Ray gave the actor. Left to itself,
+    vLLM picks its Ray executor inside a placement group (vllm/config/parallel.py), which rejects a
+    bundle with more than one GPU (v1/executor/ray_utils.py) and does not exist on CPU at all. TP 1
+    stays vLLM's single-process executor, in the actor."""
+    if tensor_parallel_size <= 1:
+        return {}
+    return {"tensor_parallel_size": tensor_parallel_size, "distributed_executor_backend": "mp"}
 
 
 class VLLMEngine(Worker):
@@ -87,13 +110,9 @@ class VLLMEngine(Worker):
 
         if device == "cpu":
             torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = executor_kwargs(tensor_parallel_size)
         if device == "cuda":
-            kwargs.update(
-                gpu_memory_utilization=gpu_memory_utilization,
-                enable_sleep_mode=enable_sleep_mode,
-                tensor_parallel_size=tensor_parallel_size,
-            )
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode)
         if weight_transfer_backend is not None:
             import actors.weight_transfer  # noqa: F401  (our engines join vLLM's registry first)
 
@@ -123,7 +142,9 @@ class VLLMEngine(Worker):
             getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False)
         )
         # Sleep/wake when colocated (rrm_ray.clients.colocation): the state, and a log the tests read back.
-        self.awake, self.sleep_level = True, 0
+        self.asleep: set[str] = set()  # SLEEP_TAGS not on the device now (empty: awake)
+        self.weights_incomplete = False  # a weight update failed half-way (`abort_weight_update`)
+        self.sleep_level = 0
         self.sleep_events: list[tuple[str, int, float]] = []  # (sleep | wake, level, wall time)
         self.work_calls: list[tuple[str, bool, float]] = []  # (method, awake?, wall time) per call
         # Prompt tokens of the requests `_run_until` finished, and how many of them vLLM's prefix cache
@@ -233,9 +254,11 @@ class VLLMEngine(Worker):
         layerwise reload is finalised; layers that got no new weights keep their old ones), our receipt
         is dropped, and the transfer is closed (a collective group that broke mid-chunk is unusable),
         so `weight_transfer_ready` says a new one must be set up. Until the next full sync the engine
-        may hold a mix of old and new weights."""
+        holds a mix of old weights, new ones and (gloo) the zeros the learner sent to release its
+        receive, so it refuses to generate until a full sync has passed its completeness check."""
         with contextlib.suppress(Exception):  # not open any more: the worker already ended it
             self.llm.finish_weight_update()
+        self.weights_incomplete = True  # generating is refused until a full sync (`_check_awake`)
         self.llm.collective_rpc("rrm_abort_sync")
         if self._transfer_initialized:
             with contextlib.suppress(Exception):
@@ -248,7 +271,9 @@ class VLLMEngine(Worker):
         WeightSyncError unless every parameter of the manifest arrived once, with its shape and dtype."""
         self.llm.finish_weight_update()
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
-        return self.llm.collective_rpc("rrm_finish_sync")[0]
+        report = self.llm.collective_rpc("rrm_finish_sync")[0]
+        self.weights_incomplete = False  # a full sync, checked
+        return report
 
     # -- sleep/wake: colocated roles take turns on a GPU (rrm_ray.clients.colocation drives these) -------
     def sleep(self, level: int = 1) -> None:
@@ -256,26 +281,42 @@ class VLLMEngine(Worker):
         drops them; both drop the KV cache. Needs `enable_sleep_mode` on cuda. vLLM-CPU accepts the call
         and ignores it with a warning (nothing is freed) but pauses its scheduler all the same, so the
         orchestration runs, and is tested, on CPU too."""
-        if not self.awake:
+        if self.asleep == set(SLEEP_TAGS):
             return
+        if self.asleep:  # half awake (weights only): whole again first, so vLLM frees both in one sleep
+            self.wake_up()
         self.llm.sleep(level=level)
-        self.awake, self.sleep_level = False, level
+        self.asleep, self.sleep_level = set(SLEEP_TAGS), level
         self.sleep_events.append(("sleep", level, time.time()))
 
-    def wake_up(self) -> bool:
-        """Back on the GPU. True when the weights were dropped (level 2): the caller must load them
-        again before this engine generates (the rollout's come from the learner by a weight sync)."""
-        if self.awake:
+    @property
+    def awake(self) -> bool:
+        return not self.asleep
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """Back on the GPU: `tags` of SLEEP_TAGS (None: all that sleep). A weight sync wakes "weights"
+        alone and the KV cache comes after it, so the sync's buffers never compete with vLLM's KV
+        budget on a GPU the learner has just released. True when the weights were dropped (level 2) and
+        are woken now: the caller must load them before this engine generates (the rollout's come from
+        the learner by a weight sync). vLLM resumes scheduling only once every tag is awake."""
+        waking = [t for t in SLEEP_TAGS if t in self.asleep and (tags is None or t in tags)]
+        if not waking:
             return False
-        self.llm.wake_up()
-        self.awake = True
-        self.sleep_events.append(("wake", self.sleep_level, time.time()))
-        return self.sleep_level == 2
+        self.llm.wake_up(tags=waking)
+        self.asleep -= set(waking)
+        kind = "wake" if not self.asleep and len(waking) == len(SLEEP_TAGS) else "wake:" + ",".join(waking)
+        self.sleep_events.append((kind, self.sleep_level, time.time()))
+        return "weights" in waking and self.sleep_level == 2
 
     def _check_awake(self, method: str) -> None:
         """A sleeping engine must not be given work: its scheduler is paused, so the call would wait
         forever (and on GPU its memory belongs to another role)."""
         self.work_calls.append((method, self.awake, time.time()))
+        if self.weights_incomplete:
+            raise RuntimeError(
+                f"{method}: this engine's last weight update failed half-way and it holds a mix of weights; "
+                "the driver syncs the weights again before it generates"
+            )
         if not self.awake:
             raise RuntimeError(
                 f"{method} on a sleeping engine: the driver must wake it first (rrm_ray.clients.colocation)"

@@ -171,17 +171,14 @@ class JudgeWorker(VLLMEngine):
         self.service.cache.clear()
         self.llm.reset_prefix_cache()
 
-    def wake_up(self) -> bool:
+    def wake_up(self, tags: list[str] | None = None) -> bool:
         """After a level-2 sleep the judge's weights are read again from `judge.model_path` (vLLM's
-        in-place reload), so the caller never has to supply them: returns False."""
-        if self.awake or self.sleep_level != 2:
-            return super().wake_up()
-        self.llm.wake_up(tags=["weights"])  # weights first: the reload needs only their memory
-        self.llm.collective_rpc("reload_weights")
-        self.llm.wake_up(tags=["kv_cache"])
+        in-place reload) before its KV cache wakes, so the caller never has to supply them: False."""
+        if not super().wake_up(["weights"] if tags is None else tags):
+            return super().wake_up(tags)
+        self.llm.collective_rpc("reload_weights")  # the weights' memory only: the KV cache still sleeps
+        super().wake_up(tags)
         self.llm.reset_prefix_cache()
-        self.awake = True
-        self.sleep_events.append(("wake", self.sleep_level, time.time()))
         return False
 
     def finish_weight_update(self) -> dict[str, int]:

@@ -20,6 +20,8 @@ from typing import Any
 
 import ray
 
+from actors.engine import executor_kwargs
+
 
 class JudgeServer:
     """vLLM's OpenAI server for the judge model; `start` returns its URL once it answers."""
@@ -70,12 +72,11 @@ class JudgeServer:
             "--disable-uvicorn-access-log",
         ]  # fmt: skip
         if device == "cuda":
-            argv += [
-                "--tensor-parallel-size", str(tensor_parallel_size),
-                "--gpu-memory-utilization", str(gpu_memory_utilization),
-            ]  # fmt: skip
+            argv += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
         else:
             argv += ["--enforce-eager"]
+        for key, value in executor_kwargs(tensor_parallel_size).items():  # TP > 1: vLLM's mp executor
+            argv += [f"--{key.replace('_', '-')}", str(value)]
         args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
         validate_parsed_serve_args(args)
         engine_args = AsyncEngineArgs.from_cli_args(args)

@@ -15,6 +15,7 @@ Checkpoints (`save_checkpoint(dir)`, all ranks): the backend's files (see `actor
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -330,6 +331,17 @@ class LearnerWorker(Worker):
                 self.weight_client.abort_weight_update()
             raise
         return self.weight_client.reports[0] if self.rank == 0 else None
+
+    def release_memory(self) -> int:
+        """Return PyTorch's cached blocks to the device: a colocated vLLM engine wakes next, and it maps
+        its memory itself, so blocks this process keeps cached would be missing from its budget. Bytes
+        released (0 on cpu: no device cache to return)."""
+        if self.device_kind != "cuda":
+            return 0
+        held = torch.cuda.memory_reserved()
+        gc.collect()  # tensors only a reference cycle still holds
+        torch.cuda.empty_cache()
+        return held - torch.cuda.memory_reserved()
 
     def weight_transfer_ready(self) -> bool:
         """False after a failed sync until `init_weight_transfer` runs again."""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from actors.engine import VLLMEngine, sampled_logprobs
+from rrm_ray.data.prompts import prompt_token_ids
 from rrm_ray.judge.budget import THINK_CLOSE, close_thinking, verdict_allowance
 from rrm_ray.seeds import request_seed
 from rrm_ray.types import Completion
@@ -51,13 +52,14 @@ class RolloutWorker(VLLMEngine):
         ``think_budget`` > 0: budget forcing for a thinking judge (see ``_generate_with_budget``).
         """
         self._check_awake("generate")
-        seed = self._usable_seed(prompts, n, seed)
+        inputs = self._encoded(prompts)
+        seed = self._usable_seed(inputs, n, seed)
         if think_budget > 0:
             return self._generate_with_budget(
-                prompts, n, temperature, top_p, max_tokens, seed, prompt_offset, think_budget
+                inputs, n, temperature, top_p, max_tokens, seed, prompt_offset, think_budget
             )
         params = self._sampling(len(prompts), n, temperature, top_p, max_tokens, seed, prompt_offset)
-        outputs = self.run_batch(prompts, params)
+        outputs = self.run_batch(inputs, params)
         return [c for i, out in enumerate(outputs) for c in _completions(prompt_offset + i, out)]
 
     def generate_stream(
@@ -74,19 +76,24 @@ class RolloutWorker(VLLMEngine):
         generator: the caller scores and judges finished groups while the rest still generate). The
         same requests as `generate`, so the same samples; the order of the groups is the engine's."""
         self._check_awake("generate")
-        seed = self._usable_seed(prompts, n, seed)
+        inputs = self._encoded(prompts)
+        seed = self._usable_seed(inputs, n, seed)
         params = self._sampling(len(prompts), n, temperature, top_p, max_tokens, seed, prompt_offset)
         finished = 0
-        for i, out in self._as_finished(prompts, params):
+        for i, out in self._as_finished(inputs, params):
             finished += 1
             yield _completions(prompt_offset + i, out)
         if finished != len(prompts):
             raise RuntimeError(f"generate_stream: the engine finished {finished} of {len(prompts)} prompts")
 
-    def _usable_seed(self, prompts: list[str], n: int, seed: int | None) -> int | None:
+    def _encoded(self, prompts: list[str]) -> list[dict[str, list[int]]]:
+        """The rendered prompts as token ids, BOS not doubled (`rrm_ray.data.prompts.prompt_token_ids`)."""
+        return [{"prompt_token_ids": prompt_token_ids(self.tokenizer, p)} for p in prompts]
+
+    def _usable_seed(self, inputs: list[dict[str, list[int]]], n: int, seed: int | None) -> int | None:
         """vLLM's CPU sampler keeps per-request seeds only when the whole prefill fits one step."""
         if seed is not None and self.device_kind == "cpu":
-            prefill = sum(len(self.tokenizer.encode(p)) for p in prompts) * n
+            prefill = sum(len(p["prompt_token_ids"]) for p in inputs) * n
             if prefill > self.max_num_batched_tokens:
                 return None
         return seed
@@ -111,7 +118,7 @@ class RolloutWorker(VLLMEngine):
 
     def _generate_with_budget(
         self,
-        prompts: list[str],
+        prompts: list[dict[str, list[int]]],
         n: int,
         temperature: float,
         top_p: float,

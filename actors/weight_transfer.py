@@ -213,10 +213,31 @@ class GlooTrainerWeightTransferEngine(NCCLTrainerWeightTransferEngine):
             return
         pairs = self._checked_iter(source, meta)
         bound = self.packed_buffer_size_bytes if self.packed else 0  # unpacked: one tensor per chunk
+        sent = 0
         with warnings.catch_warnings():  # a tensor above the bound travels alone, as documented
             warnings.filterwarnings("ignore", message=".*exceeds buffer_size_bytes")
-            while (chunk := pack_tensors(pairs, lambda item: item[1], bound)) is not None:
-                self.model_update_group.broadcast(chunk.packed_tensor, 0).wait()
+            try:
+                while (chunk := pack_tensors(pairs, lambda item: item[1], bound)) is not None:
+                    self.model_update_group.broadcast(chunk.packed_tensor, 0).wait()
+                    sent += 1
+            except BaseException:
+                self._drain(meta, bound, sent)
+                raise
+
+    def _drain(self, meta: list[ParamMeta], bound: int, sent: int) -> None:
+        """The learner failed half-way (a gather, the source): the engines' workers wait in the next
+        receive, and gloo gives them no way out (neither aborting nor dropping the group closes its
+        connections; only the peer's exit or the timeout does). So the chunks they still expect are sent,
+        zero-filled: their update completes, the engine's `abort_weight_update` then marks its weights
+        incomplete until a full sync. Best effort: a transport that broke itself fails here too."""
+        sizes = [math.prod(m.shape) * m.dtype.itemsize for m in meta]
+        counts = packed_chunks(sizes, bound)
+        with contextlib.suppress(Exception):
+            start = sum(counts[:sent])
+            for count in counts[sent:]:
+                zeros = torch.zeros(sum(sizes[start : start + count]), dtype=torch.uint8)
+                self.model_update_group.broadcast(zeros, 0).wait()
+                start += count
 
     def shutdown(self) -> None:
         self.model_update_group = None

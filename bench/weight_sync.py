@@ -13,8 +13,11 @@ weights are the engine's and every sync moves the same bytes.
 
 The bound is one copy of those bytes at this machine's memcpy bandwidth (`torch` copy of a 256 MiB
 tensor, best of 5, before and after the syncs, in this process): no transfer that lands the weights
-in the engine's own tensors can beat it. The last line is the ratio best method seconds / bound
-seconds (1.0 would be the bound).
+in the engine's own tensors can beat it. Two more lines split a sync up: the learner's streamed
+gather alone (every rank walks `stream_weights` in lockstep, nothing sent), and the transport floor:
+gloo itself, one broadcast of the same bytes in the same bucket sizes between the two learner
+processes (loopback TCP, what the collective method's group runs on). The last line is the ratio
+best method seconds / bound seconds (1.0 would be the bound).
 """
 
 from __future__ import annotations
@@ -51,9 +54,24 @@ def memcpy_bandwidth(mib: int = 256, tries: int = 5) -> float:
 
 
 def _gather_seconds(worker: LearnerWorker) -> float:
-    """Runs in a learner rank: one full-state-dict gather, the first part of every sync."""
+    """Runs in every learner rank at once: the streamed gather of a sync (each weight in turn, full, in
+    the engine's dtype), with nothing sent."""
     start = time.perf_counter()
-    worker._full_state_dict()
+    for _ in worker.policy.stream_weights(worker.dtype):
+        pass
+    return time.perf_counter() - start
+
+
+def _gloo_floor_seconds(worker: LearnerWorker, nbytes: int, bucket_bytes: int) -> float:
+    """Runs in every learner rank at once: `nbytes` broadcast from rank 0 in `bucket_bytes` pieces over
+    the learners' own gloo group, the transport a collective sync uses, with no model work around it."""
+    import torch.distributed as dist
+
+    bucket = torch.zeros(bucket_bytes, dtype=torch.uint8)
+    dist.barrier()
+    start = time.perf_counter()
+    for offset in range(0, nbytes, bucket_bytes):
+        dist.broadcast(bucket[: min(bucket_bytes, nbytes - offset)], src=0)
     return time.perf_counter() - start
 
 
@@ -113,6 +131,17 @@ def main() -> None:
             f"(median of {args.repeats}: {', '.join(f'{s:.3f}' for s in seconds[m])}), "
             f"{report['params']} tensors, {report['buckets']} chunks, {nbytes / 2**20:.1f} MiB"
         )
+    floors = [
+        max(
+            learner.get(
+                [
+                    a.__ray_call__.remote(_gloo_floor_seconds, nbytes, args.bucket_mb << 20)
+                    for a in learner.actors
+                ]
+            )
+        )
+        for _ in "ab"
+    ]
     learner.call_all("close")
     for group in (learner, *engines.values()):
         group.shutdown()
@@ -121,11 +150,17 @@ def main() -> None:
     bandwidth = max(bandwidth, memcpy_bandwidth())
     bound = nbytes / bandwidth
     best = min(seconds, key=lambda m: statistics.median(seconds[m]))
-    print(f"of each sync, the learner's full-state-dict gather alone: {min(gathers):.3f} s (best of 2)")
+    floor = min(floors)
+    print(f"of each sync, the learner's streamed gather alone: {min(gathers):.3f} s (best of 2)")
+    print(
+        f"transport floor: gloo broadcast of {nbytes / 2**20:.1f} MiB in {args.bucket_mb} MiB pieces between "
+        f"two processes: {floor:.3f} s (best of 2) = {floor / (nbytes / bandwidth):.1f} x bound"
+    )
     print(f"memcpy bandwidth {bandwidth / 1e9:.2f} GB/s ({torch.get_num_threads()} torch threads)")
     print(f"bound {nbytes / 2**20:.1f} MiB / memcpy bandwidth = {bound:.3f} s")
     for m, runs in seconds.items():
-        print(f"{m:13s} {statistics.median(runs):.3f} s = {statistics.median(runs) / bound:.1f} x bound")
+        median = statistics.median(runs)
+        print(f"{m:13s} {median:.3f} s = {median / bound:.1f} x bound = {median / floor:.1f} x gloo floor")
     ratio = statistics.median(seconds[best]) / bound
     print(f"ratio best ({best}) seconds / bound seconds = {ratio:.1f}")
 

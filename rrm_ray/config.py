@@ -27,8 +27,11 @@ class ConfigError(ValueError):
 class ClusterConfig:
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:port": connect
     device: str = "cpu"  # cpu | cuda: decides bundles ({"CPU"} vs {"GPU"}), dtypes and backends
-    local_num_cpus: int = 8  # logical CPUs a local Ray declares (roles take fractions of them)
-    local_num_gpus: int = 0
+    # What a local Ray (address unset) declares. None: on cpu, 8 logical CPUs (the roles take fractions
+    # of them) and no GPUs; on cuda, what Ray detects on this machine (all its GPUs and cores), so a GPU
+    # profile runs on one machine as written (rrm_ray.placement.local_resources).
+    local_num_cpus: int | None = None
+    local_num_gpus: int | None = None
     # Declared cluster shape, checked by validate() so a profile fails before submission.
     # 0 means unknown (checked against the live cluster after connecting instead).
     num_nodes: int = 0
@@ -72,6 +75,11 @@ class RolloutConfig:
     gpus_per_engine: float = 1.0  # used only when cluster.device == cuda
     tensor_parallel_size: int = 1  # GPUs one engine shards the model over (= gpus_per_engine on cuda)
     strategy: str = "PACK"
+    # Per-request sampling seeds (rrm_ray.seeds): always = every sample's random stream reproducible
+    # (a resumed run draws the same samples); never = vLLM's fastest sampler (a seeded request sends
+    # vLLM's GPU sampler from FlashInfer to its per-request PyTorch path, sampler/ops/topk_topp_sampler.py);
+    # auto = always on cpu (the tests compare runs sample by sample), never on cuda.
+    seed_requests: str = "auto"
     n_samples: int = 8  # responses per prompt (the GRPO group size)
     temperature: float = 1.0
     top_p: float = 1.0

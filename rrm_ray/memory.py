@@ -34,7 +34,15 @@ from rrm_ray.tables import aligned_table
 from rrm_ray.weight_sync import vllm_backend, weight_sync_method
 
 GIB = 2**30
-CONTEXT_GIB = 1.0  # per process on a GPU: CUDA context, NCCL buffers, what a sleeping engine keeps
+CONTEXT_GIB = 1.0  # per process on a GPU: CUDA context and NCCL communicator buffers
+# What a sleeping vLLM engine keeps on its GPU: sleep frees weights and KV cache only, not the CUDA
+# context, the CUDA-graph memory pool or the communicators (more of them with tensor parallelism).
+SLEEP_RESIDUE_GIB = 1.0
+PER_TP_COMMUNICATOR_GIB = 0.25
+# PyTorch's caching allocator holds more than the live tensors (block rounding, fragmentation); the
+# learner returns it before a colocated engine wakes (`release_memory`), so it counts while it works.
+ALLOCATOR_SLACK = 0.10
+TRANSFER_BUFFERS = 2  # vLLM's packed weight transfer double-buffers (weight_transfer/packed_tensor.py)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 # Dense decoder shapes (the fields of their HF config.json) for model paths that are not on this
@@ -84,21 +92,44 @@ def count_params(config: dict[str, Any]) -> int | None:
     return total + (0 if config.get("tie_word_embeddings") else v * h)
 
 
-def param_count(model_path: str) -> tuple[int | None, str]:
-    """(parameters, where the number comes from) for a config's model path, without loading weights."""
+def model_shape(model_path: str) -> tuple[dict[str, Any] | None, str]:
+    """(the HF config fields, where they come from) for a config's model path, without loading weights."""
     directory = cache_dir() / "SmolLM2-135M-Instruct" if model_path == SMOLLM2_ALIAS else Path(model_path)
     config_file = directory / "config.json"
     if config_file.is_file():
-        count = count_params(json.loads(config_file.read_text()))
-        return (
-            count,
-            "config.json" if count else "unknown (config.json: not a dense decoder shape known here)",
-        )
+        return json.loads(config_file.read_text()), "config.json"
     name = Path(model_path).name.lower()
     for pattern, label, shape in KNOWN_SHAPES:
         if re.search(pattern, name):
-            return count_params(shape), f"built-in {label} shape; no config.json here"
+            return shape, f"built-in {label} shape; no config.json here"
     return None, "unknown (no config.json here, not in the built-in table)"
+
+
+def param_count(model_path: str) -> tuple[int | None, str]:
+    """(parameters, where the number comes from) for a config's model path, without loading weights."""
+    shape, source = model_shape(model_path)
+    if shape is None:
+        return None, source
+    count = count_params(shape)
+    if count is None and source == "config.json":
+        return None, "unknown (config.json: not a dense decoder shape known here)"
+    return count, source
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """The sizes (parameters) the learner's transient buffers follow."""
+
+    largest: int  # the biggest single tensor: a streamed sync gathers one at a time
+    root: int  # what FSDP2's root module holds unsharded through a step: embeddings, LM head, final norm
+    layer: int  # one decoder layer (FSDP2 gathers one and prefetches the next)
+
+
+def tensor_sizes(shape: dict[str, Any], params: int) -> Tensors:
+    v, h, inter, layers = (int(shape[k]) for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                    "num_hidden_layers"))  # fmt: skip
+    root = v * h * (1 if shape.get("tie_word_embeddings") else 2) + h
+    return Tensors(largest=max(v * h, inter * h), root=root, layer=(params - root) // layers)
 
 
 def fmt_params(count: int | None) -> str:
@@ -114,56 +145,97 @@ class Memory:
     awake: float | None  # None: unknown (no parameter count)
     asleep: float | None
     parts: str
-    host_asleep: float = 0.0  # GiB a level-1 sleep keeps in host memory, per GPU
+    host_asleep: float = 0.0  # GiB kept in host memory per GPU: a level-1 sleep's weights, ZeRO's offload
+    # the learner between its phases, its cache released (`release_memory`): what stays while an
+    # engine on its GPU works (None: the same as awake)
+    resident: float | None = None
 
 
 def engine_memory(cfg: JobConfig, role: str, params: int | None, shared: bool) -> Memory:
-    """vLLM claims `gpu_memory_utilization` x the GPU for weights + KV cache + activations."""
+    """vLLM claims `gpu_memory_utilization` x the GPU for weights + KV cache + activations; outside that
+    budget a rollout engine receives weights into double-buffered buckets, and asleep it keeps its
+    context, CUDA graphs and communicators."""
     section = cfg.rollout if role == "rollout" else cfg.judge
     gpu, util, tp = cfg.cluster.gpu_memory_gib, section.gpu_memory_utilization, section.tensor_parallel_size
-    awake = util * gpu
+    residue = SLEEP_RESIDUE_GIB + (PER_TP_COMMUNICATOR_GIB if tp > 1 else 0.0)
+    receive = TRANSFER_BUFFERS * cfg.rollout.weight_bucket_mb / 1024 if role == "rollout" else 0.0
+    awake = util * gpu + receive
+    asleep = residue if shared else None
     if params is None:
-        return Memory(awake, CONTEXT_GIB if shared else None, f"{util:g} x {gpu:g} GiB (weights unknown)")
+        return Memory(awake, asleep, f"{util:g} x {gpu:g} GiB (weights unknown)")
     weights = params * DTYPE_BYTES[resolved_dtype(cfg)] / tp / GIB
-    kv = awake - weights
+    kv = util * gpu - weights
     parts = (
         f"weights {weights:.1f} (/TP {tp}) + KV cache {kv:.1f}: {util:g} x {gpu:g} GiB "
         f"({role}.gpu_memory_utilization)"
+        + (f" + sync buffers {receive:.2f}" if receive else "")
+        + (f"; asleep: context, CUDA graphs{', communicators' * (tp > 1)} {residue:g}" if shared else "")
     )
     if kv <= 0:
         parts += f"; WARNING: the weights alone exceed {role}.gpu_memory_utilization"
     host = weights if shared and section.sleep_level == 1 else 0.0
-    return Memory(awake, CONTEXT_GIB if shared else None, parts, host)
+    return Memory(awake, asleep, parts, host)
 
 
 def learner_memory(cfg: JobConfig, params: int | None) -> Memory:
-    """fp32 master weights (4 B/param) + Adam moments (8) + fp32 gradients (4), sharded over the ranks
-    (FSDP2, ZeRO-3; ZeRO-2 keeps a full bf16 copy of the weights per rank), a frozen reference in the
-    compute dtype when algorithm.kl_coef > 0, and a CUDA context. Activations are not counted."""
+    """One learner rank: fp32 master weights (4 B/param) + Adam moments (8) + fp32 gradients (4),
+    sharded over the ranks; the compute-dtype weights (ZeRO-2: a full copy per rank; ZeRO-3: a
+    partition, in host memory under offload_params; FSDP2: none kept, but its root module and two
+    layers unsharded while it computes); a frozen reference when algorithm.kl_coef > 0 (sharded, except
+    ZeRO-2's, which is whole on every rank); the sync's stream (the largest tensor gathered, and the
+    sender's double-buffered buckets on rank 0); the allocator's slack; a CUDA context. Activations are
+    not counted. `host_asleep` carries what ZeRO offloads to host memory, per rank."""
     lr = cfg.learner
     if params is None:
         return Memory(None, None, "unknown (no parameter count)")
-    ranks, dtype_bytes = lr.num_ranks, DTYPE_BYTES[resolved_dtype(cfg)]
+    shape, _ = model_shape(cfg.model.path)
+    sizes = tensor_sizes(shape, params) if shape is not None and count_params(shape) else None
+    ranks, b = lr.num_ranks, DTYPE_BYTES[resolved_dtype(cfg)]
+    zero = lr.backend == "deepspeed"
     masters, adam, grads = 4 * params / ranks, 8 * params / ranks, 4 * params / ranks
-    full_copy = dtype_bytes * params if lr.backend == "deepspeed" and lr.zero_stage == 2 else 0.0
-    if lr.backend == "deepspeed" and lr.offload_optimizer:
-        adam = 0.0
-    if lr.backend == "deepspeed" and lr.offload_params:
-        masters = 0.0
-    reference = dtype_bytes * params / ranks if cfg.algorithm.kl_coef > 0 else 0.0
-    total = (masters + adam + grads + full_copy + reference) / GIB + CONTEXT_GIB
+    host = 0.0
+    if zero and lr.offload_optimizer:  # ZeRO-Offload: fp32 masters, Adam and fp32 gradients in host
+        host += masters + adam + grads  # memory; the GPU keeps the gradients' compute-dtype partition
+        masters, adam, grads = 0.0, 0.0, b * params / ranks
+    if zero and lr.zero_stage == 2:
+        weights, weights_what = b * params, "full weights (ZeRO-2)"
+    elif zero:
+        weights, weights_what = b * params / ranks, "weights partition (ZeRO-3)"
+        if lr.offload_params:
+            host, weights, weights_what = host + weights, 0.0, ""
+    else:
+        weights, weights_what = 0.0, ""
+    unsharded = b * (sizes.root + 2 * sizes.layer) if sizes else 0.0  # FSDP2 root + ZeRO-3 live params
+    if zero and lr.zero_stage == 2:
+        unsharded = 0.0  # ZeRO-2's weights are whole already
+    reference = 0.0
+    if cfg.algorithm.kl_coef > 0:
+        reference = b * params / (1 if zero and lr.zero_stage == 2 else ranks)
+    bucket = cfg.rollout.weight_bucket_mb * 2**20
+    largest = b * sizes.largest if sizes else 0.0
+    # rank 0 packs into the sender's buffers; IPC's buffer holds at least the largest tensor
+    send = TRANSFER_BUFFERS * (max(bucket, largest) if weight_sync_method(cfg) == "ipc" else bucket)
+    stream = largest + send
+    live = masters + adam + grads + weights + unsharded + reference + stream
+    slack = ALLOCATOR_SLACK * live
+    total = (live + slack) / GIB + CONTEXT_GIB
     parts = (
         f"masters {masters / GIB:.1f} + Adam {adam / GIB:.1f} + grads {grads / GIB:.1f} (over {ranks} ranks)"
-        + (f" + full weights {full_copy / GIB:.1f} (ZeRO-2)" if full_copy else "")
+        + (f" + {weights_what} {weights / GIB:.1f}" if weights else "")
+        + (f" + unsharded root and 2 layers {unsharded / GIB:.1f}" if unsharded else "")
         + (f" + reference {reference / GIB:.1f}" if reference else "")
-        + f" + context {CONTEXT_GIB:g}; activations not counted"
+        + f" + sync stream {stream / GIB:.2f} + allocator slack {slack / GIB:.1f} + context {CONTEXT_GIB:g}"
+        + (f"; host {host / GIB:.1f} (offloaded)" if host else "")
+        + "; activations not counted"
     )
-    return Memory(total, None, parts)
+    resident = (masters + adam + grads + weights + reference) / GIB + CONTEXT_GIB
+    return Memory(total, None, parts, host / GIB, resident)
 
 
 def group_peak(roles: list[str], memory: dict[str, Memory]) -> tuple[float | None, str]:
-    """Peak GiB on one GPU of a placement group, and when: the learner is always resident, at most one
-    engine is awake at a time and the others keep what a sleeping engine holds."""
+    """Peak GiB on one GPU of a placement group, and when: the learner is always resident (its working
+    buffers and cache released while an engine works), at most one engine is awake at a time and the
+    others keep what a sleeping engine holds."""
     engines = [r for r in roles if r in ENGINES]
     resident = [r for r in roles if r not in ENGINES]
     phases = [(f"{e} awake", e) for e in engines]
@@ -172,13 +244,17 @@ def group_peak(roles: list[str], memory: dict[str, Memory]) -> tuple[float | Non
     best: tuple[float | None, str] = (None, "")
     for label, awake in phases:
         values = [memory[e].awake if e == awake else memory[e].asleep for e in engines]
-        values += [memory[r].awake for r in resident]
+        values += [_between(memory[r]) if awake else memory[r].awake for r in resident]
         if any(v is None for v in values):
             return None, "unknown"
         total = float(sum(v for v in values if v is not None))
         if best[0] is None or total > best[0]:
             best = (total, label)
     return best
+
+
+def _between(m: Memory) -> float | None:
+    return m.awake if m.resident is None else m.resident
 
 
 def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: str) -> tuple[str, list[str]]:
@@ -249,11 +325,11 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
     lines += ["", f"weight sync: {method} (rollout.weight_sync={cfg.rollout.weight_sync}; vLLM engine "
               f"{vllm_backend(method, cfg.cluster.device)!r})"]  # fmt: skip
     lines += ["", *(_gpu_memory(cfg, placement, params) if cuda else _host_memory(cfg, placement, params))]
-    if cuda and cfg.cluster.address is None and cfg.cluster.local_num_gpus < asked:
+    if cuda and cfg.cluster.address is None and cfg.cluster.local_num_gpus is None:
         lines.append(
-            f"note: with cluster.address unset, `rrm-ray train` starts a local Ray declaring "
-            f"cluster.local_num_gpus={cfg.cluster.local_num_gpus} GPUs; set cluster.address=auto on a "
-            "started cluster (or use `rrm-ray submit`)"
+            "note: with cluster.address unset, `rrm-ray train` starts a local Ray with the GPUs it detects "
+            f"on that machine (the job needs {asked:g}); on a started cluster set cluster.address=auto "
+            "(or use `rrm-ray submit`)"
         )
     return "\n".join(lines), problems
 
@@ -350,7 +426,7 @@ def _gpu_memory(
     ]
     host = [f"{r} {m.host_asleep:.1f} GiB per GPU" for r, m in memory.items() if m.host_asleep]
     if host:
-        lines.append("host memory held by level-1 sleep: " + ", ".join(host))
+        lines.append("host memory (level-1 sleep, ZeRO offload): " + ", ".join(host))
     return lines + warnings
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rrm_ray.config import JobConfig
+    from rrm_ray.config import ClusterConfig, JobConfig
 
 ROLE_ORDER = ("rollout", "learner", "reward", "judge")  # start order
 COLOCATABLE = ("rollout", "learner", "judge")
@@ -236,16 +236,29 @@ def _take(node: dict[str, float], bundle: dict[str, float]) -> None:
         node[key] = node.get(key, 0.0) - value
 
 
+LOCAL_CPUS_ON_CPU = 8  # logical: the CPU roles take fractions of them, whatever the machine has
+
+
+def local_resources(c: ClusterConfig) -> tuple[int | None, int | None]:
+    """(CPUs, GPUs) a local Ray is started with (`cluster.local_num_cpus/gpus`); None: Ray detects them.
+    On cpu the logical defaults; on cuda Ray counts the machine's GPUs, as a one-machine GPU job needs."""
+    if c.device == "cpu":
+        cpus = LOCAL_CPUS_ON_CPU if c.local_num_cpus is None else c.local_num_cpus
+        return cpus, c.local_num_gpus or 0
+    return c.local_num_cpus, c.local_num_gpus
+
+
 def declared_nodes(cfg: JobConfig) -> list[dict[str, float]] | None:
-    """The nodes a config declares: a local Ray's logical resources, or `cluster.num_nodes` x
-    `cluster.gpus_per_node` (CPUs per node are not declared: those nodes have no CPU key, and CPUs go
-    unchecked). None: the shape is unknown (only a live cluster can tell)."""
+    """The nodes a config declares: a local Ray's resources where the config states them, or
+    `cluster.num_nodes` x `cluster.gpus_per_node` (CPUs per node are not declared: those nodes have no
+    CPU key, and CPUs go unchecked). None: the shape is unknown (only a live cluster can tell)."""
     c = cfg.cluster
     if c.address is None:
-        node = {"CPU": float(c.local_num_cpus)}
-        if c.local_num_gpus:
-            node["GPU"] = float(c.local_num_gpus)
-        if c.device == "cpu":
+        cpus, gpus = local_resources(c)
+        node = {} if cpus is None else {"CPU": float(cpus)}
+        if gpus:
+            node["GPU"] = float(gpus)
+        if c.device == "cpu" or gpus is not None:
             return [node]
     if c.num_nodes > 0 and c.gpus_per_node > 0:
         return [{"GPU": float(c.gpus_per_node)} for _ in range(c.num_nodes)]

@@ -11,6 +11,7 @@ bases, so their ranges overlap only with probability ~ (prompts * n) / 2**62.
 
 from __future__ import annotations
 
+SEED_REQUESTS = ("auto", "always", "never")  # rollout.seed_requests
 SEED_BITS = 62  # child seeds (base + n - 1) stay below 2**63: safe for int64 and torch.Generator
 
 
@@ -32,3 +33,11 @@ def request_seed(seed: int, prompt_index: int, n: int, stream: int = 0) -> int:
         raise ValueError(f"request_seed: prompt_index must be >= 0, got {prompt_index}")
     base = _mix64((_mix64(seed) + stream) & 0xFFFFFFFFFFFFFFFF)
     return (base + prompt_index * n) % (1 << SEED_BITS)
+
+
+def seeds_requests(mode: str, device: str) -> bool:
+    """Whether rollout requests carry seeds (`rollout.seed_requests`): reproducible streams cost vLLM's
+    fast GPU sampler, so `auto` seeds on cpu, where the tests need them, and not on cuda."""
+    if mode not in SEED_REQUESTS:
+        raise ValueError(f"rollout.seed_requests: got {mode!r}, allowed: {', '.join(SEED_REQUESTS)}")
+    return mode == "always" or (mode == "auto" and device == "cpu")

@@ -32,8 +32,9 @@ from rrm_ray.data.downstream import validate_settings
 from rrm_ray.judge.prompts import CONFIG_PROMPT_STYLES, OVER_LENGTH
 from rrm_ray.judge.records import PRESENTATIONS
 from rrm_ray.judge.verdict import VERDICT_RULES
-from rrm_ray.placement import COLOCATABLE, gpus_asked, own_spec, placement_layout
+from rrm_ray.placement import COLOCATABLE, gpus_asked, local_resources, own_spec, placement_layout
 from rrm_ray.rewards.rules import resolve_rule
+from rrm_ray.seeds import SEED_REQUESTS
 from rrm_ray.weight_sync import weight_sync_method
 
 
@@ -251,6 +252,7 @@ def validate(cfg: JobConfig) -> None:
     one_of(a.name, "algorithm.name", ("grpo",))
     for key, strategy in (("rollout.strategy", r.strategy), ("learner.strategy", lr.strategy)):
         one_of(strategy, key, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    one_of(r.seed_requests, "rollout.seed_requests", SEED_REQUESTS)
     for key, value in (
         ("rollout.num_engines", r.num_engines),
         ("rollout.n_samples", r.n_samples),
@@ -411,12 +413,21 @@ def validate(cfg: JobConfig) -> None:
     require(c.gpu_memory_gib > 0, "cluster.gpu_memory_gib", f"must be > 0, got {c.gpu_memory_gib:g}")
     validate_numbers(cfg)
     validate_timeouts(cfg)
-    if c.address is None and c.device == "cpu":
+    if c.address is None:
+        local_cpus, local_gpus = local_resources(c)
         asked_cpu = sum(g.num_workers * g.cpus for g in groups.values())
         require(
-            asked_cpu <= c.local_num_cpus,
+            local_cpus is None or asked_cpu <= local_cpus,
             "cluster.local_num_cpus",
-            f"the job asks for {asked_cpu:g} logical CPUs but the local Ray declares {c.local_num_cpus}",
+            f"the job asks for {asked_cpu:g} logical CPUs but the local Ray declares {local_cpus}",
+        )
+        asked_gpu, parts = gpus_asked(groups)
+        require(
+            local_gpus is None or asked_gpu <= local_gpus,
+            "cluster.local_num_gpus",
+            f"the job asks for {asked_gpu:g} GPUs ({parts}) but the local Ray `train` starts declares "
+            f"{local_gpus}; leave cluster.local_num_gpus unset on cuda (Ray detects this machine's GPUs), "
+            "or set cluster.address=auto to run on a started cluster",
         )
 
 

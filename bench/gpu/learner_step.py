@@ -3,8 +3,9 @@
     python bench/gpu/learner_step.py [--batch 4] [--seq 4096] [--steps 5] [--peak-tflops 989]
     python bench/gpu/learner_step.py --device cpu --tiny          # smoke test: gloo, a tiny config
 
-Needs torch and transformers only (plus this repo's `actors.backends` and `rrm_ray.algo`, which import
-nothing else): no Ray, vLLM, DeepSpeed or MLflow, so it runs on a bare GPU machine. The model has
+Needs torch, transformers, safetensors and accelerate (pure Python; the FSDP2 backend builds the model
+empty with it) plus this repo's `actors.backends` and `rrm_ray.algo`: no Ray, vLLM, DeepSpeed or MLflow,
+so it runs on a bare GPU machine. The model has
 random weights in Qwen2-1.5B's shapes (the config is written out below; nothing is downloaded) and goes
 through the learner's own code: `FSDP2Backend` (fp32 masters, bf16 all-gather, fp32 reduce-scatter),
 the chunked log-prob forward, the GRPO loss of `rrm_ray.algo`, `clip_and_step`.
@@ -12,6 +13,12 @@ the chunked log-prob forward, the GRPO loss of `rrm_ray.algo`, `clip_and_step`.
     step 0   at lr 1e-6: the fraction of fp32 master weights it changed (pure bf16 AdamW rounds almost
              all such updates away; fp32 masters keep them), then the copy is freed
     1..N     timed (after that warm-up step): tokens/s, and peak memory over these steps
+
+    then     the weight sync's streamed gather (issue 23, item 7): every weight in turn, full, cast to
+             bf16 before the gather, timed; the allocator cache a colocated engine would find taken,
+             released as the learner does before one wakes (item 4); rank-0 loading (item 8): the
+             trained weights written as an HF directory, then a new FSDP2 learner built empty and
+             filled from it by rank 0, timed, its peak memory, and checked equal to what was written
 
 MFU counts model FLOPs per trained token, 6 x (decoder matmul parameters + the lm_head's V x H) plus
 causal attention 6 x layers x seq x hidden, against `--peak-tflops` (H200 / H100 SXM bf16 dense: 989).
@@ -22,11 +29,13 @@ not counted, as is usual for MFU. The last line is one JSON object with every fi
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -100,6 +109,53 @@ def changed_fraction(model: torch.nn.Module, before: list[torch.Tensor]) -> floa
 
 def rss_peak_gib() -> float:
     return int(re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) / 2**20
+
+
+def sync_release_and_load(backend, config, device: torch.device, cfg, sync) -> dict:
+    """Items 7, 4 and 8 of issue 23 on the trained learner; see the module docstring."""
+    sync()
+    start, nbytes = time.perf_counter(), 0
+    for _, tensor in backend.stream_weights(torch.bfloat16):
+        nbytes += tensor.numel() * tensor.element_size()
+    sync()
+    gather_s = time.perf_counter() - start
+    released = 0.0
+    if device.type == "cuda":
+        held = torch.cuda.memory_reserved()
+        gc.collect()
+        torch.cuda.empty_cache()
+        released = (held - torch.cuda.memory_reserved()) / 2**30
+    from safetensors.torch import save_file
+
+    written = backend.full_state_dict(torch.bfloat16)
+    with tempfile.TemporaryDirectory() as directory:
+        config.save_pretrained(directory)
+        save_file({k: v.contiguous() for k, v in written.items() if k != "lm_head.weight"},
+                  f"{directory}/model.safetensors", metadata={"format": "pt"})  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+        sync()
+        start = time.perf_counter()
+        loaded = FSDP2Backend(directory, torch.bfloat16, device, cfg, frozen=False)
+        sync()
+        load_s = time.perf_counter() - start
+        load_peak = (
+            (torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda" else rss_peak_gib()
+        )
+    again = loaded.full_state_dict(torch.bfloat16)
+    exact = again.keys() == written.keys() and all(torch.equal(again[k], written[k]) for k in written)
+    return {
+        "stream_gather_s": gather_s,
+        "stream_gib": nbytes / 2**30,
+        "cache_released_gib": released,
+        "rank0_load_s": load_s,
+        "rank0_load_peak_gib": load_peak,
+        "rank0_load_peak_kind": "max_memory_allocated above the trained learner's"
+        if device.type == "cuda"
+        else "process RSS high-water",
+        "rank0_load_exact": bool(exact),
+    }
 
 
 def main() -> int:
@@ -184,6 +240,7 @@ def main() -> int:
     tokens_per_s = steps * batch * seq / seconds
     flops = model_flops_per_token(config, seq)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else rss_peak_gib()
+    extra = sync_release_and_load(backend, config, device, cfg, sync)
     report = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "model": "tiny Qwen2" if args.tiny else "Qwen2-1.5B shapes (random weights)",
@@ -203,6 +260,7 @@ def main() -> int:
         "first_step_grad_norm": first.grad_norm,
         "masters_changed_at_lr_1e-6": fraction,
         "skipped_steps": skipped,
+        **extra,
         "forbidden_imports": [m for m in FORBIDDEN if m in sys.modules],
         "torch": torch.__version__,
     }
@@ -210,6 +268,12 @@ def main() -> int:
     print(f"tokens/s {tokens_per_s:,.0f}   MFU {report['mfu']:.1%} of {args.peak_tflops:g} TFLOPs")
     print(f"peak memory {peak:.1f} GiB ({report['peak_memory_kind']})")
     print(f"fp32 masters changed by one step at lr 1e-6: {fraction:.2%}")
+    print(
+        f"streamed gather {extra['stream_gather_s']:.3f} s ({extra['stream_gib']:.2f} GiB in bf16, "
+        f"{extra['stream_gib'] / extra['stream_gather_s']:.1f} GiB/s); cache released "
+        f"{extra['cache_released_gib']:.2f} GiB; rank-0 load {extra['rank0_load_s']:.1f} s, "
+        f"peak {extra['rank0_load_peak_gib']:.2f} GiB, exact: {extra['rank0_load_exact']}"
+    )
     print(json.dumps(report))
     dist.destroy_process_group()
     return 0

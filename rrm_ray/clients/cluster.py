@@ -14,6 +14,7 @@ import ray
 
 from rrm_ray.config import JobConfig
 from rrm_ray.logs import command_log_file, ray_init_kwargs
+from rrm_ray.placement import local_resources
 
 
 def ray_submission_id() -> str:
@@ -46,10 +47,11 @@ def connect_ray(cfg: JobConfig, command: str = "train") -> Path | None:
     if cfg.cluster.address:
         ray.init(address=cfg.cluster.address, **kwargs)
     else:
+        cpus, gpus = local_resources(cfg.cluster)  # None: Ray detects them (a GPU job on one machine)
         ray.init(
             address="local",  # a new local instance, even if other clusters run on this machine
-            num_cpus=cfg.cluster.local_num_cpus,
-            num_gpus=cfg.cluster.local_num_gpus,
+            num_cpus=cpus,
+            num_gpus=gpus,
             include_dashboard=False,
             **kwargs,
         )

@@ -13,6 +13,11 @@ finds the GPU free (a vLLM engine sizes its KV cache from the free memory it see
 A rollout engine woken from a level-2 sleep has no weights: the helper syncs them from the learner
 before it generates. Sleeping is a no-op with a warning on vLLM-CPU (nothing is freed there), but
 the calls, their order and this log are the same.
+
+Waking on a GPU the learner shares takes two more rules, because vLLM maps the memory it wakes itself
+and cannot use what PyTorch's caching allocator still holds: the learner returns its cached blocks
+to the device first (`release_memory`), and a weight sync wakes the rollout's weights alone, its KV
+cache waking only when the rollout phase begins, after the sync's buffers are gone again.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ def transitions(groups: list[tuple[str, ...]], phase: str) -> tuple[list[str], l
     return to_sleep, to_wake
 
 
+# What a phase wakes of the rollout engines (None: everything asleep). A weight sync needs the weights
+# only; the KV cache would take the memory the sync's buffers need.
+WAKE_TAGS: dict[str, list[str] | None] = {"weight_sync": ["weights"], "weight_transfer": ["weights"]}
+
+
 class Colocation:
     """Sleep/wake of the engines that share bundles; `before(phase)` is the driver's one call.
 
@@ -54,10 +64,17 @@ class Colocation:
     `log` records every phase with what was asked to sleep and wake, for tests and debugging.
     """
 
-    def __init__(self, layout: PlacementLayout, levels: dict[str, int], resync: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        layout: PlacementLayout,
+        levels: dict[str, int],
+        resync: Callable[[], Any],
+        release_learner: Callable[[], Any],
+    ) -> None:
         self.colocated = layout.colocated()
         self.levels = levels
         self.resync = resync
+        self.release_learner = release_learner  # the learner's cached GPU memory back to the device
         self.engines: dict[str, Any] = {}  # role -> its actor group (anything with `call_all`)
         self.stale: set[str] = set()  # woken from a level-2 sleep, weights not yet synced
         self.log: list[dict[str, Any]] = []
@@ -75,6 +92,8 @@ class Colocation:
                     "t": time.time(),
                     "slept": [role],
                     "woke": [],
+                    "tags": None,
+                    "released": False,
                     "resync": False,
                 }
             )
@@ -89,8 +108,13 @@ class Colocation:
         )
         for role in to_sleep:
             self.engines[role].call_all("sleep", self.levels[role])
+        released = any(self._with_learner(role) for role in to_wake)
+        if released:
+            self.release_learner()
+        tags = WAKE_TAGS.get(phase)
         for role in to_wake:
-            if any(self.engines[role].call_all("wake_up")):  # True: its weights were dropped (level 2)
+            # True: its weights were dropped (level 2)
+            if any(self.engines[role].call_all("wake_up", tags if role == "rollout" else None)):
                 self.stale.add(role)
         if phase == "weight_sync":
             self.stale.discard("rollout")  # the sync that follows loads them
@@ -102,8 +126,14 @@ class Colocation:
                 "t": time.time(),
                 "slept": to_sleep,
                 "woke": to_wake,
+                "tags": tags,
+                "released": released,
                 "resync": resync,
             }
         )
         if resync:
             self.resync()  # the driver's sync_weights, which comes back here as "weight_sync"
+
+    def _with_learner(self, role: str) -> bool:
+        """The role's engines share GPUs with the learner (woken there, they need its released cache)."""
+        return any(role in roles and "learner" in roles for roles in self.colocated)

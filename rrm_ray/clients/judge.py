@@ -57,7 +57,7 @@ class JudgeClient:
             init_args=(resolve_model_path(j.model_path), resolved_dtype(cfg), j, cfg.trainer.seed, c.device),
             # engines that share GPUs with another role sleep while it works (rrm_ray.clients.colocation)
             init_kwargs={"enable_sleep_mode": place.shared("judge")},
-            env={**engine_env(c.device, j.kv_cache_gib, j.threads), **c.env},
+            env={**engine_env(c.device, j.kv_cache_gib, j.threads, j.tensor_parallel_size), **c.env},
             placement_timeout_s=c.placement_timeout_s,
             call_timeout_s=c.call_timeout_s,
             max_restarts=c.max_actor_restarts,  # a dead engine comes back; calls retry (rrm_ray.recovery)

@@ -225,6 +225,10 @@ class LearnerClient:
             "init_weight_transfer", backend, engines, workers, r.weight_bucket_mb, c.call_timeout_s
         )
 
+    def release_memory(self) -> None:
+        """Every rank returns its allocator's cached GPU memory (after its update: calls run in order)."""
+        self.group.call_all("release_memory")
+
     def transfer_ready(self) -> bool:
         """False after a sync failed half-way (its ranks closed their end), until it is set up again."""
         return all(self.group.call_all("weight_transfer_ready"))

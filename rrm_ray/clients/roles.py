@@ -114,7 +114,8 @@ class Roles:
         self.layout = placement_layout(cfg)  # placement groups, and each role's share of them
         self.pgs: dict[str, PlacementGroup] = {}
         levels = {"rollout": cfg.rollout.sleep_level, "judge": cfg.judge.sleep_level}
-        self.share = Colocation(self.layout, levels, self.sync_weights)  # roles sharing GPUs take turns
+        # roles sharing GPUs take turns
+        self.share = Colocation(self.layout, levels, self.sync_weights, self.release_learner_memory)
         self.restarts = Restarts(
             cfg.cluster.max_actor_restarts,
             cfg.cluster.call_timeout_s,
@@ -163,6 +164,11 @@ class Roles:
         """The learner's weights into the rollout engines (Colocation's resync, too)."""
         assert self.rollout is not None
         return self.rollout.sync_weights()
+
+    def release_learner_memory(self) -> None:
+        """Before an engine wakes on the learner's GPUs (Colocation)."""
+        if self.learner is not None:
+            self.learner.release_memory()
 
     def rebuild_learner(self) -> None:
         """New learner ranks on the same bundles, joined to the engines again."""

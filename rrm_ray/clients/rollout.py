@@ -9,6 +9,7 @@ from actors.rollout import RolloutWorker
 from rrm_ray.clients.group import ActorGroup
 from rrm_ray.clients.restarts import Restarts
 from rrm_ray.config import JobConfig, resolved_dtype
+from rrm_ray.seeds import seeds_requests
 from rrm_ray.types import Completion
 from rrm_ray.weight_sync import vllm_backend, weight_sync_method
 
@@ -36,7 +37,7 @@ def engine_spec(
             "weight_transfer_backend": backend,
             "enable_sleep_mode": enable_sleep_mode,
         },
-        "env": {**engine_env(c.device, r.kv_cache_gib, r.threads), **c.env},
+        "env": {**engine_env(c.device, r.kv_cache_gib, r.threads, r.tensor_parallel_size), **c.env},
     }
 
 
@@ -97,6 +98,7 @@ class RolloutClient:
         self, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int | None
     ) -> list[Completion]:
         """n samples per prompt (flat, prompt-major); restarted and retried if an engine dies."""
+        seed = self._request_seed(seed)
         resync = self.sync_weights if self.source is not None else None
         return self.restarts.retry(
             self.group, lambda _: self._generate_once(prompts, n, temperature, max_tokens, seed), resync
@@ -128,6 +130,10 @@ class RolloutClient:
                 )
         return [c for out in self.group.get(refs, "generate") for c in out]
 
+    def _request_seed(self, seed: int | None) -> int | None:
+        """`seed`, or None where `rollout.seed_requests` sends requests unseeded (`rrm_ray.seeds`)."""
+        return seed if seeds_requests(self.cfg.rollout.seed_requests, self.cfg.cluster.device) else None
+
     def stream(
         self, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int | None
     ) -> list[Any]:
@@ -135,6 +141,7 @@ class RolloutClient:
         soon as they are done (`rrm_ray.clients.streamed_batch`, which also retries it as a whole)."""
         if self.share is not None:
             self.share.before("rollout")
+        seed = self._request_seed(seed)
         chunk = -(-len(prompts) // len(self.group))
         streams = []
         for e, actor in enumerate(self.group.actors):

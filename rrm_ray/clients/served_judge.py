@@ -114,7 +114,7 @@ def serve_judge(cfg: JobConfig, name: str, address: str | None = None) -> Served
                     f"cluster.placement_timeout_s={c.placement_timeout_s:g}s (judge.num_engines, "
                     "judge.cpus_per_engine, judge.gpus_per_engine)"
                 )
-            env = {**engine_env(c.device, j.kv_cache_gib, j.threads), **c.env}
+            env = {**engine_env(c.device, j.kv_cache_gib, j.threads, j.tensor_parallel_size), **c.env}
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"  # vLLM's async engine runs its core in a process
             remote = ray.remote(JudgeServer)
             for i in range(j.num_engines):

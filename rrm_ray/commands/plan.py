@@ -16,7 +16,7 @@ import sys
 from rrm_ray.clients.cluster import live_nodes
 from rrm_ray.config import JobConfig
 from rrm_ray.memory import build_report
-from rrm_ray.placement import cannot_hold_message, declared_nodes
+from rrm_ray.placement import cannot_hold_message, declared_nodes, local_resources
 from rrm_ray.validation import load_config
 
 
@@ -46,8 +46,11 @@ def _declared_text(cfg: JobConfig, nodes: list[dict[str, float]] | None) -> str:
         return (
             "nothing: the cluster shape is unknown (set cluster.num_nodes/gpus_per_node, or pass --address)"
         )
-    if c.device == "cpu" and c.address is None:
-        return f"the local Ray that `train` starts (cluster.local_num_cpus={c.local_num_cpus} logical CPUs)"
+    cpus, gpus = local_resources(c)
+    if c.address is None and (c.device == "cpu" or gpus is not None):
+        what = [f"{cpus} logical CPUs" if cpus is not None else "the CPUs Ray detects"]
+        what += [f"{gpus} GPUs"] if gpus else []
+        return f"the local Ray that `train` starts ({', '.join(what)}: cluster.local_num_cpus/gpus)"
     return (
         f"the declared cluster: {c.num_nodes} node(s) x {c.gpus_per_node} GPUs "
         "(cluster.num_nodes, cluster.gpus_per_node; CPUs per node are not declared, not checked)"

@@ -209,3 +209,13 @@ def render_prompt(
     if not use_chat_template or not getattr(tokenizer, "chat_template", None):
         return "\n\n".join(m["content"] for m in messages)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_token_ids(tokenizer: Any, text: str) -> list[int]:
+    """The ids an engine should be given for a rendered prompt. vLLM encodes a text prompt with the
+    tokenizer's special tokens (`add_special_tokens=True`, vllm/renderers/base.py), but a chat template
+    writes BOS itself where the model wants one, so a template text would start with two. Text that
+    starts with BOS is encoded as it stands; any other text (no template, a base model) gets the
+    tokenizer's own special tokens, as vLLM would give it."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return list(tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos))))

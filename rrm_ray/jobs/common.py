@@ -189,6 +189,21 @@ class RoleJob:
     roles: Roles
     tracker: Tracker
     stop: GracefulStop | None = None
+    cfg: JobConfig
+    model_path: str
+    tokenizer: Any
+    step: int
+
+    def _make_roles(self, weights_trained: Callable[[], bool]) -> Roles:
+        """The job's role clients; faults are logged to its run at its current step."""
+        return Roles(
+            self.cfg,
+            self.model_path,
+            self.tokenizer.pad_token_id or 0,
+            think_budget(self.cfg),
+            weights_trained=weights_trained,
+            on_fault=lambda counter, value: self.tracker.log_metrics({f"faults/{counter}": value}, self.step),
+        )
 
     def stop_requested(self) -> bool:
         return self.stop is not None and self.stop.requested

@@ -18,7 +18,6 @@ from rrm_ray import algo
 from rrm_ray.batch import TrainBatch, build_batch
 from rrm_ray.checkpoint import new_run_id, run_dir
 from rrm_ray.clients.cluster import connect_ray
-from rrm_ray.clients.roles import Roles
 from rrm_ray.config import ConfigError, JobConfig, LearnerConfig
 from rrm_ray.data.tasks import load_task_rows
 from rrm_ray.jobs.common import (
@@ -29,7 +28,6 @@ from rrm_ray.jobs.common import (
     make_tracker,
     render,
     save_final,
-    think_budget,
 )
 from rrm_ray.judge.feedback import query_text
 from rrm_ray.judge.records import JudgePair
@@ -87,14 +85,7 @@ class DPOJob(RoleJob):
         self.tracker = tracker or make_tracker(
             cfg, self.job_kind, self.model_path, None, self.run_id, self.run_dir
         )
-        self.roles = Roles(
-            cfg,
-            self.model_path,
-            self.tokenizer.pad_token_id or 0,
-            think_budget(cfg),
-            weights_trained=lambda: self.step > 0,
-            on_fault=lambda counter, value: self.tracker.log_metrics({f"faults/{counter}": value}, self.step),
-        )
+        self.roles = self._make_roles(weights_trained=lambda: self.step > 0)
 
     def start(self) -> None:
         connect_ray(self.cfg)

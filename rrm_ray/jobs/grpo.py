@@ -43,7 +43,6 @@ from rrm_ray.checkpoint import (
 from rrm_ray.clients.cluster import connect_ray
 from rrm_ray.clients.downstream import downstream_metrics
 from rrm_ray.clients.group import ActorDied, RemoteCallTimeout
-from rrm_ray.clients.roles import Roles
 from rrm_ray.clients.streamed_batch import generate_and_score
 from rrm_ray.config import JobConfig, to_yaml
 from rrm_ray.data.prompts import PromptRow
@@ -111,14 +110,7 @@ class GRPOJob(RoleJob):
         self.tracker = tracker or make_tracker(
             cfg, self.job_kind, self.model_path, mlflow_run_id, self.run_id, self.run_dir
         )
-        self.roles = Roles(
-            cfg,
-            self.model_path,
-            self.tokenizer.pad_token_id or 0,
-            think_budget(cfg),
-            weights_trained=lambda: self.step > 0 or self.resume_from is not None,
-            on_fault=lambda counter, value: self.tracker.log_metrics({f"faults/{counter}": value}, self.step),
-        )
+        self.roles = self._make_roles(weights_trained=lambda: self.step > 0 or self.resume_from is not None)
         self.schedule: Schedule[Batch] = Schedule(cfg.trainer.max_staleness)  # batches generated ahead
         self.streaming = streaming_enabled(cfg)  # reward.streaming: groups scored as they are generated
         self.placement: list[dict[str, Any]] = []

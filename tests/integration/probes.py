@@ -91,3 +91,18 @@ def master_weights(learner: Any) -> dict[str, Any] | None:
     """Collective: rank 0 returns the full master weights (fp32 under mixed precision) on CPU."""
     sd = learner.policy.full_state_dict()
     return sd if learner.rank == 0 else None
+
+
+def break_sync_after(learner: Any, tensors: int) -> None:
+    """The learner's next sync fails after `tensors` tensors were streamed (a rank failing half-way:
+    an out-of-memory, a lost peer). The next `init_weight_transfer` builds a sound source again."""
+    source = learner.weight_source
+    stream = source.stream
+
+    def failing(dtype: Any) -> Any:
+        for i, item in enumerate(stream(dtype)):
+            if i == tensors:
+                raise RuntimeError(f"injected: the sync failed after {tensors} tensors")
+            yield item
+
+    source.stream = failing

@@ -81,6 +81,18 @@ def test_roles_sharing_bundles_take_turns(ray_local, tiny_model, tmp_path):
     syncs = [entry["t"] for entry in log if entry["phase"] == "weight_sync"]
     for kind, level, woke in rollout["events"]:
         later = [t for t in generate if t > woke]
-        if kind == "wake" and later:
+        if kind in ("wake", "wake:weights") and later:
             assert level == 2 and any(woke <= s <= later[0] for s in syncs), (woke, syncs)
     assert any(entry["resync"] for entry in log)  # the first generate after start-up re-synced
+    # A sync wakes the rollout's weights alone, after the learner released its cached memory; the KV
+    # cache wakes when the rollout phase begins, the learner having released again (issue 23, item 4).
+    for entry in log:
+        if entry["phase"] == "weight_sync" and entry["woke"]:
+            assert entry["tags"] == ["weights"] and entry["released"], entry
+        if entry["phase"] in ("rollout", "judge") and entry["woke"]:
+            assert entry["tags"] is None and entry["released"], entry
+    kinds = [kind for kind, _, _ in rollout["events"]]
+    assert "wake:weights" in kinds
+    for i, kind in enumerate(kinds):
+        if kind == "wake:kv_cache":
+            assert kinds[i - 1] == "wake:weights", kinds

@@ -17,7 +17,14 @@ from actors.rollout import RolloutWorker
 from rrm_ray.clients.group import ActorGroup
 from rrm_ray.config import AlgorithmConfig, LearnerConfig
 from rrm_ray.placement import RoleSpec
-from tests.integration.probes import engine_logprobs, learner_logprobs, master_weights, on_all, on_rank0
+from tests.integration.probes import (
+    break_sync_after,
+    engine_logprobs,
+    learner_logprobs,
+    master_weights,
+    on_all,
+    on_rank0,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +105,69 @@ def test_the_engine_rejects_an_incomplete_or_duplicated_transfer(pair, mutate, m
         ray.get(actor.finish_weight_update.remote())
     # The protocol stays usable: the next full sync passes its check.
     assert learner.call_all("send_weights")[0]["params"] == 20
+
+
+def test_a_tensor_parallel_engine_in_an_actor_generates_and_takes_the_weights(
+    ray_local, tiny_model, tmp_path
+):
+    """TP=2 inside a Ray actor (issue 23, item 1): vLLM's multiprocessing executor runs the two
+    workers as children of the actor (`actors.engine.executor_kwargs`; left alone, vLLM would pick its
+    Ray executor inside the placement group, which rejects a bundle of 2 GPUs and has no CPU form).
+    Both workers join the gloo transfer, and the update reaches the sharded model: after it, the
+    engine's log-probs are the learner's."""
+    from rrm_ray.models import ensure_smollm2
+    from tests.tiny_model import make_tiny_model
+
+    other = make_tiny_model(tmp_path / "tiny-llama-seed1", ensure_smollm2(), seed=1)
+    engine = ActorGroup(
+        RolloutWorker,
+        RoleSpec("rollout-tp2", 1, 2.0),
+        init_args=(tiny_model, "float32", 256, 0, "cpu"),
+        init_kwargs={"weight_transfer_backend": "gloo", "tensor_parallel_size": 2},
+        env=engine_env("cpu", 1, 1, tensor_parallel_size=2),
+        call_timeout_s=300,
+    )
+    learner = ActorGroup(
+        LearnerWorker,
+        RoleSpec("learner-tp2", 1, 1.0),
+        init_args=(
+            str(other),
+            "float32",
+            "cpu",
+            LearnerConfig(num_ranks=1, micro_batch_size=1),
+            AlgorithmConfig(),
+            1.0,
+            1,
+        ),
+        env={"OMP_NUM_THREADS": "1"},
+        call_timeout_s=300,
+    )
+    try:
+        samples = engine.call_rank0("generate", ["Hello there"], 2, 1.0, 1.0, 8, 5, 0)
+        assert len(samples) == 2 and all(s.response_ids for s in samples)
+        master = learner.placement()[0]
+        learner.call_all("init_process_group", master["ip"], learner.call_rank0("free_port"))
+        # 2 workers per engine: each tensor-parallel worker is a rank of the transfer group
+        learner.call_all("init_weight_transfer", "gloo", engine.actors, 2, 1, 300.0)
+        before = on_rank0(engine, engine_logprobs, PROBE)
+        target = on_all(learner, learner_logprobs, PROBE)[0]
+        assert max_diff(before, target) > 1e-2
+        assert learner.call_all("send_weights")[0]["params"] == 20
+        assert max_diff(on_rank0(engine, engine_logprobs, PROBE), target) < 1e-4
+        # A sync that fails half-way (issue 23, item 2) ends the engines' update and closes the
+        # transfer, so the next one is set up again and goes through whole.
+        on_all(learner, break_sync_after, 7)
+        with pytest.raises(Exception, match="injected: the sync failed after 7 tensors"):
+            learner.call_all("send_weights")
+        assert learner.call_all("weight_transfer_ready") == [False]
+        # the engine got the rest as zeros (its receive released) and knows its weights are a mix
+        with pytest.raises(Exception, match="last weight update failed half-way"):
+            engine.call_rank0("generate", ["Hello there"], 1, 1.0, 1.0, 4, 5, 0)
+        learner.call_all("init_weight_transfer", "gloo", engine.actors, 2, 1, 300.0)
+        assert learner.call_all("send_weights")[0]["params"] == 20
+        assert max_diff(on_rank0(engine, engine_logprobs, PROBE), target) < 1e-4
+        assert len(engine.call_rank0("generate", ["Hello there"], 1, 1.0, 1.0, 4, 5, 0)) == 1
+    finally:
+        learner.call_all("close")
+        learner.shutdown()
+        engine.shutdown()

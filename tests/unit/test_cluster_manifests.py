@@ -106,7 +106,13 @@ def test_launcher_holds_the_2x8_profile_with_token_auth():
     assert launcher["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     # The checkout is synced from the directory `ray up` runs in: the repository root.
     assert launcher["file_mounts"]["~/rrm-ray"] == "." and (REPO / "pyproject.toml").is_file()
-    assert any("rrm-ray[gpu]" in c for c in launcher["setup_commands"])
+    setup = launcher["setup_commands"]
+    lock = next(i for i, c in enumerate(setup) if "requirements/lock-gpu.txt" in c)  # the GPU pins first
+    assert any("rrm-ray[gpu]" in c and "--no-deps" in c for c in setup[lock + 1 :])
+    # /shared holds checkpoints and models the jobs load: writable by the cluster's user, not by others
+    (shared,) = [c for c in launcher["initialization_commands"] if c.rstrip().endswith(" /shared")]
+    mode = re.search(r"-m (\d+)", shared)[1]
+    assert int(mode[-1]) & 2 == 0, shared
     assert "--port 5000" in " ".join(launcher["head_start_ray_commands"])  # the config's tracking.uri
     assert cfg.tracking.uri == "http://127.0.0.1:5000"
 
@@ -262,6 +268,7 @@ def test_kuberay_manifests_agree_with_the_image_and_ray_version(kind):
     dockerfile = (CLUSTER / "docker" / "Dockerfile").read_text()
     assert f"FROM rayproject/ray:{ray.__version__}-py311-gpu" in dockerfile
     assert re.search(rf"^WORKDIR {IMAGE_ROOT}$", dockerfile, re.M)
+    assert "pip install --no-cache-dir -r requirements/lock-gpu.txt" in dockerfile
     assert f"rayproject/ray:{ray.__version__}-py311-gpu" == _load(LAUNCHER)["docker"]["image"]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rrm_ray.clients.colocation import transitions
+from rrm_ray.clients.colocation import Colocation, transitions
 from rrm_ray.config import ConfigError
 from rrm_ray.placement import PlacementLayout, likely_layout, placement_layout, shares_bundles
 from rrm_ray.validation import load_config
@@ -27,7 +27,7 @@ def bundle_use(plan: PlacementLayout) -> dict[str, dict[str, float]]:
 
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-GPU_PROFILES = sorted(p.name for p in CONFIGS.glob("*.yaml") if "cuda" in p.read_text())
+GPU_PROFILES = sorted(p.name for p in CONFIGS.glob("*.yaml") if "device: cuda" in p.read_text())
 JUDGE_1X8 = ["judge.enabled=true", "judge.num_engines=4"]
 
 
@@ -187,3 +187,59 @@ def test_likely_layout_follows_the_strategy(strategy, count, expected):
     spec = RoleSpec("learner", count, 1.0, 1.0, strategy)
     layout = likely_layout({"learner": spec}, [{"CPU": 8.0, "GPU": 4.0}, {"CPU": 8.0, "GPU": 4.0}])
     assert (layout or {}).get("learner") == expected
+
+
+class Recorder:
+    """An actor group's stand-in that records the calls made on it, in one shared order."""
+
+    def __init__(self, name: str, calls: list[tuple]) -> None:
+        self.name, self.calls = name, calls
+
+    def call_all(self, method: str, *args):
+        self.calls.append((self.name, method, *args))
+        return [False]
+
+
+def test_a_sync_on_the_learners_gpus_wakes_weights_then_kv_cache_after_the_learner_released():
+    """Issue 23, item 4: vLLM maps what it wakes itself, so the learner's cached blocks go back first;
+    a sync wakes the weights alone, and the KV cache wakes only for the rollout, after the sync."""
+    cfg = load_config(
+        CONFIGS / "grpo_gpu_1x8.yaml", ["learner.strategy=PACK", "cluster.colocate=[[rollout,learner]]"]
+    )
+    calls: list[tuple] = []
+    share = Colocation(
+        placement_layout(cfg),
+        {"rollout": 1},
+        resync=lambda: calls.append(("driver", "sync_weights")),
+        release_learner=lambda: calls.append(("learner", "release_memory")),
+    )
+    share.register("rollout", Recorder("rollout", calls))
+    for phase in ("learner", "weight_sync", "rollout"):
+        share.before(phase)
+    assert calls == [
+        ("rollout", "sleep", 1),  # started: asleep at once
+        ("rollout", "sleep", 1),  # learner: it stays asleep (sleep is idempotent in the engine)
+        ("learner", "release_memory"),
+        ("rollout", "wake_up", ["weights"]),  # weight_sync: weights only
+        ("learner", "release_memory"),
+        ("rollout", "wake_up", None),  # rollout: the rest (its KV cache)
+    ]
+    assert [(e["phase"], e["tags"], e["released"]) for e in share.log] == [
+        ("started:rollout", None, False),
+        ("learner", None, False),
+        ("weight_sync", ["weights"], True),
+        ("rollout", None, True),
+    ]
+
+
+def test_engines_not_sharing_the_learners_gpus_do_not_wait_for_it():
+    cfg = load_config(CONFIGS / "grpo_gpu_1x8.yaml", [*JUDGE_1X8, "cluster.colocate=[[judge,rollout]]"])
+    calls: list[tuple] = []
+    share = Colocation(
+        placement_layout(cfg), {"rollout": 1, "judge": 1}, lambda: None, lambda: calls.append("release")
+    )
+    share.register("rollout", Recorder("rollout", calls))
+    share.register("judge", Recorder("judge", calls))
+    share.before("judge")
+    share.before("rollout")
+    assert "release" not in calls

@@ -27,3 +27,6 @@ def test_gpu_learner_step_smoke_mode_on_cpu(tmp_path):
     assert report["skipped_steps"] == 0 and report["first_step_grad_norm"] > 0
     assert report["tokens_per_s"] > 0 and report["peak_memory_gib"] > 0
     assert 0 < report["mfu"] < 1
+    # the sync's streamed gather, and rank-0 loading of what was trained (issue 23, items 7 and 8)
+    assert report["stream_gib"] > 0 and report["stream_gather_s"] > 0
+    assert report["rank0_load_exact"] is True

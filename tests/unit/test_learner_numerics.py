@@ -11,7 +11,7 @@ import torch
 
 from rrm_ray import algo
 from rrm_ray.config import ConfigError, LearnerConfig
-from rrm_ray.seeds import SEED_BITS, request_seed
+from rrm_ray.seeds import SEED_BITS, request_seed, seeds_requests
 from rrm_ray.validation import load_config
 
 # ---------------------------------------------------------------------------------------------
@@ -152,3 +152,22 @@ def test_export_rejects_an_unknown_dtype_before_loading(tmp_path):
         CheckpointError, match="export dtype must be one of float32, bfloat16, float16, got 'int8'"
     ):
         export_checkpoint_to_hf(tmp_path, "unused", tmp_path / "out", dtype="int8")
+
+
+@pytest.mark.parametrize(
+    ("mode", "device", "seeded"),
+    [("auto", "cpu", True), ("auto", "cuda", False), ("always", "cuda", True), ("never", "cpu", False)],
+)
+def test_rollout_seed_requests(mode, device, seeded):
+    """Seeds are a choice: reproducible sample streams (cpu's default, the tests compare runs sample by
+    sample) or vLLM's fast GPU sampler, which per-request generators turn off (cuda's default)."""
+    assert seeds_requests(mode, device) is seeded
+    cfg = load_config(None, [f"rollout.seed_requests={mode}", f"cluster.device={device}"])
+    assert cfg.rollout.seed_requests == mode
+
+
+def test_rollout_seed_requests_rejects_other_values():
+    with pytest.raises(
+        ConfigError, match=r"rollout\.seed_requests: got 'sometimes', allowed: auto, always, never"
+    ):
+        load_config(None, ["rollout.seed_requests=sometimes"])

@@ -146,3 +146,38 @@ def test_a_job_its_declared_cluster_cannot_place_fails_with_trains_lines():
         "the cluster cannot hold this job:",
         "  learner: STRICT_PACK needs 12 x {'GPU': 1.0} on one node (2 node(s) with GPU 8/8)",
     ]
+
+
+def test_the_32b_judge_profile_counts_what_a_first_gpu_run_would_hold():
+    """Issue 23, item 9, pinned on one profile (Qwen2.5-7B policy, 8 FSDP2 ranks sharing the rollout's
+    GPUs over IPC, an RRM-32B judge at TP 4): the rollout's receive buckets and sleep residue, the
+    learner's unsharded root, sync stream and allocator slack, and the learner's resident share (its
+    cache released) at the rollout's peak."""
+    out = cli("plan", "configs/grpo_rrm32b_judge_2x8.yaml").stdout.split("GPU memory per GPU")[1]
+    rollout, learner = table_row(out, "rollout"), table_row(out, "learner")
+    assert rollout[1:3] == ["50.0", "1.0"]  # 0.6 x 80 + 2 x 1 GiB buckets; asleep: context + graphs
+    assert "+ sync buffers 2.00; asleep: context, CUDA graphs 1" in rollout[3]
+    assert learner[1] == "23.1"
+    assert learner[3] == (
+        "masters 3.5 + Adam 7.1 + grads 3.5 (over 8 ranks) + unsharded root and 2 layers 2.9 + sync stream "
+        "3.05 + allocator slack 2.0 + context 1; activations not counted"
+    )  # the stream: the 1.02 GiB embedding gathered + IPC's 2 buffers, each >= that embedding
+    assert table_row(out, "rollout+learner")[1:3] == ["65.2", "rollout awake"]  # 50.0 + 15.2 resident
+    assert table_row(out.split("peak per GPU")[1], "judge")[-1] == "fits"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # ZeRO-2 keeps whole bf16 weights and a whole reference on every rank: not divided by the ranks
+        (["learner.backend=deepspeed", "learner.zero_stage=2", "algorithm.kl_coef=0.01"],
+         "+ full weights (ZeRO-2) 14.2 + reference 14.2 +"),
+        # ZeRO-3 offloading both: bf16 gradients stay; masters, Adam, fp32 grads, weights go to host
+        (["learner.backend=deepspeed", "learner.zero_stage=3", "learner.offload_params=true",
+          "learner.offload_optimizer=true"], "grads 3.5 (over 4 ranks) + unsharded root and 2 layers 2.9"),
+        (["learner.backend=deepspeed", "learner.zero_stage=3"], "+ weights partition (ZeRO-3) 3.5 +"),
+    ],
+)  # fmt: skip
+def test_zero_weights_by_stage(overrides, expected):
+    out = cli("plan", "configs/grpo_gpu_1x8.yaml", *overrides).stdout.split("GPU memory per GPU")[1]
+    assert expected in table_row(out, "learner")[3], table_row(out, "learner")
