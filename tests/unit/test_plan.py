@@ -110,7 +110,8 @@ def test_plan_of_the_1x8_profile_with_a_colocated_judge():
     assert table_row(out, "judge")[:5] == ["judge", "4", "0.5", "1", "rollout"]
     assert "weight sync: collective (rollout.weight_sync=auto; vLLM engine 'nccl')" in out
     peak = next(line for line in out.splitlines() if line.startswith("rollout+judge") and "awake" in line)
-    assert peak.split()[1:] == ["69.0", "rollout", "awake", "fits"]  # 0.85 x 80 + a sleeping judge's 1 GiB
+    # 0.85 x 80 + the rollout's 2 x 1 GiB sync buffers (weight_bucket_mb) + a sleeping judge's 1 GiB
+    assert peak.split()[1:] == ["71.0", "rollout", "awake", "fits"]
 
 
 @runs_command("plan")
