@@ -137,6 +137,21 @@ def _parse_release(text: str, require_think_close: bool) -> Literal[1, 2] | None
     return None if content is None else _RELEASE_VERDICTS.get(content)
 
 
+def closing_brace(text: str, open_pos: int) -> int | None:
+    """Index of the ``}`` that brings the brace count from ``open_pos`` back to zero, or None when it
+    never does (a ``}`` that closes nothing takes the count below zero). The released judges' verdict parser
+    and the boxed-answer rules (`rrm_ray.rewards.rules`) both scan this way."""
+    depth = 0
+    for i in range(open_pos, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
 def release_last_box(span: str) -> str | None:
     """The content of the LAST ``\\boxed`` in ``span`` as the release reads it, or None.
 
@@ -146,18 +161,11 @@ def release_last_box(span: str) -> str | None:
     content is everything inside the outer braces, nested braces included. No closing brace: None.
     """
     start = span.rfind("\\boxed")
-    if start < 0:
+    end = None if start < 0 else closing_brace(span, start)
+    if end is None:
         return None
-    depth = 0
-    for i in range(start, len(span)):
-        if span[i] == "{":
-            depth += 1
-        elif span[i] == "}":
-            depth -= 1
-            if depth == 0:
-                box = span[start : i + 1]
-                return box[len(_BOX_OPEN) : -1] if box.startswith(_BOX_OPEN) else None
-    return None
+    box = span[start : end + 1]
+    return box[len(_BOX_OPEN) : -1] if box.startswith(_BOX_OPEN) else None
 
 
 def has_think_format(text: str, prompt_opened_think: bool) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 
 from math_verify import parse, verify
 
-from rrm_ray.judge.verdict import VERDICT_RULES
+from rrm_ray.judge.verdict import VERDICT_RULES, closing_brace
 from rrm_ray.rewards.judge_reward import judge_reward
 
 RewardFn = Callable[[str, str | None], float]
@@ -51,19 +51,6 @@ class MissingAnswerError(ValueError):
 # Box extraction
 
 
-def _closing_brace(text: str, open_pos: int) -> int | None:
-    """Index of the ``}`` that closes the ``{`` at ``open_pos``, or None when it never closes."""
-    depth = 0
-    for i in range(open_pos, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return None
-
-
 def _boxes(text: str) -> tuple[list[str], int]:
     r"""Contents of the complete top-level boxes in order, and how many ``\boxed{`` openings there are.
 
@@ -72,7 +59,7 @@ def _boxes(text: str) -> tuple[list[str], int]:
     contents: list[str] = []
     pos = 0
     while (m := _BOX_OPEN_RE.search(text, pos)) is not None:
-        end = _closing_brace(text, m.end() - 1)
+        end = closing_brace(text, m.end() - 1)
         if end is None:  # truncated box: try a later opening
             pos = m.end()
             continue
