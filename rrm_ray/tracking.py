@@ -26,7 +26,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import pandas as pd
 import pyarrow.parquet as pq
 
 from rrm_ray.config import TrackingConfig
@@ -157,6 +156,8 @@ def file_dataset(path: str | Path, context: str):
         try:
             with warnings.catch_warnings():  # MLflow's hints on integer columns and source types
                 warnings.simplefilter("ignore")
+                import pandas as pd
+
                 inferred = mlflow.data.from_pandas(pd.DataFrame(head), source=str(p)).schema
             schema = json.dumps({"mlflow_colspec": inferred.to_dict()}) if inferred else None
         except Exception:  # a column MLflow cannot type (mixed nesting): the input is logged without schema

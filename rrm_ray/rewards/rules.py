@@ -25,8 +25,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from math_verify import parse, verify
-
 from rrm_ray.judge.verdict import VERDICT_RULES, closing_brace
 from rrm_ray.rewards.judge_reward import judge_reward
 
@@ -177,6 +175,7 @@ _math_verify_ready = False
 def _math_verify() -> tuple[Callable[..., list], Callable[..., bool]]:
     """Import math-verify on first use: it pulls in sympy (about a second) that other rules never need."""
     global _math_verify_ready
+    from math_verify import parse, verify
 
     if not _math_verify_ready:
         for name in ("math_verify.parser", "math_verify.grader"):
