@@ -1,9 +1,11 @@
-"""Typed job configuration: dataclass schemas, YAML + dotlist loading, and up-front validation.
+"""Typed job configuration: the dataclass schemas, and the YAML + dotlist merge.
 
 Every knob a user may turn lives here and in `configs/*.yaml`. Loading goes through
 `OmegaConf.structured` in struct mode, so an unknown key or a value of the wrong type fails with the
-key's full name before Ray is touched; `validate()` then checks the values against each other and
-against the declared cluster shape, and every message says which key is wrong and what is allowed.
+key's full name before Ray is touched; `rrm_ray.validation` then checks the values against each other
+and against the declared cluster shape, and every message says which key is wrong and what is allowed.
+Longer than most modules on purpose: every knob is declared here with the comment that documents it
+(configs/reference.yaml points here), so the whole schema reads in one place.
 """
 
 from __future__ import annotations

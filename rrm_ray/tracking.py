@@ -8,6 +8,10 @@ A training run should read as one in the MLflow UI: the experiment is tagged as 
 are dataset inputs (`log_dataset`), the final policy is a logged model that is the run's output
 (`log_model`: MLflow 3 lists runs with a model output as training runs), MLflow's system metrics are
 sampled while it runs, and figures MLflow does not draw are PNG artifacts (`rrm_ray.figures`).
+
+Longer than most modules: the outage journal (`BufferedTracker`) wraps the same calls the MLflow
+tracker makes, and keeping both here keeps "each accepted call written once, replayed in order" next to
+the calls it replays.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 keys and wrong types fail there) and then `validate`, so a bad job fails before Ray is touched, with a
 message that names the key and says what is allowed. Checks that need the placement layout, the reward
 rules or the downstream task settings live here, above those modules, so the schema imports none of them.
+One module on purpose, although long: many checks relate keys of different sections (the judge's
+timeouts to the cluster's, the learner's ranks to the rollout's samples), and a user looking for why a
+key was refused finds every rule about it here.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The judge as a service: pairs in, verdicts out, every voting wave ONE engine batch.
 
+(A little over 500 lines: compare, rank and their shared wave loop are one state machine over the
+same cache and counters; the records and ratings it uses live in `records` and `ratings`.)
+
 Pure logic around an engine callable, so the same code runs inside the Ray judge actor (a vLLM
 engine) and in unit tests (a scripted fake):
 
