@@ -29,7 +29,7 @@ from actors.backends import StepOutcome, build_backend
 from actors.model_io import DTYPES, META_FILE, CheckpointError, read_meta, write_hf
 from actors.worker import Worker
 from rrm_ray import algo
-from rrm_ray.batch import TrainBatch
+from rrm_ray.batch import TrainBatch, micro_batch_plan
 from rrm_ray.config import AlgorithmConfig, LearnerConfig
 
 
@@ -115,15 +115,39 @@ class LearnerWorker(Worker):
             )
         return self.reference.model
 
+    def _micro_batches(self, batch: TrainBatch, unit: int = 1) -> list[list[int]]:
+        """This rank's micro-batches of `batch` as row indices: `learner.micro_batch_size` rows each, or
+        filled up to `learner.max_tokens_per_microbatch` padded tokens (`rrm_ray.batch`). Every rank
+        must run as many forward/backward passes as the others (FSDP2 all-gathers in each, DeepSpeed
+        counts to its accumulation boundary): with a budget the ranks agree on the largest count (an
+        all-reduce) and a rank with fewer splits its costliest micro-batches, or, out of rows, gets
+        empty ones, which `_rows` runs as zero-weight work. `unit` rows stay together (DPO: 2)."""
+        cfg = self.cfg
+        plan = micro_batch_plan(batch.lengths, cfg.micro_batch_size, cfg.max_tokens_per_microbatch, unit)
+        if not cfg.max_tokens_per_microbatch:
+            return plan  # equal shards: equal counts already
+        count = int(self._all_reduce_sums({"micro_batches_max": len(plan)})["micro_batches_max"])
+        if count == len(plan):
+            return plan
+        return micro_batch_plan(
+            batch.lengths, cfg.micro_batch_size, cfg.max_tokens_per_microbatch, unit, count
+        )
+
+    @staticmethod
+    def _rows(batch: TrainBatch, rows: list[int], unit: int = 1) -> TrainBatch:
+        """The micro-batch of these rows, trimmed; an empty plan entry runs the first unit's rows (its
+        loss then counts zero: the pass only keeps this rank in step with the others)."""
+        return batch.select(rows or list(range(unit))).trimmed()
+
     @torch.no_grad()
     def compute_logprobs(self, batch: TrainBatch, reference: bool) -> torch.Tensor:
         """Log-probs of the current policy (or the frozen reference) for this rank's shard, [B, L-1]."""
         model = self._frozen_or_policy(reference)
         out = torch.zeros_like(batch.loss_mask)
-        for start in range(0, len(batch), self.cfg.micro_batch_size):
-            mb = batch.select(slice(start, start + self.cfg.micro_batch_size)).trimmed()
-            lp, _ = self._token_logprobs(model, mb)
-            out[start : start + len(mb), : lp.shape[1]] = lp.cpu()
+        for rows in self._micro_batches(batch):
+            lp, _ = self._token_logprobs(model, self._rows(batch, rows))
+            if rows:
+                out[rows, : lp.shape[1]] = lp.cpu()
         return out
 
     @torch.no_grad()
@@ -135,10 +159,11 @@ class LearnerWorker(Worker):
         """
         model = self._frozen_or_policy(reference)
         out = torch.zeros(len(batch), dtype=torch.float32)
-        for start in range(0, len(batch), self.cfg.micro_batch_size):
-            mb = batch.select(slice(start, start + self.cfg.micro_batch_size)).trimmed()
+        for rows in self._micro_batches(batch):
+            mb = self._rows(batch, rows)
             lp, _ = self._token_logprobs(model, mb, temperature=1.0)
-            out[start : start + len(mb)] = algo.sequence_logps(lp, mb.loss_mask.to(self.device)).cpu()
+            if rows:
+                out[rows] = algo.sequence_logps(lp, mb.loss_mask.to(self.device)).cpu()
         return out
 
     # -- the update ----------------------------------------------------------------------------------
@@ -160,7 +185,6 @@ class LearnerWorker(Worker):
         stats count it in `skipped_steps`, and `grad_norm` is the mean over the applied steps.
         """
         a = self.algo_cfg
-        mbs = self.cfg.micro_batch_size
         lrs = [float(lr)] * len(mini_batch_tokens) if isinstance(lr, int | float) else [float(x) for x in lr]
         if len(lrs) != len(mini_batch_tokens):
             raise ValueError(
@@ -178,15 +202,18 @@ class LearnerWorker(Worker):
             ref_mini = None if ref_logprobs is None else ref_logprobs[m * size : (m + 1) * size]
             self.policy.set_lr(lrs[m])
             self.policy.zero_grad()
-            for start in range(0, len(mini), mbs):
-                sl = slice(start, start + mbs)
-                self.policy.start_micro_batch(last=start + mbs >= len(mini))
-                mb = mini.select(sl).trimmed()
+            plan = self._micro_batches(mini)
+            for k, rows in enumerate(plan):
+                self.policy.start_micro_batch(last=k == len(plan) - 1)
+                mb = self._rows(mini, rows)
                 width = mb.loss_mask.shape[1]
                 lp, entropy = self._token_logprobs(self.policy.model, mb, with_entropy=True)
+                if not rows:  # zero-weight work: this rank ran out of rows, the others did not
+                    self.policy.backward(lp.sum() * 0.0)
+                    continue
                 mask = mb.loss_mask.to(self.device)
                 # One update per batch is exactly on-policy: old log-probs equal the current ones.
-                old = lp.detach() if old_mini is None else old_mini[sl][:, :width].to(self.device)
+                old = lp.detach() if old_mini is None else old_mini[rows][:, :width].to(self.device)
                 out = algo.policy_loss(
                     lp,
                     old,
@@ -199,7 +226,7 @@ class LearnerWorker(Worker):
                 )
                 loss_sum = out.loss_sum
                 if ref_mini is not None:
-                    kl = algo.masked_sum(algo.kl_k3(lp, ref_mini[sl][:, :width].to(self.device)), mask)
+                    kl = algo.masked_sum(algo.kl_k3(lp, ref_mini[rows][:, :width].to(self.device)), mask)
                     loss_sum = loss_sum + a.kl_coef * kl
                     _add(sums, "kl_sum", float(kl))
                 self.policy.backward(loss_sum / max(global_tokens, 1) * self.world_size)
@@ -224,7 +251,8 @@ class LearnerWorker(Worker):
         reference's `compute_sequence_logps` of the same rows. The loss is `algo.dpo_loss` summed over
         pairs, divided by the pair count of ALL ranks (times world size, as gradients are averaged), so
         it is the mean over every pair of the step whatever the split. Micro-batches hold
-        max(1, micro_batch_size // 2) whole pairs. Log-probs at temperature 1.
+        max(1, micro_batch_size // 2) whole pairs, or whole pairs up to the token budget. Log-probs at
+        temperature 1.
         """
         if len(batch) % 2 or len(ref_logps) != len(batch):
             raise ValueError(
@@ -233,16 +261,19 @@ class LearnerWorker(Worker):
                 f"reference log-prob per row"
             )
         global_pairs = self._all_reduce_sums({"pairs": len(batch) // 2})["pairs"]
-        step_rows = 2 * max(1, self.cfg.micro_batch_size // 2)
         self.policy.set_lr(lr)
         self.policy.model.train()
         self.policy.zero_grad()
         sums: dict[str, float] = {}
-        for start in range(0, len(batch), step_rows):
-            self.policy.start_micro_batch(last=start + step_rows >= len(batch))
-            mb = batch.select(slice(start, start + step_rows)).trimmed()
-            ref = ref_logps[start : start + step_rows].to(self.device, torch.float32)
+        plan = self._micro_batches(batch, unit=2)
+        for k, rows in enumerate(plan):
+            self.policy.start_micro_batch(last=k == len(plan) - 1)
+            mb = self._rows(batch, rows, unit=2)
             lp, _ = self._token_logprobs(self.policy.model, mb, temperature=1.0)
+            if not rows:  # zero-weight work (see _micro_batches)
+                self.policy.backward(lp.sum() * 0.0)
+                continue
+            ref = ref_logps[rows].to(self.device, torch.float32)
             seq = algo.sequence_logps(lp, mb.loss_mask.to(self.device))
             out = algo.dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], beta, label_smoothing)
             self.policy.backward(out.losses.sum() / max(global_pairs, 1) * self.world_size)

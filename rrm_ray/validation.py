@@ -298,6 +298,13 @@ def validate_learner_numerics(cfg: JobConfig) -> None:
     """The learner's numerics: log-prob chunking, precision, LR warmup, importance weights."""
     lr, a, r = cfg.learner, cfg.algorithm, cfg.rollout
     require(lr.logprob_chunk >= 1, "learner.logprob_chunk", f"must be at least 1, got {lr.logprob_chunk}")
+    budget, longest = lr.max_tokens_per_microbatch, cfg.model.max_model_len
+    require(
+        budget == 0 or budget >= longest,
+        "learner.max_tokens_per_microbatch",
+        f"must be 0 (off: learner.micro_batch_size sequences per micro-batch) or at least "
+        f"model.max_model_len={longest}, so that the longest sequence fits a micro-batch; got {budget}",
+    )
     require(
         not (resolved_dtype(cfg) == "float16" and lr.backend == "fsdp2"),
         "model.dtype",
