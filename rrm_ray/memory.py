@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rrm_ray.config import JobConfig, resolved_dtype
+from rrm_ray.lora import adapter_numel
 from rrm_ray.models import SMOLLM2_ALIAS, cache_dir
 from rrm_ray.placement import (
     ENGINES,
@@ -136,14 +137,51 @@ def engine_memory(cfg: JobConfig, role: str, params: int | None, shared: bool) -
     return Memory(awake, CONTEXT_GIB if shared else None, parts, host)
 
 
+def model_shape(model_path: str) -> dict[str, Any] | None:
+    """The HF config fields of a model path: its config.json, else the built-in table (None: unknown)."""
+    directory = cache_dir() / "SmolLM2-135M-Instruct" if model_path == SMOLLM2_ALIAS else Path(model_path)
+    if (directory / "config.json").is_file():
+        return json.loads((directory / "config.json").read_text())
+    name = Path(model_path).name.lower()
+    return next((shape for pattern, _, shape in KNOWN_SHAPES if re.search(pattern, name)), None)
+
+
+def lora_params(cfg: JobConfig) -> int | None:
+    """Parameters of the policy's LoRA adapter (`learner.lora`), None when unknown; 0: no LoRA."""
+    lo = cfg.learner.lora
+    if not lo.rank:
+        return 0
+    shape = model_shape(cfg.model.path)
+    return None if shape is None else adapter_numel(shape, lo.rank, lo.target_modules)
+
+
+def sync_bytes(cfg: JobConfig, params: int | None) -> tuple[int | None, str]:
+    """Bytes one learner -> engine sync moves per engine, and what they are: the full weights in
+    model.dtype, or with `learner.lora.sync: adapter` only the adapter (in model.dtype as well)."""
+    dtype = resolved_dtype(cfg)
+    lo = cfg.learner.lora
+    if lo.rank and lo.sync == "adapter":
+        adapter = lora_params(cfg)
+        what = f"the LoRA adapter (rank {lo.rank} on {len(lo.target_modules)} linears per layer) in {dtype}"
+        return (None if adapter is None else adapter * DTYPE_BYTES[dtype]), what
+    what = "the full weights" + (" (LoRA merged into them)" if lo.rank else "") + f" in {dtype}"
+    return (None if params is None else params * DTYPE_BYTES[dtype]), what
+
+
 def learner_memory(cfg: JobConfig, params: int | None) -> Memory:
     """fp32 master weights (4 B/param) + Adam moments (8) + fp32 gradients (4), sharded over the ranks
     (FSDP2, ZeRO-3; ZeRO-2 keeps a full bf16 copy of the weights per rank), a frozen reference in the
-    compute dtype when algorithm.kl_coef > 0, and a CUDA context. Activations are not counted."""
+    compute dtype when algorithm.kl_coef > 0, and a CUDA context. Activations are not counted.
+
+    With LoRA (`learner.lora.rank` > 0) the base is frozen in the compute dtype (sharded, but whole on
+    every rank under ZeRO-2), masters, Adam and gradients are the adapter's only, and the reference is
+    the base with the adapter switched off: no copy."""
     lr = cfg.learner
     if params is None:
         return Memory(None, None, "unknown (no parameter count)")
     ranks, dtype_bytes = lr.num_ranks, DTYPE_BYTES[resolved_dtype(cfg)]
+    if lr.lora.rank:
+        return _lora_learner_memory(cfg, params, lora_params(cfg))
     masters, adam, grads = 4 * params / ranks, 8 * params / ranks, 4 * params / ranks
     full_copy = dtype_bytes * params if lr.backend == "deepspeed" and lr.zero_stage == 2 else 0.0
     if lr.backend == "deepspeed" and lr.offload_optimizer:
@@ -157,6 +195,28 @@ def learner_memory(cfg: JobConfig, params: int | None) -> Memory:
         + (f" + full weights {full_copy / GIB:.1f} (ZeRO-2)" if full_copy else "")
         + (f" + reference {reference / GIB:.1f}" if reference else "")
         + f" + context {CONTEXT_GIB:g}; activations not counted"
+    )
+    return Memory(total, None, parts)
+
+
+def _lora_learner_memory(cfg: JobConfig, params: int, adapter: int | None) -> Memory:
+    lr = cfg.learner
+    if adapter is None:
+        return Memory(None, None, "unknown (no adapter size for this model shape)")
+    ranks, dtype_bytes = lr.num_ranks, DTYPE_BYTES[resolved_dtype(cfg)]
+    whole = lr.backend == "deepspeed" and lr.zero_stage == 2
+    base = dtype_bytes * params / (1 if whole else ranks)
+    if lr.backend == "deepspeed" and lr.offload_params:
+        base = 0.0
+    masters, adam, grads = 4 * adapter / ranks, 8 * adapter / ranks, 4 * adapter / ranks
+    if lr.backend == "deepspeed" and lr.offload_optimizer:
+        adam = 0.0
+    total = (base + masters + adam + grads) / GIB + CONTEXT_GIB
+    parts = (
+        f"frozen base {base / GIB:.1f} ({'whole, ZeRO-2' if whole else f'over {ranks} ranks'}) + LoRA "
+        f"{fmt_params(adapter)}: masters {masters / GIB:.2f} + Adam {adam / GIB:.2f} + grads "
+        f"{grads / GIB:.2f} (reference: the base, adapter off) + context {CONTEXT_GIB:g}; "
+        "activations not counted"
     )
     return Memory(total, None, parts)
 
@@ -241,6 +301,12 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
     method = weight_sync_method(cfg)
     lines += ["", f"weight sync: {method} (rollout.weight_sync={cfg.rollout.weight_sync}; vLLM engine "
               f"{vllm_backend(method, cfg.cluster.device)!r})"]  # fmt: skip
+    lines[-1] = _lora_sync_method(cfg, lines[-1])
+    size, what = sync_bytes(cfg, params["policy"][0])
+    shown = (
+        "unknown" if size is None else f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / 2**20:.1f} MiB"
+    )
+    lines.append(f"per sync and engine: {shown}, {what}")
     lines += ["", *(_gpu_memory(cfg, placement, params) if cuda else _host_memory(cfg, placement, params))]
     if cuda and cfg.cluster.address is None and cfg.cluster.local_num_gpus < asked:
         lines.append(
@@ -249,6 +315,12 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
             "started cluster (or use `rrm-ray submit`)"
         )
     return "\n".join(lines), problems
+
+
+def _lora_sync_method(cfg: JobConfig, line: str) -> str:
+    if cfg.learner.lora.rank and cfg.learner.lora.sync == "adapter":
+        return "weight sync: the LoRA adapter through vLLM's LoRA loading (learner.lora.sync=adapter)"
+    return line
 
 
 def _checked(groups: dict[str, Any], nodes: list[dict[str, float]] | None) -> dict[str, Any]:

@@ -146,3 +146,19 @@ def test_a_job_its_declared_cluster_cannot_place_fails_with_trains_lines():
         "the cluster cannot hold this job:",
         "  learner: STRICT_PACK needs 12 x {'GPU': 1.0} on one node (2 node(s) with GPU 8/8)",
     ]
+
+
+@runs_command("plan")
+def test_plan_of_the_lora_profile_shows_the_smaller_learner_and_sync():
+    full, lora = cli("plan", "configs/train_rrm_7b.yaml"), cli("plan", "configs/train_rrm_7b_lora.yaml")
+    assert full.returncode == lora.returncode == 0, (full.stderr, lora.stderr)
+    assert "per sync and engine: 14.2 GiB, the full weights in bfloat16" in full.stdout
+    assert "per sync and engine: 308.0 MiB, the LoRA adapter (rank 64 on 7 linears per layer)" in lora.stdout
+    assert "weight sync: the LoRA adapter through vLLM's LoRA loading" in lora.stdout
+    assert table_row(full.stdout, "learner")[1:3] == ["29.4", "-"]
+    learner = table_row(lora.stdout, "learner")
+    assert learner[1] == "9.3" and learner[3].startswith("frozen base 7.1 (over 2 ranks) + LoRA 161.5M")
+    merged = cli("plan", "configs/train_rrm_7b_lora.yaml", "learner.lora.sync=merged")
+    assert (
+        "per sync and engine: 14.2 GiB, the full weights (LoRA merged into them) in bfloat16" in merged.stdout
+    )
