@@ -7,6 +7,7 @@ whose frozen weight becomes `...q_proj.base_layer.weight` and whose adapter is `
 `base_model.model.`. Three spellings follow from that:
 
     learner (PeftModel)   base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight
+                          (the HF model inside, which the learner shards: without `base_model.model.`)
     PEFT file / vLLM      base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
     base (HF, merged)     model.layers.0.self_attn.q_proj.weight        (from ...q_proj.base_layer.weight)
 
@@ -82,10 +83,13 @@ def scale(config: Mapping[str, Any]) -> float:
 
 
 def file_key(name: str) -> str | None:
-    """A learner parameter's key in `adapter_model.safetensors` (its adapter name dropped); None for a
-    parameter that is not an adapter's."""
+    """A learner parameter's key in `adapter_model.safetensors` (its adapter name dropped, under
+    `base_model.model.`); None for a parameter that is not an adapter's. The learner shards the HF model
+    PEFT wrapped in place, so its names may lack the prefix."""
     m = _LEARNER_LORA.match(name)
-    return None if m is None else f"{m['module']}.{m['part']}.weight"
+    if m is None:
+        return None
+    return f"{PEFT_PREFIX}{m['module'].removeprefix(PEFT_PREFIX)}.{m['part']}.weight"
 
 
 def base_key(name: str) -> str | None:

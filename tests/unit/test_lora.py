@@ -55,6 +55,8 @@ def test_names_of_the_three_spellings(peft_model):
     plain = LlamaForCausalLM(LlamaConfig(vocab_size=97, tie_word_embeddings=True, **SHAPE))
     assert base == set(plain.state_dict())  # the HF names of the base model
     assert lora.base_key("base_model.model.model.layers.0.mlp.up_proj.lora_B.default.weight") is None
+    inner = {lora.file_key(n) for n, _ in peft_model.get_base_model().named_parameters()} - {None}
+    assert inner == adapter  # the HF model PEFT wrapped in place names them without the prefix
     assert lora.module_of("base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight") == (
         "model.layers.1.self_attn.v_proj",
         "lora_A",
