@@ -32,7 +32,7 @@ from rrm_ray.placement import (
     placement_problems,
 )
 from rrm_ray.tables import aligned_table
-from rrm_ray.weight_sync import vllm_backend, weight_sync_method
+from rrm_ray.weight_sync import LORA_ADAPTER, vllm_backend, weight_sync_method
 
 GIB = 2**30
 CONTEXT_GIB = 1.0  # per process on a GPU: CUDA context, NCCL buffers, what a sleeping engine keeps
@@ -301,7 +301,10 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
     method = weight_sync_method(cfg)
     lines += ["", f"weight sync: {method} (rollout.weight_sync={cfg.rollout.weight_sync}; vLLM engine "
               f"{vllm_backend(method, cfg.cluster.device)!r})"]  # fmt: skip
-    lines[-1] = _lora_sync_method(cfg, lines[-1])
+    if method == LORA_ADAPTER:
+        lines[-1] = (
+            "weight sync: the LoRA adapter only, through vLLM's LoRA loading (learner.lora.sync=adapter)"
+        )
     size, what = sync_bytes(cfg, params["policy"][0])
     shown = (
         "unknown" if size is None else f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / 2**20:.1f} MiB"
@@ -315,12 +318,6 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
             "started cluster (or use `rrm-ray submit`)"
         )
     return "\n".join(lines), problems
-
-
-def _lora_sync_method(cfg: JobConfig, line: str) -> str:
-    if cfg.learner.lora.rank and cfg.learner.lora.sync == "adapter":
-        return "weight sync: the LoRA adapter through vLLM's LoRA loading (learner.lora.sync=adapter)"
-    return line
 
 
 def _checked(groups: dict[str, Any], nodes: list[dict[str, float]] | None) -> dict[str, Any]:

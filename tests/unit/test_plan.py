@@ -154,7 +154,7 @@ def test_plan_of_the_lora_profile_shows_the_smaller_learner_and_sync():
     assert full.returncode == lora.returncode == 0, (full.stderr, lora.stderr)
     assert "per sync and engine: 14.2 GiB, the full weights in bfloat16" in full.stdout
     assert "per sync and engine: 308.0 MiB, the LoRA adapter (rank 64 on 7 linears per layer)" in lora.stdout
-    assert "weight sync: the LoRA adapter through vLLM's LoRA loading" in lora.stdout
+    assert "weight sync: the LoRA adapter only, through vLLM's LoRA loading" in lora.stdout
     memory = [line for line in full.stdout.splitlines() if line.startswith("learner") and "masters" in line]
     assert memory[0].split()[1] == "29.4"
     memory = [line for line in lora.stdout.splitlines() if line.startswith("learner") and "LoRA" in line]
