@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,34 @@ def merge_into(
             )
         out[name] = merged_weight(base[name], parts["lora_A"], parts["lora_B"], factor)
     return out
+
+
+def merged_stream(
+    named: Iterable[tuple[str, torch.Tensor]], factor: float
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """A LoRA model's tensors (learner names, in model order: a wrapped linear's `base_layer.weight`,
+    then its `lora_A`, then its `lora_B`) as the base model's, each wrapped linear's weight merged
+    (`merged_weight`, in the base weight's dtype) and the adapter's tensors left out: the merged-weights
+    sync (`learner.lora.sync: merged`). At most one wrapped linear's three tensors are held at a time."""
+    held: dict[str, dict[str, torch.Tensor]] = {}
+    for name, t in named:
+        m = _LEARNER_LORA.match(name)
+        if m is None and ".base_layer." not in name:
+            yield base_key(name) or name, t
+            continue
+        module = m["module"] if m else name.split(".base_layer.")[0]
+        parts = held.setdefault(module, {})
+        parts[m["part"] if m else "base"] = t
+        if len(parts) == 3:
+            del held[module]
+            yield (
+                f"{module.removeprefix(PEFT_PREFIX)}.weight",
+                merged_weight(parts["base"], parts["lora_A"], parts["lora_B"], factor),
+            )
+    if held:
+        raise AdapterError(
+            f"merged_stream: wrapped linears without their base weight, A and B: {sorted(held)}"
+        )
 
 
 def adapter_numel(shape: Mapping[str, Any], rank: int, target_modules: Iterable[str]) -> int | None:

@@ -133,3 +133,21 @@ def test_read_adapter_names_what_is_missing(tmp_path):
     (tmp_path / lora.ADAPTER_WEIGHTS).write_bytes(b"")
     with pytest.raises(lora.AdapterError, match=r"missing \['lora_alpha', 'target_modules'\]"):
         lora.read_adapter(tmp_path)
+
+
+def test_merged_stream_is_the_merged_base_in_base_names(peft_model):
+    inner = peft_model.get_base_model()
+    config = {"r": 4, "lora_alpha": 8}
+    stream = list(lora.merged_stream(inner.state_dict().items(), lora.scale(config)))
+    names = [n for n, _ in stream]
+    assert len(names) == len(set(names))
+    from peft import get_peft_model_state_dict
+
+    base = {lora.base_key(n): t for n, t in inner.state_dict().items() if lora.base_key(n)}
+    expected = lora.merge_into(base, get_peft_model_state_dict(peft_model), config)
+    assert names == list(expected)  # the base's names, in model order, nothing of the adapter's
+    for name, t in stream:
+        torch.testing.assert_close(t, expected[name], atol=0, rtol=0)
+    half = [(n, t) for n, t in inner.state_dict().items() if "q_proj.lora_B" not in n]
+    with pytest.raises(lora.AdapterError, match="without their base weight, A and B"):
+        list(lora.merged_stream(half, 2.0))
