@@ -13,6 +13,7 @@ and importing vLLM costs seconds and sets up its platform state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -146,7 +147,7 @@ class VLLMEngine(Worker):
         return outputs
 
     def _as_finished(
-        self, prompts: list[str], params: list[Any], deadline: float = math.inf
+        self, prompts: list[Any], params: list[Any], deadline: float = math.inf
     ) -> Iterator[tuple[int, Any]]:
         """Step the engine over these requests, yielding (prompt index, its finished vLLM
         `RequestOutput`) as each finishes, until all did or the deadline passed; the unfinished ones
@@ -233,6 +234,22 @@ class VLLMEngine(Worker):
             del update_info["bucket_ref"]
         self.llm.update_weights({"update_info": update_info})
 
+    def abort_weight_update(self) -> None:
+        """End an update that failed half-way (the learner calls this after a failed sync), so the
+        next sync can start: vLLM has no abort, so its update is finished if it is still open (the
+        layerwise reload is finalised; layers that got no new weights keep their old ones), our receipt
+        is dropped, and the transfer is closed (a collective group that broke mid-chunk is unusable),
+        so `weight_transfer_ready` says a new one must be set up. Until the next full sync the engine
+        may hold a mix of old and new weights."""
+        with contextlib.suppress(Exception):  # not open any more: the worker already ended it
+            self.llm.finish_weight_update()
+        self.llm.collective_rpc("rrm_abort_sync")
+        if self._transfer_initialized:
+            with contextlib.suppress(Exception):
+                self.llm.shutdown_weight_transfer_engine()
+            self._transfer_initialized = False
+        self.llm.reset_prefix_cache()
+
     def finish_weight_update(self) -> dict[str, int]:
         """vLLM's finish (layerwise reload finalised), then the completeness check: raises
         WeightSyncError unless every parameter of the manifest arrived once, with its shape and dtype."""
@@ -273,7 +290,7 @@ class VLLMEngine(Worker):
 
     def generate_texts(
         self,
-        prompts: list[str],
+        prompts: list[Any],
         n: int,
         temperature: float,
         top_p: float,
@@ -284,6 +301,8 @@ class VLLMEngine(Worker):
     ) -> TextBatch:
         """n samples per prompt, but never longer than ``timeout_s``: the engine is stepped by hand and
         requests still unfinished at the deadline are aborted (their KV blocks freed) and returned as None.
+        A prompt is a text or vLLM's ``{"prompt_token_ids": [...]}`` (the judge's: encoded once, so the
+        engine adds no second BOS).
 
         No per-request seeds: vLLM's CPU sampler loses them across a chunked prefill; the engine's own
         seed keeps runs reproducible. ``think_budget`` > 0: budget forcing (``rrm_ray.judge.budget``);
@@ -320,7 +339,7 @@ class VLLMEngine(Worker):
             for text, k in samples or []:
                 closed = close_thinking_text(text)
                 used = k + (0 if closed == text else len(self.forced_close_ids))
-                follow.append(prompts[i] + closed)
+                follow.append(self._continued(prompts[i], closed))
                 follow_params.append(params(1, verdict_allowance(max_tokens, used)))
                 owner.append((i, closed, k))
         verdicts = self._run_until(follow, follow_params, deadline) if follow else []
@@ -334,9 +353,16 @@ class VLLMEngine(Worker):
             tokens += k + out[0][1]
         return TextBatch(texts, tokens, texts.count(None), time.perf_counter() - start)
 
+    def _continued(self, prompt: Any, text: str) -> Any:
+        """``prompt`` followed by ``text`` (budget forcing's second phase), in the prompt's own form."""
+        if isinstance(prompt, dict):
+            extra = self.tokenizer.encode(text, add_special_tokens=False)
+            return {"prompt_token_ids": [*prompt["prompt_token_ids"], *extra]}
+        return prompt + text
+
     def _run_until(
         self,
-        prompts: list[str],
+        prompts: list[Any],
         params: list[Any],
         deadline: float,
         read: Callable[[Any], Any] | None = None,

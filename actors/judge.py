@@ -24,7 +24,7 @@ from typing import Any
 from actors.engine import VLLMEngine
 from rrm_ray.config import JudgeConfig
 from rrm_ray.judge.prompts import PREFIXED_VERDICTS, choice_token_ids
-from rrm_ray.judge.records import JudgePair, JudgeSettings, PairJudgment, RankResult
+from rrm_ray.judge.records import JudgePair, JudgeSettings, PairJudgment, RankResult, judge_cache_key
 from rrm_ray.judge.service import JudgeService
 from rrm_ray.judge.verdict import choice_probability
 
@@ -68,10 +68,7 @@ class JudgeWorker(VLLMEngine):
         self.batch_timeout_s = judge.batch_timeout_s
         self.think_budget = judge.think_budget
         # Everything outside JudgeSettings that changes a verdict; weights changes clear the cache.
-        cache_key = (
-            f"{model_path}|t={self.temperature:g}|p={self.top_p:g}|max={self.max_new_tokens}"
-            f"|think={self.think_budget}"
-        )
+        cache_key = judge_cache_key(model_path, judge)
         settings = JudgeSettings.from_config(judge, seed, cache_key)
         # A forced choice generates one token, "1" or "2" (see rrm_ray.judge.prompts.CHOICE_PREFIX);
         # a choice probability reads both from one forward.
@@ -99,11 +96,13 @@ class JudgeWorker(VLLMEngine):
         self._engine_stats["prefix_cached_tokens"] += self.prefill["cached_tokens"]
         self.prefill = {"prompt_tokens": 0, "cached_tokens": 0}
 
-    def _generate(self, prompts: list[str], n: int) -> list[list[str] | None]:
-        """n samples per prompt, sent as n requests of one sample each: vLLM runs n > 1 as n requests
-        anyway, but reports prefix-cache hits for one of them only, so this keeps the counts exact."""
+    def _generate(self, prompts: list[list[int]], n: int) -> list[list[str] | None]:
+        """n samples per prompt (its token ids, as the service encoded them: vLLM tokenizes nothing, so
+        a template's BOS is not doubled), sent as n requests of one sample each: vLLM runs n > 1 as n
+        requests anyway, but reports prefix-cache hits for one of them only, so this keeps the counts
+        exact."""
         batch = self.generate_texts(
-            [p for p in prompts for _ in range(n)],
+            [{"prompt_token_ids": p} for p in prompts for _ in range(n)],
             1,
             self.temperature,
             self.top_p,
@@ -122,7 +121,7 @@ class JudgeWorker(VLLMEngine):
             texts.append(samples if len(samples) == n else None)
         return texts
 
-    def _choice_probs(self, prompts: list[str]) -> list[float | None]:
+    def _choice_probs(self, prompts: list[list[int]]) -> list[float | None]:
         """verdict choice_prob: ONE forward per prompt (max_tokens=1), returning P("1") renormalised
         over {"1", "2"}; None where the deadline passed. `logprob_token_ids` makes vLLM return exactly
         these two tokens' log-probs (no top-k cut-off); temperature 1 and top_p 1 keep them the
@@ -138,7 +137,8 @@ class JudgeWorker(VLLMEngine):
             (position,) = out.outputs[0].logprobs  # one generated token: one position
             return {token: float(lp.logprob) for token, lp in position.items()}
 
-        found = self._run_until(prompts, [params] * len(prompts), start + self.batch_timeout_s, read)
+        tokens = [{"prompt_token_ids": p} for p in prompts]
+        found = self._run_until(tokens, [params] * len(prompts), start + self.batch_timeout_s, read)
         self._count(sum(f is not None for f in found), time.perf_counter() - start)
         return [None if f is None else choice_probability(f, self.choice_ids) for f in found]
 

@@ -306,7 +306,7 @@ class LearnerWorker(Worker):
     def _full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Collective: every rank must call it; rank 0 receives the full tensors on CPU, in `dtype`
         (default: model.dtype, what the engines run and HF exports hold; under mixed precision that is
-        the bf16 rounding of the fp32 masters). `master_weights` gives the masters themselves."""
+        the bf16 rounding of the fp32 masters). For the HF export only: syncs stream (`send_weights`)."""
         sd = self.policy.full_state_dict(self.dtype if dtype is None else dtype)
         if self.tied:
             sd.pop("lm_head.weight", None)  # the engine ties it to the embedding itself
@@ -324,15 +324,19 @@ class LearnerWorker(Worker):
 
         if self.transfer is not None:
             self.transfer.shutdown()
-        if backend == "ipc":  # GPU only: each rank exports handles to full tensors on its own GPU
-            self.weight_source: Any = wt.ShardedParamsSource(self.policy.model, self.dtype)
-        else:
-            device = "cuda" if backend == "nccl" else "cpu"
-            self.weight_source = wt.StateDictSource(self._full_state_dict, self.dtype, device)
+        # Streamed from the shards on every rank (ipc: each rank exports handles to its own full copies).
+        self.weight_source = wt.StreamedWeights(
+            self.policy.weight_meta,
+            self.policy.stream_weights,
+            self.dtype,
+            "cuda" if backend in ("nccl", "ipc") else "cpu",
+            frozenset({"lm_head.weight"}) if self.tied else frozenset(),  # the engine ties it itself
+        )
         # Only the sender of a collective opens an endpoint; the other ranks' address is never read.
         master = (ray.util.get_node_ip_address(), self.free_port()) if self.rank == 0 else ("", 0)
         world = 1 + len(engines) * workers_per_engine
-        info = wt.trainer_init_info(backend, self.rank, master, world, bucket_mb << 20, timeout_s)
+        largest = max(wt.nbytes(m) for m in self.weight_source.metadata())
+        info = wt.trainer_init_info(backend, self.rank, master, world, bucket_mb << 20, timeout_s, largest)
         self.weight_client = wt.EngineClient(engines, workers_per_engine, timeout_s)
         self.transfer = wt.trainer_init(info, self.weight_client, self.weight_source)
 
@@ -343,9 +347,24 @@ class LearnerWorker(Worker):
 
         if self.transfer is None:
             raise RuntimeError("send_weights before init_weight_transfer")
-        self.weight_client.manifest = wt.manifest_from(self.weight_source)  # every rank: it may gather
-        self.transfer.send_weights()
+        self.weight_client.manifest = wt.manifest_from(self.weight_source)
+        try:
+            self.transfer.send_weights()
+        except BaseException:
+            # A sync that failed half-way must not leave the engines inside an update (vLLM refuses to
+            # start the next one): close our end of the transfer first (an engine blocked in a receive
+            # then fails out of it), then have every engine end its update. The next sync sets the
+            # transfer up again (`weight_transfer_ready`) and sends everything.
+            self.transfer.shutdown()
+            self.transfer = None
+            if self.rank == 0:
+                self.weight_client.abort_weight_update()
+            raise
         return self.weight_client.reports[0] if self.rank == 0 else None
+
+    def weight_transfer_ready(self) -> bool:
+        """False after a failed sync until `init_weight_transfer` runs again."""
+        return self.transfer is not None
 
     def save_hf(self, out_dir: str, tokenizer_dir: str) -> str | None:
         """Write the full policy in HF format (safetensors + config + tokenizer) from rank 0."""
@@ -406,7 +425,7 @@ class LearnerWorker(Worker):
         self.policy.load(d)
         rng_file = d / f"rng_rank{self.rank:05d}.pt"
         if same_world and rng_file.is_file():  # FSDP2 may reshard; RNG streams then start afresh
-            rng = torch.load(rng_file, weights_only=False)
+            rng = torch.load(rng_file, weights_only=True)  # tensors and an int: nothing that runs code
             torch.set_rng_state(rng["cpu"])
             if "cuda" in rng and self.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from rrm_ray.logprobs import head_logprobs
 
@@ -20,15 +21,56 @@ class CheckpointError(ValueError):
     """A learner checkpoint is missing, incomplete or does not fit this learner."""
 
 
-def load_hf_model(model_path: str, dtype: torch.dtype | str, device: torch.device, grad_ckpt: bool):
-    """An HF causal LM in `dtype` ("auto": the checkpoint's own) on `device`, with the log-prob forward."""
-    from transformers import AutoModelForCausalLM
+def load_hf_model(
+    model_path: str,
+    dtype: torch.dtype | str,
+    device: torch.device,
+    grad_ckpt: bool,
+    structure_only: bool = False,
+):
+    """An HF causal LM in `dtype` ("auto": the checkpoint's own) on `device`, with the log-prob forward.
+    `structure_only`: built from the config alone, no weight file read and nothing initialised (a
+    sharded model filled from rank 0's reads), in whatever context the caller set (accelerate's
+    `init_empty_weights`; ZeRO-3's `zero.Init`); the caller then calls `model.tie_weights()`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
+    if structure_only:
+        config = AutoConfig.from_pretrained(model_path)
+        auto = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+        auto = getattr(torch, auto) if isinstance(auto, str) else auto
+        # No initialisation: the weights are loaded right after, and initialising a ZeRO-3 partition
+        # (empty on most ranks) would fail. The caller ties the embeddings once out of its context.
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=auto if dtype == "auto" else dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
     if grad_ckpt:
         model.gradient_checkpointing_enable()
     install_logprob_forward(model)
     return model
+
+
+def checkpoint_files(model_path: str) -> dict[str, Path]:
+    """Tensor name -> the safetensors file of an HF directory that holds it (one file, or the shards
+    an index names)."""
+    root = Path(model_path)
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        return {name: root / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+    single = root / "model.safetensors"
+    if not single.is_file():
+        raise CheckpointError(f"{model_path}: no model.safetensors or model.safetensors.index.json")
+    with safe_open(str(single), "pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def read_tensor(files: dict[str, Path], name: str) -> torch.Tensor:
+    """One tensor of a checkpoint (memory-mapped: only it is read)."""
+    if name not in files:
+        raise CheckpointError(f"weight {name!r} is not in the checkpoint ({len(files)} tensors)")
+    with safe_open(str(files[name]), "pt") as f:
+        return f.get_tensor(name)
 
 
 def install_logprob_forward(model: torch.nn.Module) -> torch.nn.Module:

@@ -82,6 +82,12 @@ class WeightReceiver:
 
         model.load_weights = recording_load
 
+    def rrm_abort_sync(self) -> None:
+        """A failed sync: stop recording (the next `rrm_begin_sync` starts afresh)."""
+        model = self.model_runner.get_model()
+        model.__dict__.pop("load_weights", None)
+        self._rrm_receipt = None
+
     def rrm_finish_sync(self) -> dict[str, int]:
         """Stop recording; raise WeightSyncError unless every manifest entry arrived exactly once.
         Then the CPU kernels the update left packed from the old weights are re-packed."""

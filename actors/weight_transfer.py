@@ -36,6 +36,7 @@ client hands each engine the learner's manifest in `start_weight_update`, the wo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -48,7 +49,6 @@ import ray
 import torch
 from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 from vllm.distributed.weight_transfer.base import (
-    ModuleSource,
     ParamMeta,
     TrainerInitInfo,
     TrainerWeightTransferEngine,
@@ -56,7 +56,6 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferEngine,
     WeightTransferInitInfo,
     WeightTransferUpdateInfo,
-    materialize_full_tensor,
 )
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
 from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
@@ -338,47 +337,44 @@ register()
 
 
 # -- the learner's side: what to send, and how to reach the engines -------------------------------------
-class StateDictSource(WeightSource):
-    """The learner's full weights for one sync round, from `gather()` (a collective on every learner
-    rank; rank 0 gets the full tensors, the others an empty dict). Gathered once per round on first
-    use (`metadata()` or iteration) and released tensor by tensor as it is sent. Floating tensors go
-    out in `wire_dtype` (the engine's dtype), on `device` (the data plane's)."""
+class StreamedWeights(WeightSource):
+    """The learner's weights for one sync, streamed from its shards one tensor at a time: the same
+    iteration on every learner rank (each tensor's gather is a collective), each tensor cast to the
+    engine's dtype before it is gathered and released once the next is asked for. No rank ever holds
+    the whole model: rank 0 sends each tensor on (or packs a few into one chunk) and the others drop
+    theirs. For ipc every rank keeps its full copy just long enough to export a handle to it.
 
-    def __init__(self, gather: Callable[[], dict[str, torch.Tensor]], wire_dtype: torch.dtype, device: str):
-        self.gather, self.wire_dtype, self.device = gather, wire_dtype, torch.device(device)
-        self._round: dict[str, torch.Tensor] | None = None
+    `meta()` lists (name, full shape, own dtype) without gathering; `stream(dtype)` yields (name, full
+    tensor) on the learner's device (`actors.backends.Backend.weight_meta` / `stream_weights`);
+    `skip` names weights the engine derives itself (a tied lm_head); `device` is the data plane's.
+    """
 
-    def _dtype(self, t: torch.Tensor) -> torch.dtype:
-        return self.wire_dtype if t.is_floating_point() else t.dtype
-
-    def metadata(self) -> list[ParamMeta]:
-        if self._round is None:
-            self._round = self.gather()
-        return [ParamMeta(n, self._dtype(t), tuple(t.shape)) for n, t in self._round.items()]
-
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        sd = self._round if self._round is not None else self.gather()
-        self._round = None
-        for name in list(sd):
-            t = sd.pop(name)
-            yield name, t.to(self.device, self._dtype(t)).contiguous()
-
-
-class ShardedParamsSource(ModuleSource):
-    """FSDP2 parameters all-gathered one at a time on EVERY rank (vLLM's `ModuleSource`, in the wire
-    dtype). IPC needs this: each rank exports handles to full tensors on its own GPU and the colocated
-    engine picks the one on its GPU. GPU only (ipc)."""
-
-    def __init__(self, module: torch.nn.Module, wire_dtype: torch.dtype) -> None:
-        super().__init__(module)
-        self.wire_dtype = wire_dtype
+    def __init__(
+        self,
+        meta: Callable[[], list[tuple[str, tuple[int, ...], torch.dtype]]],
+        stream: Callable[[torch.dtype], Iterator[tuple[str, torch.Tensor]]],
+        wire_dtype: torch.dtype,
+        device: str,
+        skip: frozenset[str] = frozenset(),
+    ) -> None:
+        self.meta, self.stream = meta, stream
+        self.wire_dtype, self.device, self.skip = wire_dtype, torch.device(device), skip
 
     def metadata(self) -> list[ParamMeta]:
-        return [ParamMeta(n, self.wire_dtype, tuple(p.shape)) for n, p in self._module.named_parameters()]
+        return [
+            ParamMeta(name, self.wire_dtype if dtype.is_floating_point else dtype, shape)
+            for name, shape, dtype in self.meta()
+            if name not in self.skip
+        ]
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name, param in self._module.named_parameters():
-            yield name, materialize_full_tensor(param.detach()).to(self.wire_dtype).contiguous()
+        for name, full in self.stream(self.wire_dtype):
+            if name not in self.skip:
+                yield name, full.to(self.device).contiguous()
+
+
+def nbytes(meta: ParamMeta) -> int:
+    return math.prod(meta.shape) * meta.dtype.itemsize
 
 
 def manifest_from(source: WeightSource) -> list[TensorMeta]:
@@ -425,12 +421,29 @@ class EngineClient:
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         self.reports = self._all([h.finish_weight_update.remote() for h in self.engines])
 
+    def abort_weight_update(self) -> None:
+        """After a failed sync: every engine ends the update it may still be inside (best effort: an
+        engine that died is the restarts' business, not this cleanup's)."""
+        refs = [h.abort_weight_update.remote() for h in self.engines]
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.get(ref, timeout=self.timeout_s)
+
 
 def trainer_init_info(
-    backend: str, rank: int, master: tuple[str, int], world_size: int, bucket_bytes: int, timeout_s: float
+    backend: str,
+    rank: int,
+    master: tuple[str, int],
+    world_size: int,
+    bucket_bytes: int,
+    timeout_s: float,
+    largest_bytes: int = 0,
 ) -> TrainerInitInfo:
     """The init info of `backend`'s trainer engine. `master` (rank 0's address and a free port) is only
-    read by the sender of a collective backend."""
+    read by the sender of a collective backend. `largest_bytes`: the largest tensor of a sync; vLLM's
+    packed IPC producer refuses any tensor bigger than its one reusable buffer (packed_tensor.py:
+    "exceeds buffer_size_bytes"; Qwen2.5-7B's embedding alone is 1039.5 MiB), so that buffer is at
+    least that big. The packed collectives send a bigger tensor as a chunk of its own."""
     if backend == GLOO:
         return GlooTrainerInitInfo(
             *master, world_size, packed_buffer_size_bytes=bucket_bytes, timeout_s=timeout_s, rank=rank
@@ -441,7 +454,9 @@ def trainer_init_info(
     if backend == "nccl":
         return NCCLTrainerInitInfo(*master, world_size, packed_buffer_size_bytes=bucket_bytes, rank=rank)
     if backend == "ipc":
-        return IPCTrainerInitInfo(packed=True, packed_buffer_size_bytes=bucket_bytes, rank=rank)
+        return IPCTrainerInitInfo(
+            packed=True, packed_buffer_size_bytes=max(bucket_bytes, largest_bytes), rank=rank
+        )
     raise ValueError(f"unknown weight-transfer backend {backend!r}")
 
 

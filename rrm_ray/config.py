@@ -9,6 +9,8 @@ against the declared cluster shape, and every message says which key is wrong an
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,17 @@ class ClusterConfig:
     num_nodes: int = 0
     gpus_per_node: int = 0
     placement_timeout_s: float = 120.0  # waiting longer than this for resources is an error
-    call_timeout_s: float = 1800.0  # every remote call waits at most this long
+    # Every remote call waits at most this long; an actor that does not answer in time is treated as
+    # hung: killed and restarted like a dead one (counted in faults/<role>_hangs). Must outlive
+    # judge.batch_timeout_s and the reward rule's worst case for one batch (validated).
+    call_timeout_s: float = 3600.0
     # A dead rollout/judge/reward actor is restarted and its call retried this many times (per actor);
     # the learner is rebuilt from a checkpoint at most this many times (rrm_ray/recovery.py).
     max_actor_restarts: int = 2
-    env: dict[str, str] = field(default_factory=dict)  # extra env vars for every actor
+    # Extra env vars for every actor. Their values are treated as secrets (an HF_TOKEN, say): shown as
+    # "***" in MLflow params, saved configs and the console; `${oc.env:NAME}` reads one from the
+    # driver's environment instead of writing it in a file.
+    env: dict[str, str] = field(default_factory=dict)
     # Roles that share GPUs, e.g. [[rollout, judge]] or [[rollout, judge, learner]]: one placement group
     # whose every bundle the k roles split (each asks 1/k of its CPU and GPU). On GPU the engines sleep
     # (rollout.sleep_level, judge.sleep_level) while another role of the group works. Roles in a group
@@ -165,6 +173,29 @@ class RewardConfig:
 
 
 @dataclass
+class JudgeEndpointConfig:
+    """A judge served once for many jobs (`rrm-ray serve-judge`, or any OpenAI-compatible
+    `/v1/completions` server such as `vllm serve`): the job starts no judge engines and reserves no
+    judge bundles; its judge service runs in the driver and sends token-id prompts over HTTP."""
+
+    # http://host:port of the server (several, comma-separated: one per served engine, as serve-judge
+    # prints them; each query's pairs go to one of them, so its prompt head stays in one prefix cache).
+    # null: the job starts its own judge engines.
+    url: str | None = None
+    model: str | None = None  # the served model name; null: the server's only model
+    # The NAME of the environment variable that holds the API key (e.g. RRM_JUDGE_API_KEY), read only
+    # where the HTTP client is built, so the key itself never reaches a config dump, MLflow or a log.
+    # null: no Authorization header.
+    api_key_env: str | None = None
+    max_concurrency: int = 64  # HTTP requests in flight at once, per server
+    timeout_s: float = 600.0  # one request; a slower answer is an endpoint error (retried)
+    # A failed request (connection refused, HTTP 5xx, time-out) is sent again this many times, after
+    # 1, 2, 4, ... s (capped at 30 s), counted as judge/endpoint_errors; then the run fails naming the URL.
+    # 4xx answers (a wrong key, a bad request) are not retried.
+    retries: int = 3
+
+
+@dataclass
 class JudgeConfig:
     """The RRM judge: a vLLM engine that reasons, then says which of two responses is better."""
 
@@ -177,9 +208,18 @@ class JudgeConfig:
     # that position, renormalised over both, averaged over the two orders: a wins if mean P(a) > 0.5,
     # exactly 0.5 goes to judge.tie_rule (rrm_ray.judge.voting.prob_winner)
     verdict: str = "generate"
-    prompt_style: str = (
-        "full"  # full: the paper-style prompt | compact: short, with a reply example (small judges)
-    )
+    # auto (rrm_release in rrm mode, mtbench in direct mode) | rrm_release: the released RRM-7B /
+    # RRM-32B's own prompt, byte for byte | mtbench: this project's MT-Bench-style layout (formerly
+    # "full") | compact: short, with a reply example (small judges); rrm_ray.judge.prompts
+    prompt_style: str = "auto"
+    # release: the released RRMs' evaluation parser (exact "Assistant 1"/"Assistant 2" in the last
+    # \boxed before a second </think>) | lenient: last complete box, case and \text{} ignored. One rule
+    # for evaluation, tournaments, best-of-n and the judge-training reward (rrm_ray.judge.verdict).
+    verdict_rule: str = "release"
+    # both_orders: votes alternate the presentation order, the first from a coin seeded by trainer.seed
+    # (1 vote: that one order) | seeded_coin: every vote in the seeded coin's order. The release's
+    # protocol is one presentation per item from a seeded coin, one sample: either value with votes=1.
+    presentation: str = "both_orders"
     # rrm mode, > 0: budget forcing. Thinking stops after this many tokens; the engine then writes
     # "</think>" itself (masked out of the loss in judge training) and the judge goes on to its verdict.
     think_budget: int = 0
@@ -196,8 +236,11 @@ class JudgeConfig:
     max_new_tokens: int = 8192
     max_model_len: int = 16384
     max_prompt_tokens: int = 4096
-    over_length: str = "truncate"  # truncate (documented rule in rrm_ray.judge.prompts) | reject
-    votes: int = 1  # sampled judgments per pair (majority), both presentation orders
+    # A pair whose prompt exceeds max_prompt_tokens: error (the call fails naming the pair; the release
+    # never cuts) | skip (not judged: undecided, counted) | truncate (the documented cut of
+    # rrm_ray.judge.prompts, counted). Both counts are judge/over_length_pairs in MLflow and the console.
+    over_length: str = "error"
+    votes: int = 1  # sampled judgments per pair (majority); judge.presentation says in which orders
     adaptive_votes: bool = True  # stop sampling once the remaining votes cannot change the majority
     tie_rule: str = "random"  # random | first | none
     # knockout (n-1 comparisons) | elo (round robin, n(n-1)/2) | swiss (swiss_rounds x floor(n/2));
@@ -218,6 +261,7 @@ class JudgeConfig:
     reward_mix: str = "judge_if_no_rule"  # judge_if_no_rule | weighted
     rule_weight: float = 1.0
     judge_weight: float = 1.0
+    endpoint: JudgeEndpointConfig = field(default_factory=JudgeEndpointConfig)
 
 
 @dataclass
@@ -292,6 +336,12 @@ class TrainerConfig:
     # trains, each trained at most this many policy versions after the weights that generated it; the
     # lag is corrected by algorithm.tis_cap. 0: synchronous (generate, score, update, sync in turn).
     max_staleness: int = 0
+    # SIGTERM / SIGINT (`rrm-ray stop`, Ctrl-C, Kubernetes, Slurm): the step in flight may finish within
+    # this many seconds, then a checkpoint is written, MLflow is flushed and the run marked KILLED; past
+    # it the step is abandoned (the last checkpoint stays) and the run closed at once. Kubernetes and
+    # Slurm send SIGKILL 30 s after SIGTERM by default; `rrm-ray submit` gives Ray's stop that long plus
+    # 120 s for the checkpoint (RAY_JOB_STOP_WAIT_TIME_S). A second signal stops at once.
+    stop_grace_s: float = 25.0
     downstream_eval: DownstreamEvalConfig = field(default_factory=DownstreamEvalConfig)
 
 
@@ -303,6 +353,11 @@ class TrackingConfig:
     enabled: bool = True
     http_retries: int = 1  # MLflow HTTP retries before a call is buffered locally (server down)
     http_timeout_s: float = 10.0
+    # Training jobs: false: MLflow down at start is an outage like any other (calls are kept in the run's
+    # journal, <checkpoint.dir>/<run>/mlflow_buffer.jsonl, and the run is created once it is back);
+    # true: the job fails at start, naming the URI.
+    required: bool = False
+    buffer_max_mb: float = 256.0  # the journal's size cap during an outage; beyond it the job fails
     # MLflow system metrics of the driver's machine (CPU, memory, disk, network; GPU with nvidia-ml-py)
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
@@ -314,10 +369,16 @@ class TrackingConfig:
 
 @dataclass
 class CheckpointConfig:
+    # Each run writes into its own folder here, <dir>/<run id>/ (step_N checkpoints, final/, figures/,
+    # the MLflow journal): a second run in the same dir starts its own series and never prunes or
+    # resumes another's. resume=auto continues the run that completed a checkpoint last.
     dir: str = "runs/checkpoints"
-    every: int = 0  # 0: no intermediate checkpoints
-    keep_last: int = 2
-    save_final: bool = True  # write the final policy in HF format and log its path to MLflow
+    every: int = 0  # 0: no intermediate checkpoints (SIGTERM still writes one)
+    keep_last: int = 2  # complete checkpoints of this run kept (>= 1)
+    # Each file's CRC-32 in the manifest (sizes are always there), checked at load: costs one read of the
+    # checkpoint at save and at load (about 2 GB/s); false: sizes only
+    checksums: bool = True
+    save_final: bool = True  # write the final policy in HF format (<dir>/<run id>/final) and log it to MLflow
 
 
 @dataclass
@@ -334,7 +395,9 @@ class JobConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    resume: str | None = None  # "auto": the latest complete checkpoint in checkpoint.dir; or a step_N path
+    # "auto": the latest complete checkpoint in checkpoint.dir (of the run that wrote one last), or a
+    # <run>/step_N path; the run (its folder, its MLflow run) is continued
+    resume: str | None = None
 
 
 def merge_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
@@ -376,6 +439,14 @@ def _open_free_form_dicts(node: DictConfig) -> None:
             else:
                 _open_free_form_dicts(child)
 
+
+# Values that earlier versions documented, and what says the same now (checked by rrm_ray.validation).
+REPLACED_VALUES = {
+    ("judge.prompt_style", "full"): "renamed to mtbench (this project's MT-Bench-style layout); the "
+    "released RRMs' own prompt is rrm_release, which auto picks in judge.mode=rrm",
+    ("judge.over_length", "reject"): "renamed: skip (the pair is not judged, undecided and counted) or "
+    "error (the run fails naming the pair)",
+}
 
 # Keys that earlier versions documented, and what says the same now.
 REPLACED_KEYS = {
@@ -426,8 +497,47 @@ def resolved_dtype(cfg: JobConfig) -> str:
     return "float32" if cfg.cluster.device == "cpu" else "bfloat16"
 
 
-def to_flat_dict(cfg: JobConfig) -> dict[str, Any]:
-    """The config as `section.key -> value`, for MLflow params."""
+# -- secrets ---------------------------------------------------------------------------------------------
+REDACTED = "***"
+# A key whose last word is one of these holds a secret value (HF_TOKEN, api_key, db_password, ...); one
+# that ends in _env, _file, _path, _dir or _name holds the NAME of a variable or a file, not the secret.
+_SECRET_WORDS = {"token", "secret", "password", "passwd", "passphrase", "credential", "credentials", "apikey"}
+_SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"), ("auth", "key")}
+_NAME_WORDS = {"env", "file", "path", "dir", "name", "var"}
+SECRET_SECTIONS = ("cluster.env.",)  # every value under these is a secret
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config key (dotted or not) names a secret value, judged by its last component."""
+    words = [w for w in re.split(r"[^a-z0-9]+", key.rsplit(".", 1)[-1].lower()) if w]
+    if not words or words[-1] in _NAME_WORDS:
+        return False
+    pairs = set(itertools.pairwise(words))
+    return bool(_SECRET_WORDS & set(words) or _SECRET_PAIRS & pairs)
+
+
+def is_secret(key: str) -> bool:
+    """Whether the flattened config key `key` holds a value that must not be shown."""
+    return key.startswith(SECRET_SECTIONS) or is_secret_key(key)
+
+
+def secret_values(cfg: JobConfig) -> list[str]:
+    """The config's secret values (non-empty strings), longest first: what `redact_text` hides."""
+    found = {str(v) for k, v in to_flat_dict(cfg, redact=False).items() if is_secret(k) and v}
+    return sorted(found, key=len, reverse=True)
+
+
+def redact_text(text: str, secrets: list[str]) -> str:
+    """`text` with every occurrence of each secret value replaced by `***`."""
+    for secret in secrets:
+        if len(secret) >= 4:  # a 1-3 character "secret" would blank out ordinary text
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def to_flat_dict(cfg: JobConfig, redact: bool = True) -> dict[str, Any]:
+    """The config as `section.key -> value`, for MLflow params; secret values are `***` unless
+    `redact=False`."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -435,11 +545,20 @@ def to_flat_dict(cfg: JobConfig) -> dict[str, Any]:
             for k, v in node.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
         else:
-            out[prefix] = node
+            out[prefix] = REDACTED if redact and node not in (None, "") and is_secret(prefix) else node
 
     walk("", OmegaConf.to_container(OmegaConf.structured(cfg)))
     return out
 
 
-def to_yaml(cfg: JobConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+def to_yaml(cfg: JobConfig, redact: bool = True) -> str:
+    """The config as YAML (what a checkpoint and an exported model keep); secret values are `***`
+    unless `redact=False`."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg))
+
+    def walk(prefix: str, node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(f"{prefix}.{k}" if prefix else str(k), v) for k, v in node.items()}
+        return REDACTED if redact and node not in (None, "") and is_secret(prefix) else node
+
+    return OmegaConf.to_yaml(OmegaConf.create(walk("", container)))

@@ -10,11 +10,15 @@ actor still reach the driver (and the console) in full through `ray.get`. `--ver
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, TextIO
+
+from rrm_ray.config import redact_text
 
 LOG_FILE_ENV = "RRM_RAY_LOG_FILE"
 
@@ -70,3 +74,39 @@ def quiet_driver_loggers() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # Ray 2.60 warns on every local start that token authentication is on by default (README says so).
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+class RedactingStream(io.TextIOBase):
+    """A console stream that writes `***` for each of `secrets` (the config's secret values): what the
+    driver prints (its messages, warnings, tracebacks, streamed worker output) never shows them."""
+
+    def __init__(self, stream: TextIO, secrets: list[str]) -> None:
+        self.stream, self.secrets = stream, secrets
+
+    def write(self, text: str) -> int:
+        self.stream.write(redact_text(text, self.secrets))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def redact_console(secrets: list[str]) -> None:
+    """From now on, the driver's stdout and stderr show `***` for each secret value."""
+    if not secrets:
+        return
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, RedactingStream):
+            stream.secrets = sorted({*stream.secrets, *secrets}, key=len, reverse=True)
+        else:
+            setattr(sys, name, RedactingStream(stream, secrets))

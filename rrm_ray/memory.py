@@ -271,6 +271,13 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
         lines.append(f"GPUs reserved: {asked:g} ({parts or 'none'}; a shared bundle counts once)")
     if nodes and not problems and layout is None:
         lines.append("note: a greedy packing found no layout; Ray searches harder and may still find one")
+    endpoint = cfg.judge.endpoint
+    if cfg.judge.enabled and endpoint.url is not None:
+        served = endpoint.model or "the server's only model"
+        lines.append(
+            f"judge: served at {endpoint.url} (judge.endpoint.url; {served}): this job starts no judge "
+            "engines and reserves no judge bundles; its judge service runs in the driver"
+        )
 
     params = {"policy": param_count(cfg.model.path)}
     if cfg.judge.enabled:

@@ -75,6 +75,12 @@ def _first(share: RoleShare) -> str:
     return min((share.role, *share.peers), key=ROLE_ORDER.index)
 
 
+def judge_in_job(cfg: JobConfig) -> bool:
+    """Whether the job starts judge engines of its own: the judge is on and not served elsewhere
+    (`judge.endpoint.url`: no judge engines, no judge bundles)."""
+    return cfg.judge.enabled and cfg.judge.endpoint.url is None
+
+
 def own_spec(cfg: JobConfig, role: str) -> RoleSpec:
     """A role's bundles as its own section of the config asks for them (before any sharing)."""
     gpu = cfg.cluster.device == "cuda"
@@ -93,7 +99,7 @@ def own_spec(cfg: JobConfig, role: str) -> RoleSpec:
 def placement_layout(cfg: JobConfig) -> PlacementLayout:
     """Placement groups and per-role shares for a validated config (`rrm_ray.validation` checks that
     colocated roles have equal counts, GPUs per worker and strategies)."""
-    roles = [r for r in ROLE_ORDER if r != "judge" or cfg.judge.enabled]
+    roles = [r for r in ROLE_ORDER if r != "judge" or judge_in_job(cfg)]
     group_of = {role: (role,) for role in roles}
     for listed in cfg.cluster.colocate:
         together = tuple(sorted(set(listed), key=ROLE_ORDER.index))
@@ -115,7 +121,7 @@ def placement_layout(cfg: JobConfig) -> PlacementLayout:
 
 def shares_bundles(cfg: JobConfig, role: str) -> bool:
     """Whether `role` runs on bundles it shares with another role (`cluster.colocate`)."""
-    return (role != "judge" or cfg.judge.enabled) and any(role in group for group in cfg.cluster.colocate)
+    return (role != "judge" or judge_in_job(cfg)) and any(role in group for group in cfg.cluster.colocate)
 
 
 def gpus_asked(groups: dict[str, RoleSpec]) -> tuple[float, str]:

@@ -67,6 +67,11 @@ class StepPrinter:
         ]
         if "eval/reward_mean" in m:
             parts.append(f"eval {m['eval/reward_mean']:.3f}")
+        if m.get("judge/over_length_pairs"):  # never a silent cut: judge.over_length says what happened
+            parts.append(
+                f"judge: {m['judge/over_length_pairs']:.0f} pairs over judge.max_prompt_tokens "
+                f"({m.get('judge/truncated', 0):.0f} truncated, {m.get('judge/skipped', 0):.0f} skipped)"
+            )
         self.progress.console.print("  ".join(parts), soft_wrap=True)
         self.progress.update(self.task, completed=step, description="train")
 

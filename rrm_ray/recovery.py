@@ -10,6 +10,10 @@
                      checkpoint: the ranks share sharded weights and optimizer
                      state, so one rank cannot come back on its own
 
+A hung actor (a call past `cluster.call_timeout_s`, and the actor answers no ping meanwhile) is killed
+and then handled as if it had died: restarted and retried, or for a learner rank, the learner rebuilt;
+it counts in `faults/<role>_hangs` instead of `<role>_restarts` (and against the same budget).
+
 Ray restarts an actor at most `cluster.max_actor_restarts` times over its life. While a restart is
 pending Ray reports the actor *unavailable*; once none is left it reports it *dead* for good, and then
 the policy fails at once with a message naming the role instead of waiting for an actor that never
@@ -28,6 +32,8 @@ RESTART_COUNTERS: dict[str, str] = {
     "judge": "judge_restarts",
     "reward": "reward_restarts",
 }
+# A hung actor killed (then restarted like a dead one): the `faults/...` counter of each role.
+HANG_COUNTERS: dict[str, str] = {role: f"{role}_hangs" for role in (*RESTART_COUNTERS, "learner")}
 LEARNER_COUNTER = "learner_recoveries"
 # Roles whose weights come from the learner: a restarted actor of theirs must be synced before a retry.
 TRAINED_ROLES = frozenset({"rollout"})
@@ -84,6 +90,7 @@ class RecoveryPolicy:
         weights_trained: bool = False,
         has_checkpoint: bool = False,
         learner_recoveries: int = 0,
+        hung: bool = False,
     ) -> Decision:
         """Decide for an actor of `role` that died.
 
@@ -93,22 +100,24 @@ class RecoveryPolicy:
             run resumed), so a restarted engine of a trained role needs them again.
         has_checkpoint / learner_recoveries: for a learner rank, whether a complete checkpoint exists to
             roll back to, and how often the learner was rebuilt already (over resumes too).
+        hung: the actor did not die but hung (the caller kills it): counted as `<role>_hangs`.
         """
         m = self.max_restarts
+        died = "hung" if hung else "died"
         if role == "learner":
             if not has_checkpoint:
                 return self._fail(
                     role,
-                    "a learner rank died and checkpoint.dir holds no complete checkpoint to roll the learner "
+                    f"a learner rank {died} and this run has no complete checkpoint to roll the learner "
                     "back to (set checkpoint.every > 0 to make the learner recoverable)",
                 )
             if learner_recoveries >= m:
                 return self._fail(
                     role,
-                    f"a learner rank died again: the learner was rebuilt {learner_recoveries} times "
+                    f"a learner rank {died} again: the learner was rebuilt {learner_recoveries} times "
                     f"already, the most cluster.max_actor_restarts={m} allows",
                 )
-            return Decision("rebuild_learner", role, LEARNER_COUNTER)
+            return Decision("rebuild_learner", role, HANG_COUNTERS[role] if hung else LEARNER_COUNTER)
         if role not in RESTART_COUNTERS:
             return self._fail(
                 role, f"an actor of no known role died (actor id {actor_id}); nothing to restart"
@@ -117,13 +126,15 @@ class RecoveryPolicy:
         self.deaths[key] = self.deaths.get(key, 0) + 1
         n = self.deaths[key]
         if gone_for_good or n > m:
+            why = "hangs" if hung else "dies"
             return self._fail(
                 role,
-                f"the {role} actor {(actor_id or '?')[:12]} died ({n} time{'s' * (n != 1)} seen by this "
+                f"the {role} actor {(actor_id or '?')[:12]} {died} ({n} time{'s' * (n != 1)} seen by this "
                 f"driver) and Ray will not restart it again: cluster.max_actor_restarts={m} restarts per "
-                f"actor are used up (raise it, or find in the actor's log why it dies)",
+                f"actor are used up (raise it, or find in the actor's log why it {why})",
             )
-        return Decision("restart", role, RESTART_COUNTERS[role], weights_trained and role in TRAINED_ROLES)
+        counter = HANG_COUNTERS[role] if hung else RESTART_COUNTERS[role]
+        return Decision("restart", role, counter, weights_trained and role in TRAINED_ROLES)
 
     @staticmethod
     def _fail(role: str | None, message: str) -> Decision:

@@ -30,11 +30,17 @@ def accuracy(name: str, correct: list[bool | None], interval: bool = False) -> d
 
 
 def verdict_breakdown(
-    prefix: str, rows: list[PromptRow], completions: list[Completion], mode: str, think_budget: int
+    prefix: str,
+    rows: list[PromptRow],
+    completions: list[Completion],
+    mode: str,
+    think_budget: int,
+    rule: str = "release",
 ) -> dict[str, float]:
-    """Judge training: right, wrong and malformed verdicts counted apart (format vs judgment)."""
+    """Judge training: right, wrong and malformed verdicts counted apart (format vs judgment), read by
+    `rule` (`judge.verdict_rule`, as the reward reads them)."""
     results = [
-        judge_reward(c.text, int(rows[c.prompt_index].answer), mode == "rrm", mode)  # type: ignore[arg-type]
+        judge_reward(c.text, int(rows[c.prompt_index].answer), mode == "rrm", mode, rule=rule)  # type: ignore[arg-type]
         for c in completions
     ]
     total = max(len(results), 1)

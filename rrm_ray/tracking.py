@@ -12,6 +12,7 @@ sampled while it runs, and figures MLflow does not draw are PNG artifacts (`rrm_
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -19,6 +20,8 @@ import os
 import re
 import time
 import warnings
+from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +42,7 @@ MODEL_TRAINING = "custom_model_development"
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 LOG_MODEL_MODES = ("none", "path", "artifacts")
 PARENT_RUN_TAG = "mlflow.parentRunId"  # how MLflow nests a run under another
+DROPPED_CALLS = "tracking/dropped_calls"  # calls MLflow rejected for good (BufferedTracker)
 
 
 def sanitize(name: str) -> str:
@@ -74,7 +78,7 @@ class Tracker(Protocol):
     run_id: str | None
 
     def log_params(self, params: dict[str, Any]) -> None: ...
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None: ...
     def log_table(self, rows: list[dict[str, Any]], name: str) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_dataset(self, path: str, context: str) -> None: ...
@@ -90,7 +94,7 @@ class NullTracker:
     run_id: str | None = None
 
     def log_params(self, params: dict[str, Any]) -> None: ...
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None: ...
     def log_table(self, rows: list[dict[str, Any]], name: str) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_dataset(self, path: str, context: str) -> None: ...
@@ -202,6 +206,8 @@ class MLflowTracker:
             tags = {PARENT_RUN_TAG: parent_run_id} if parent_run_id else None
             run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
             run_id = run.info.run_id
+        else:  # a resumed run runs again (it was left FINISHED, KILLED or FAILED); a deleted one raises
+            self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
         self.experiment_id = exp_id
         self.uri = uri
@@ -229,10 +235,10 @@ class MLflowTracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = timestamp_ms or int(time.time() * 1000)
         items = [Metric(sanitize(k), float(v), now, step) for k, v in metrics.items() if v is not None]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
@@ -310,64 +316,250 @@ class MLflowTracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
+class TrackingUnavailable(RuntimeError):
+    """MLflow cannot be reached at the start of a job that requires it (`tracking.required`), or it
+    refused the run itself (a deleted run to resume, say)."""
+
+
+class TrackingBufferFull(RuntimeError):
+    """An outage outlasted the buffer's cap (`tracking.buffer_max_mb`)."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a failed tracking call can never succeed as it is (so retrying it would block every later
+    call): MLflow answered with a 4xx other than 408/429 (an invalid key or value, a deleted run, no
+    permission), or the call raised something that is no transport error. A refused connection, a
+    timeout, or a 5xx / 408 / 429 (after MLflow's own retries: MLflow reports a failed request as an
+    INTERNAL_ERROR, HTTP 500) is an outage: retry later."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, OSError):  # connection refused, DNS, timeouts (requests' errors are OSErrors)
+        return False
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        return 400 <= status < 500 and status not in (408, 429)
+    return True
+
+
 class BufferedTracker:
-    """Keeps training going when the tracking server is down: failed calls are queued (and mirrored to
-    a local JSONL file so nothing is lost if the job dies), retried before every later call, and
-    flushed in order once the server is back. A warning says so, once per outage.
+    """Keeps training going through a tracking outage and loses nothing it accepted.
+
+    A call MLflow cannot take now is kept, in order, in memory and in a journal file (append-only JSON
+    lines, each call written once; a line `{"done": seq}` when it went through), and retried, oldest
+    first, at the next call once `retry_every_s` passed since the last try. A process killed meanwhile
+    loses nothing: the next `BufferedTracker` on the same journal (a resume of the run) sends what the
+    journal holds first. Metric timestamps are fixed when a call is accepted, so a call sent twice
+    (the process died between sending it and noting it done) is stored once: MLflow keeps one row per
+    (key, step, timestamp, value).
+
+    - A call MLflow rejects for good (`is_permanent`: an invalid key, a deleted run) is dropped with a
+      warning (once per kind of error) and counted in the metric `tracking/dropped_calls`, instead of
+      blocking every later call.
+    - The buffer is capped (`max_bytes`): an outage beyond it raises `TrackingBufferFull`.
+    - A journal that cannot be written (a full disk) is warned about once; calls are then kept in memory.
+    - MLflow down at start (the run cannot even be created): `required` raises `TrackingUnavailable`;
+      otherwise the run is created once MLflow answers, and `on_run(mlflow_run_id)` is told its id.
+    - `close` sends what is buffered (trying for up to `close_wait_s`) and always ends the run when
+      MLflow answers, whatever was dropped; when it does not, the journal stays for a resume.
 
     Reads (`metric_history`) are not buffered: during an outage they return nothing. MLflow's system
     metrics thread logs on its own and stops at the first failure."""
 
-    def __init__(self, inner: Tracker, buffer_path: str | Path) -> None:
-        self.inner = inner
-        self.run_id = inner.run_id
-        self.experiment_id = getattr(inner, "experiment_id", None)
-        self.buffer_path = Path(buffer_path)
-        self.pending: list[tuple[str, tuple[Any, ...]]] = []
+    def __init__(
+        self,
+        inner: Tracker | Callable[[str | None], Tracker],
+        journal: str | Path,
+        *,
+        run_id: str | None = None,
+        required: bool = False,
+        max_bytes: int = 256 << 20,
+        retry_every_s: float = 30.0,
+        close_wait_s: float = 30.0,
+        on_run: Callable[[str], None] | None = None,
+    ) -> None:
+        self._connect = (lambda _run_id: inner) if hasattr(inner, "log_metrics") else inner
+        self.journal = Path(journal)
+        self.inner: Tracker | None = None
+        self._run_id = run_id
+        self.on_run = on_run
+        self.max_bytes, self.retry_every_s, self.close_wait_s = max_bytes, retry_every_s, close_wait_s
+        self.pending: deque[tuple[int, str, list[Any], int]] = deque()  # (seq, method, args, bytes)
+        self.pending_bytes = 0
+        self.seq = 0
         self.outage = False
+        self.next_try = 0.0
+        self.dropped = 0
+        self._dropped_reported = 0
+        self.last_step = 0
+        self._warned: set[tuple[str, str]] = set()
+        self.journal_ok = True
         self.flushed_after_outage = 0
+        self.replayed = self._read_journal()
+        try:
+            self._open()
+        except Exception as exc:
+            if required or is_permanent(exc):
+                what = "is required (tracking.required=true)" if required else "refused the run"
+                raise TrackingUnavailable(f"MLflow {what}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+            self._enter_outage(exc, "at the start of the job (the run is created once it answers)")
+        if self.replayed:
+            warnings.warn(
+                f"{self.replayed} MLflow calls of an earlier attempt of this run were kept in "
+                f"{self.journal}: sending them first",
+                stacklevel=2,
+            )
+        self.flush(force=True)
 
+    # -- the run -------------------------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str | None:
+        return self.inner.run_id if self.inner is not None else self._run_id
+
+    @property
+    def experiment_id(self) -> str | None:
+        return getattr(self.inner, "experiment_id", None)
+
+    def _open(self) -> None:
+        self.inner = self._connect(self._run_id)
+        if self._run_id is None and self.inner.run_id is not None:
+            self._run_id = self.inner.run_id
+            if self.on_run is not None:
+                self.on_run(self._run_id)
+
+    # -- the journal ---------------------------------------------------------------------------------------
+    def _read_journal(self) -> int:
+        """Calls an earlier process accepted but never got through, back into the queue, in order."""
+        if not self.journal.is_file():
+            return 0
+        calls: dict[int, tuple[str, list[Any]]] = {}
+        with self.journal.open() as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # a line cut short by the kill: the call was never accepted
+                    continue
+                if "done" in entry:
+                    calls.pop(entry["done"], None)
+                elif "seq" in entry:
+                    calls[entry["seq"]] = (entry["method"], entry["args"])
+                    self.seq = max(self.seq, entry["seq"] + 1)
+        for seq in sorted(calls):
+            method, args = calls[seq]
+            size = len(json.dumps(args, default=str))
+            self.pending.append((seq, method, args, size))
+            self.pending_bytes += size
+        return len(calls)
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        if not self.journal_ok:
+            return
+        try:
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            with self.journal.open("a") as f:
+                f.write(json.dumps(entry, default=str) + "\n")
+        except OSError as exc:  # a full disk, a read-only mount: keep going in memory
+            self.journal_ok = False
+            warnings.warn(
+                f"cannot write the MLflow buffer {self.journal} ({type(exc).__name__}: {exc}); buffered "
+                "calls are kept in memory only, and lost if this process dies before MLflow is back",
+                stacklevel=4,
+            )
+
+    # -- calls ---------------------------------------------------------------------------------------------
     def _call(self, method: str, *args: Any) -> None:
-        self.pending.append((method, args))
-        self.flush()
-
-    def flush(self) -> None:
-        """Send what is buffered, in order; stops at the first call that still fails."""
-        while self.pending:
-            method, args = self.pending[0]
+        if not self.pending and self.inner is not None:
             try:
                 getattr(self.inner, method)(*args)
-            except Exception as exc:  # any tracking failure must not stop training
-                if not self.outage:
-                    self.outage = True
-                    warnings.warn(
-                        f"MLflow unavailable ({type(exc).__name__}: {str(exc)[:200]}); buffering metrics "
-                        f"locally in {self.buffer_path} and retrying at every step",
-                        stacklevel=3,
-                    )
-                self._mirror(method, args)
                 return
-            self.pending.pop(0)
-            if self.outage:
-                self.flushed_after_outage += 1
+            except Exception as exc:  # a tracking failure must not stop training
+                if is_permanent(exc):
+                    self._drop(method, exc)
+                    return
+                self._enter_outage(exc, "")
+        self._enqueue(method, list(args))
+        self.flush()
+
+    def _enqueue(self, method: str, args: list[Any]) -> None:
+        text = json.dumps({"seq": self.seq, "method": method, "args": args}, default=str)
+        if self.pending_bytes + len(text) > self.max_bytes:
+            raise TrackingBufferFull(
+                f"MLflow has been unavailable for {len(self.pending)} calls, which fill the buffer's "
+                f"tracking.buffer_max_mb={self.max_bytes / 2**20:g} MB ({self.journal}); training stops "
+                "here (the journal keeps them for a resume): bring MLflow back, or raise the cap"
+            )
+        self._append(json.loads(text))
+        self.pending.append((self.seq, method, args, len(text)))
+        self.pending_bytes += len(text)
+        self.seq += 1
+
+    def _enter_outage(self, exc: BaseException, when: str) -> None:
+        self.next_try = time.monotonic() + self.retry_every_s
+        if not self.outage:
+            self.outage = True
+            warnings.warn(
+                f"MLflow unavailable{' ' + when if when else ''} ({type(exc).__name__}: {str(exc)[:200]}); "
+                f"buffering calls in {self.journal} and retrying every {self.retry_every_s:g}s",
+                stacklevel=4,
+            )
+
+    def _drop(self, method: str, exc: BaseException) -> None:
+        self.dropped += 1
+        code = getattr(exc, "error_code", type(exc).__name__)
+        if (method, code) not in self._warned:
+            self._warned.add((method, code))
+            warnings.warn(
+                f"MLflow rejected a {method} call for good ({code}: {str(exc)[:300]}); it is dropped, and "
+                "further such calls are counted in tracking/dropped_calls",
+                stacklevel=4,
+            )
+
+    def flush(self, force: bool = False) -> None:
+        """Send what is buffered, in order; stops at the first call that still meets an outage. Between
+        tries during an outage, calls only queue (`retry_every_s`), unless `force`."""
+        if not self.pending and self.inner is not None:
+            return
+        if self.outage and not force and time.monotonic() < self.next_try:
+            return
+        try:
+            if self.inner is None:
+                self._open()
+        except Exception as exc:
+            if is_permanent(exc):
+                raise TrackingUnavailable(f"MLflow refused the run: {str(exc)[:300]}") from exc
+            self._enter_outage(exc, "")
+            return
+        while self.pending:
+            seq, method, args, size = self.pending[0]
+            try:
+                getattr(self.inner, method)(*args)
+            except Exception as exc:
+                if not is_permanent(exc):
+                    self._enter_outage(exc, "")
+                    return
+                self._drop(method, exc)
+            self.pending.popleft()
+            self.pending_bytes -= size
+            self._append({"done": seq})
+            self.flushed_after_outage += 1
         if self.outage:
             self.outage = False
             warnings.warn(
                 f"MLflow reachable again: flushed {self.flushed_after_outage} buffered calls", stacklevel=3
             )
-            self.flushed_after_outage = 0
-            self.buffer_path.unlink(missing_ok=True)
-
-    def _mirror(self, method: str, args: tuple[Any, ...]) -> None:
-        self.buffer_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.buffer_path.open("a") as f:
-            f.write(json.dumps({"method": method, "args": args}, default=str) + "\n")
+        self.flushed_after_outage = 0
+        if self.journal_ok:
+            self.journal.unlink(missing_ok=True)  # everything went through: nothing to replay
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self._call("log_params", params)
+        self._call("log_params", {k: str(v) for k, v in params.items()})
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._call("log_metrics", metrics, step)
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+        if self.dropped != self._dropped_reported:
+            metrics[DROPPED_CALLS] = float(self.dropped)
+            self._dropped_reported = self.dropped
+        self.last_step = max(self.last_step, step)
+        self._call("log_metrics", metrics, step, timestamp_ms or int(time.time() * 1000))
 
     def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
         self._call("log_table", rows, name)
@@ -387,8 +579,8 @@ class BufferedTracker:
         self._call("log_model", local_dir, mode, step, name, registered_model)
 
     def metric_history(self, prefixes: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
-        self.flush()
-        if self.pending:
+        self.flush(force=True)
+        if self.pending or self.inner is None:
             return {}
         try:
             return self.inner.metric_history(prefixes)
@@ -397,14 +589,31 @@ class BufferedTracker:
             return {}
 
     def close(self, status: str = "FINISHED") -> None:
-        self.flush()
-        if self.pending:
+        """Send what is buffered (for up to `close_wait_s`), then end the run with `status`; a run whose
+        calls were dropped is ended all the same. MLflow still down: the journal stays for a resume."""
+        deadline = time.monotonic() + self.close_wait_s
+        self.flush(force=True)
+        while (self.pending or self.inner is None) and time.monotonic() < deadline:
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            self.flush(force=True)
+        if self.dropped:
+            warnings.warn(f"{self.dropped} MLflow calls were rejected for good and dropped", stacklevel=2)
+        if self.pending or self.inner is None:
             warnings.warn(
-                f"MLflow still unavailable at the end: {len(self.pending)} calls kept in {self.buffer_path}",
+                f"MLflow still unavailable at the end: {len(self.pending)} calls kept in {self.journal}; "
+                f"the run stays {'un' if self.inner is None else ''}created/RUNNING in MLflow until a "
+                "resume of this run sends them",
                 stacklevel=2,
             )
             return
-        self.inner.close(status)
+        if self.dropped != self._dropped_reported:
+            with contextlib.suppress(Exception):
+                now = int(time.time() * 1000)
+                self.inner.log_metrics({DROPPED_CALLS: float(self.dropped)}, self.last_step, now)
+        try:
+            self.inner.close(status)
+        except Exception as exc:
+            warnings.warn(f"MLflow could not end the run ({type(exc).__name__}: {exc})", stacklevel=2)
 
 
 def open_tracker(

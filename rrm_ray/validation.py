@@ -8,9 +8,17 @@ rules or the downstream task settings live here, above those modules, so the sch
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
+import types
+import typing
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rrm_ray.config import (
+    REPLACED_VALUES,
     ConfigError,
     JobConfig,
     JudgeConfig,
@@ -21,6 +29,9 @@ from rrm_ray.config import (
     resolved_dtype,
 )
 from rrm_ray.data.downstream import validate_settings
+from rrm_ray.judge.prompts import CONFIG_PROMPT_STYLES, OVER_LENGTH
+from rrm_ray.judge.records import PRESENTATIONS
+from rrm_ray.judge.verdict import VERDICT_RULES
 from rrm_ray.lora import VLLM_MAX_LORA_RANKS
 from rrm_ray.placement import COLOCATABLE, gpus_asked, own_spec, placement_layout
 from rrm_ray.rewards.rules import resolve_rule
@@ -35,6 +46,170 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = merge_config(path, overrides)
     validate(cfg)
     return cfg
+
+
+# -- every numeric knob -----------------------------------------------------------------------------------
+# Every int or float in the config (typed fields, and values of numeric maps such as reward.rule_weights)
+# must be finite and, unless listed here, >= 0: a knob added to the schema is covered without a line
+# here. Intervals in the usual notation; `inf` as an upper end means "finite, no bound".
+RANGES: dict[str, str] = {
+    "cluster.local_num_cpus": "[1, inf)",
+    "cluster.placement_timeout_s": "(0, inf)",
+    "cluster.call_timeout_s": "(0, inf)",
+    "cluster.gpu_memory_gib": "(0, inf)",
+    "model.max_model_len": "[1, inf)",
+    "rollout.num_engines": "[1, inf)",
+    "rollout.cpus_per_engine": "(0, inf)",
+    "rollout.tensor_parallel_size": "[1, inf)",
+    "rollout.n_samples": "[1, inf)",
+    "rollout.temperature": "(0, inf)",
+    "rollout.top_p": "(0, 1]",
+    "rollout.max_new_tokens": "[1, inf)",
+    "rollout.eval_max_new_tokens": "[1, inf)",
+    "rollout.kv_cache_gib": "(0, inf)",
+    "rollout.gpu_memory_utilization": "(0, 1]",
+    "rollout.threads": "[1, inf)",
+    "rollout.weight_bucket_mb": "[1, inf)",
+    "rollout.max_num_batched_tokens": "[1, inf)",
+    "learner.num_ranks": "[1, inf)",
+    "learner.cpus_per_rank": "(0, inf)",
+    "learner.threads": "[1, inf)",
+    "learner.micro_batch_size": "[1, inf)",
+    "learner.lr": "(0, inf)",
+    "learner.min_lr_ratio": "[0, 1]",
+    "learner.adam_beta1": "[0, 1)",
+    "learner.adam_beta2": "[0, 1)",
+    "learner.logprob_chunk": "[1, inf)",
+    "algorithm.clip_low": "[0, 1)",
+    "algorithm.mini_batches": "[1, inf)",
+    "reward.rule_weights.*": "(-inf, inf)",
+    "reward.timeout_s": "(0, inf)",
+    "reward.fallback": "(-inf, inf)",
+    "reward.num_workers": "[1, inf)",
+    "reward.cpus": "(0, inf)",
+    "judge.num_engines": "[1, inf)",
+    "judge.cpus_per_engine": "(0, inf)",
+    "judge.tensor_parallel_size": "[1, inf)",
+    "judge.top_p": "(0, 1]",
+    "judge.max_new_tokens": "[1, inf)",
+    "judge.max_model_len": "[1, inf)",
+    "judge.max_prompt_tokens": "[1, inf)",
+    "judge.votes": "[1, inf)",
+    "judge.k_factor": "(0, inf)",
+    "judge.batch_timeout_s": "(0, inf)",
+    "judge.kv_cache_gib": "(0, inf)",
+    "judge.gpu_memory_utilization": "(0, 1]",
+    "judge.threads": "[1, inf)",
+    "dpo.beta": "(0, inf)",
+    "dpo.label_smoothing": "[0, 0.5)",
+    "dpo.epochs": "[1, inf)",
+    "dpo.pairs_per_step": "[1, inf)",
+    "dpo.max_prompts": "[1, inf)",
+    "data.prompts_per_step": "[1, inf)",
+    "data.arithmetic_max_operand": "[1, inf)",
+    "trainer.total_steps": "[1, inf)",
+    "trainer.time_limit_min": "(0, inf)",
+    "trainer.stop_grace_s": "(0, inf)",
+    "trainer.downstream_eval.batch_size": "[1, inf)",
+    "tracking.http_timeout_s": "(0, inf)",
+    "tracking.system_metrics_interval_s": "(0, inf)",
+    "tracking.buffer_max_mb": "(0, inf)",
+    "checkpoint.keep_last": "[1, inf)",
+}
+DEFAULT_RANGE = "[0, inf)"
+
+
+def parse_interval(text: str) -> tuple[float, float, bool, bool]:
+    """ "(0, 1]" -> (0.0, 1.0, low open, high closed)."""
+    low, high = (part.strip() for part in text[1:-1].split(","))
+    return float(low), float(high), text[0] == "(", text[-1] == ")"
+
+
+def describe_interval(text: str) -> str:
+    """ "[1, inf)" -> "at least 1", "[0, inf)" -> ">= 0", "(0, inf)" -> "> 0", "(0, 1]" -> "in (0, 1]"."""
+    low, high, low_open, _ = parse_interval(text)
+    if math.isinf(high) and math.isinf(low):
+        return "a finite number"
+    if math.isinf(high):
+        return f"> {low:g}" if low_open else (">= 0" if low == 0 else f"at least {low:g}")
+    return f"in {text}"
+
+
+def _numeric_type(hint: Any) -> bool:
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if _is_union(hint) else [hint]
+    return bool(args) and all(a in (int, float) for a in args)
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def numeric_keys(schema: type = JobConfig, prefix: str = "") -> Iterator[str]:
+    """Every numeric knob of the schema, dotted; a map of numbers as `key.*` (for tests and docs)."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key, hint = f"{prefix}{f.name}", hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from numeric_keys(hint, f"{key}.")
+        elif typing.get_origin(hint) is dict and _numeric_type(typing.get_args(hint)[1]):
+            yield f"{key}.*"
+        elif _numeric_type(hint):
+            yield key
+
+
+def numeric_values(node: Any, prefix: str = "") -> Iterator[tuple[str, str, float]]:
+    """(key, its RANGES entry's key, value) for every number set in a config (dataclass) tree."""
+    for f in dataclasses.fields(node):
+        key, value = f"{prefix}{f.name}", getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from numeric_values(value, f"{key}.")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    yield f"{key}.{k}", f"{key}.*", v
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield key, key, value
+
+
+def validate_numbers(cfg: JobConfig, finite_only: bool = False) -> None:
+    """Every number finite and in its range (RANGES, else >= 0): `inf` passes a `> 0` check, crashes
+    later (ray.wait, the reward runner, the LR schedule), and NaN passes no comparison at all.
+    `validate` checks finiteness first and the ranges last, so the checks in between (with messages
+    about how keys relate) see finite numbers and speak first."""
+    for key, entry, value in numeric_values(cfg):
+        interval = RANGES.get(entry, DEFAULT_RANGE)
+        low, high, low_open, high_open = parse_interval(interval)
+        what = describe_interval(interval)
+        require(math.isfinite(value), key, f"must be a finite number ({what}), got {value}")
+        if finite_only:
+            continue
+        ok = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+        require(ok, key, f"must be {what}, got {value}")
+
+
+def validate_timeouts(cfg: JobConfig) -> None:
+    """A remote call must outlive the work inside it: one judge engine batch, and the reward rule's
+    worst case for the biggest batch it scores in one call (every item timing out, one after another
+    on each worker; the accuracy rule, when it differs, scores the batch again)."""
+    c, r, j, d = cfg.cluster, cfg.reward, cfg.judge, cfg.data
+    if j.enabled:
+        require(
+            c.call_timeout_s > j.batch_timeout_s,
+            "cluster.call_timeout_s",
+            f"a judge call waits for at least one engine batch, so it must outlive judge.batch_timeout_s="
+            f"{j.batch_timeout_s:g}; got {c.call_timeout_s:g} (raise it, or lower judge.batch_timeout_s)",
+        )
+    items = max(d.prompts_per_step * cfg.rollout.n_samples, d.eval_max_prompts)
+    passes = 1 if (r.accuracy_rule is None or r.accuracy_rule == r.rule) and not r.rule_weights else 2
+    worst = math.ceil(items / r.num_workers) * r.timeout_s * passes
+    require(
+        c.call_timeout_s > worst,
+        "cluster.call_timeout_s",
+        f"a reward call scores up to {items} items (data.prompts_per_step x rollout.n_samples, or "
+        f"data.eval_max_prompts) over reward.num_workers={r.num_workers}, each allowed reward.timeout_s="
+        f"{r.timeout_s:g}{' twice (reward and accuracy rule)' if passes == 2 else ''}: up to {worst:g}s, "
+        f"which cluster.call_timeout_s={c.call_timeout_s:g} must outlive",
+    )
 
 
 def validate_tracking(cfg: JobConfig) -> None:
@@ -60,6 +235,7 @@ def validate_tracking(cfg: JobConfig) -> None:
 def validate(cfg: JobConfig) -> None:
     """Check values against each other and the declared cluster; raise ConfigError naming the key."""
     c, r, lr, a, d = cfg.cluster, cfg.rollout, cfg.learner, cfg.algorithm, cfg.data
+    validate_numbers(cfg, finite_only=True)
     one_of(c.device, "cluster.device", ("cpu", "cuda"))
     one_of(cfg.model.dtype, "model.dtype", ("auto", "float32", "bfloat16", "float16"))
     one_of(lr.backend, "learner.backend", ("fsdp2", "deepspeed"))
@@ -119,6 +295,7 @@ def validate(cfg: JobConfig) -> None:
         f"got {r.n_samples} (or set data.order_balanced=false)",
     )
     validate_judge(cfg.judge)
+    validate_judge_in_job(cfg)
     validate_tracking(cfg)
     validate_settings(cfg.trainer.downstream_eval)
     require(
@@ -166,6 +343,14 @@ def validate(cfg: JobConfig) -> None:
             f"judge training generates rollout.max_new_tokens={r.max_new_tokens} / eval_max_new_tokens="
             f"{r.eval_max_new_tokens} tokens per judgment; the thinking budget {cfg.judge.think_budget} must "
             "leave room for the verdict",
+        )
+        j = cfg.judge  # the judge prompts are the rollout's prompts
+        require(
+            j.max_prompt_tokens + r.max_new_tokens <= cfg.model.max_model_len,
+            "model.max_model_len",
+            f"judge training renders prompts of up to judge.max_prompt_tokens={j.max_prompt_tokens} tokens "
+            f"and samples rollout.max_new_tokens={r.max_new_tokens} after them, so the rollout engines need "
+            f"model.max_model_len >= {j.max_prompt_tokens + r.max_new_tokens}, got {cfg.model.max_model_len}",
         )
     _validate_rules(cfg.reward)
 
@@ -226,6 +411,8 @@ def validate(cfg: JobConfig) -> None:
                 f"an engine with {prefix}.tensor_parallel_size={tp} needs that many GPUs, got {gpus:g}",
             )
     require(c.gpu_memory_gib > 0, "cluster.gpu_memory_gib", f"must be > 0, got {c.gpu_memory_gib:g}")
+    validate_numbers(cfg)
+    validate_timeouts(cfg)
     if c.address is None and c.device == "cpu":
         asked_cpu = sum(g.num_workers * g.cpus for g in groups.values())
         require(
@@ -448,7 +635,17 @@ def validate_dpo(cfg: JobConfig) -> None:
     )
 
 
+def _replaced_value(key: str, value: object) -> None:
+    """A value an earlier version documented fails with what says the same now (`REPLACED_VALUES`)."""
+    if (key, value) in REPLACED_VALUES:
+        raise ConfigError(f"{key}: {value!r} was {REPLACED_VALUES[(key, value)]}")
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def validate_judge(j: JudgeConfig) -> None:
+    """The `judge` section on its own (its place in the job: `validate_judge_in_job`)."""
     one_of(j.mode, "judge.mode", ("rrm", "direct"))
     one_of(j.verdict, "judge.verdict", ("generate", "choice", "choice_prob"))
     require(
@@ -463,7 +660,21 @@ def validate_judge(j: JudgeConfig) -> None:
         f"must be 1 with judge.verdict=choice_prob (both orders are scored once, exactly; there is nothing "
         f"to sample again), got {j.votes}",
     )
-    one_of(j.prompt_style, "judge.prompt_style", ("full", "compact"))
+    _replaced_value("judge.prompt_style", j.prompt_style)
+    one_of(j.prompt_style, "judge.prompt_style", CONFIG_PROMPT_STYLES)
+    require(
+        j.prompt_style != "rrm_release" or j.mode == "rrm",
+        "judge.prompt_style",
+        "rrm_release is the released RRMs' reasoning prompt and needs judge.mode=rrm; a DirectJudge uses "
+        f"mtbench or compact (or auto), got judge.mode={j.mode}",
+    )
+    one_of(j.verdict_rule, "judge.verdict_rule", VERDICT_RULES)
+    one_of(j.presentation, "judge.presentation", PRESENTATIONS)
+    require(
+        j.verdict != "choice_prob" or j.presentation == "both_orders",
+        "judge.presentation",
+        "judge.verdict=choice_prob scores both orders of every pair; set judge.presentation=both_orders",
+    )
     require(
         j.think_budget == 0 or j.mode == "rrm",
         "judge.think_budget",
@@ -475,7 +686,8 @@ def validate_judge(j: JudgeConfig) -> None:
         f"must be 0 (off) or below judge.max_new_tokens={j.max_new_tokens} (room for the verdict), "
         f"got {j.think_budget}",
     )
-    one_of(j.over_length, "judge.over_length", ("truncate", "reject"))
+    _replaced_value("judge.over_length", j.over_length)
+    one_of(j.over_length, "judge.over_length", OVER_LENGTH)
     one_of(j.tie_rule, "judge.tie_rule", ("random", "first", "none"))
     one_of(j.method, "judge.method", ("knockout", "elo", "swiss"))
     require(
@@ -503,3 +715,59 @@ def validate_judge(j: JudgeConfig) -> None:
         f"{j.max_prompt_tokens + j.max_new_tokens}, got {j.max_model_len}",
     )
     require(j.batch_timeout_s > 0, "judge.batch_timeout_s", "must be > 0")
+    validate_judge_endpoint(j)
+
+
+def validate_judge_endpoint(j: JudgeConfig) -> None:
+    """`judge.endpoint`: a served judge the job talks to over HTTP instead of starting engines."""
+    e = j.endpoint
+    require(
+        e.max_concurrency >= 1, "judge.endpoint.max_concurrency", f"must be >= 1, got {e.max_concurrency}"
+    )
+    require(e.timeout_s > 0, "judge.endpoint.timeout_s", f"must be > 0 seconds, got {e.timeout_s}")
+    require(e.retries >= 0, "judge.endpoint.retries", f"must be >= 0, got {e.retries}")
+    if e.api_key_env is not None:
+        require(
+            bool(_ENV_NAME.match(e.api_key_env)),
+            "judge.endpoint.api_key_env",
+            "must be the NAME of an environment variable that holds the key (letters, digits and _, e.g. "
+            "RRM_JUDGE_API_KEY), never the key itself",
+        )
+    if e.url is None:
+        return
+    urls = [u.strip() for u in e.url.split(",")]
+    for url in urls:
+        require(
+            re.match(r"^https?://[^/\s]+", url) is not None,
+            "judge.endpoint.url",
+            f"expected http://host:port (several separated by commas), got {url!r}",
+        )
+    require(
+        j.think_budget == 0,
+        "judge.think_budget",
+        "budget forcing writes </think> inside the engine between two generation phases; a judge behind "
+        "judge.endpoint.url cannot; set judge.think_budget=0",
+    )
+
+
+def validate_judge_in_job(cfg: JobConfig) -> None:
+    """The judge against the rest of the job: a served judge (`judge.endpoint.url`) has no bundles to
+    share, and the judge-training reward reads verdicts by `judge.verdict_rule`."""
+    j = cfg.judge
+    if j.endpoint.url is not None:
+        for i, group in enumerate(cfg.cluster.colocate):
+            require(
+                "judge" not in group,
+                f"cluster.colocate[{i}]",
+                f"judge.endpoint.url={j.endpoint.url} serves the judge outside this job: it has no bundles "
+                "to share; take judge out of cluster.colocate",
+            )
+    rule = cfg.reward.rule.replace(" ", "")
+    stated = re.search(r"verdict_rule=(\w+)", rule)
+    require(
+        stated is None or stated.group(1) == j.verdict_rule,
+        "reward.rule",
+        f"names verdict_rule={stated.group(1) if stated else ''} but judge.verdict_rule={j.verdict_rule}: "
+        "judge training reads verdicts by judge.verdict_rule (one rule for training and evaluation); "
+        "set it there and drop verdict_rule from reward.rule",
+    )

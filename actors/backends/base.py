@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 
 
 class StepOutcome(NamedTuple):
@@ -37,10 +39,53 @@ class Backend:
     def set_lr(self, lr: float) -> None:
         raise NotImplementedError
 
-    def full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """Collective: rank 0 gets every weight, full and on CPU, in `dtype` (None: the master weights'
-        own dtype, fp32 under mixed precision); the other ranks get {}. Tied names are both present."""
+    def module(self) -> torch.nn.Module:
+        """The HF module whose state dict names the weights (FSDP2's is the model itself)."""
+        return self.model
+
+    def weights(self) -> list[tuple[str, torch.Tensor]]:
+        """The state dict's tensors as this rank holds them (shards, partitions or full), tied names once."""
+        return list(self._named_state()[0].items())
+
+    def _named_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """(first name -> tensor, alias -> first name) over `module().state_dict(keep_vars=True)`."""
+        first: dict[int, str] = {}
+        unique: dict[str, torch.Tensor] = {}
+        aliases: dict[str, str] = {}
+        for name, t in self.module().state_dict(keep_vars=True).items():
+            if id(t) in first:
+                aliases[name] = first[id(t)]
+            else:
+                first[id(t)] = name
+                unique[name] = t
+        return unique, aliases
+
+    def weight_meta(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        """Every weight's name, full shape and own dtype, in `stream_weights` order, without gathering
+        anything. Tied weights appear once (under their first name)."""
         raise NotImplementedError
+
+    def stream_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Collective, in lockstep on every rank: each weight in turn, full, on this rank's device, in
+        `dtype` if it is a floating tensor (None, and every integer buffer: its own dtype; the masters
+        are fp32 under mixed precision), cast BEFORE it is
+        gathered where the shards allow it (half the bytes of an fp32 gather for a bf16 engine). A
+        tensor is this rank's only until the next one is asked for: no rank ever holds the whole model
+        in full. Tied weights come once, as in `weight_shapes`."""
+        raise NotImplementedError
+
+    def full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Collective: rank 0 gets every weight, full and on CPU, in `dtype` (see `stream_weights`);
+        the other ranks get {}. Tied names are both present. For writing an HF directory; weight syncs
+        stream instead."""
+        rank0 = dist.get_rank() == 0
+        out: dict[str, torch.Tensor] = {}
+        for name, full in self.stream_weights(dtype):
+            if rank0:
+                out[name] = full.detach().to("cpu", copy=True)
+        if rank0:
+            out.update({alias: out[name] for alias, name in self._named_state()[1].items()})
+        return out
 
     def save(self, directory: Path) -> None:
         raise NotImplementedError

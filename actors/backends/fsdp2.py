@@ -4,19 +4,26 @@ compute-dtype all-gathers and fp32 reduce-scatters, checkpoints through torch.di
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from accelerate import init_empty_weights
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from actors.backends.base import Backend, StepOutcome
-from actors.model_io import install_logprob_forward, load_hf_model
+from actors.model_io import checkpoint_files, install_logprob_forward, load_hf_model, read_tensor
 
 if TYPE_CHECKING:
     from rrm_ray.config import LearnerConfig
@@ -26,11 +33,33 @@ DCP_DIR = "dcp"
 
 def _params_to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
     """Move and cast the not yet sharded parameters of `module`, in place; buffers keep their dtype
-    (the rotary inv_freq stays fp32) and are moved by fully_shard."""
+    (the rotary inv_freq stays fp32) and are moved by fully_shard. Parameters on the meta device (a
+    rank that does not read the checkpoint) are only cast: they get their values from rank 0."""
 
     for p in module.parameters():
         if not isinstance(p, DTensor):  # already sharded by an inner fully_shard
-            p.data = p.data.to(device=device, dtype=dtype)
+            p.data = p.data.to(dtype=dtype) if p.is_meta else p.data.to(device=device, dtype=dtype)
+
+
+def _load_from_rank0(model: torch.nn.Module, model_path: str, device: torch.device) -> None:
+    """Fill a sharded model built without weights (meta parameters, real buffers) from the checkpoint
+    that rank 0 alone reads, one tensor at a time: rank 0 names the tensors, then for each torch's
+    `set_model_state_dict(broadcast_from_rank0=True)` broadcasts it and every rank keeps its slice. No
+    rank holds more than its shards and one full tensor: one copy of each tensor is read per job, not
+    one per rank. Buffers are not in the checkpoint (the rotary inv_freq is computed in __init__): the
+    real ones the empty-weights build made are put back after `to_empty` allocated the shards."""
+    rank0 = dist.get_rank() == 0
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    model.to_empty(device=device)  # shards allocated, tied parameters still tied; values follow
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+    files = checkpoint_files(model_path) if rank0 else {}
+    names = [list(files)]
+    dist.broadcast_object_list(names, src=0)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+    for name in names[0]:  # tensors the model does not hold (a tied lm_head saved anyway) are ignored
+        set_model_state_dict(model, {name: read_tensor(files, name)} if rank0 else {}, options=options)
 
 
 class FSDP2Backend(Backend):
@@ -38,9 +67,9 @@ class FSDP2Backend(Backend):
 
     Trainable: fp32 sharded parameters (the masters) whatever the checkpoint's dtype, and under bf16 a
     `MixedPrecisionPolicy` that all-gathers them in bf16 for compute and reduce-scatters gradients in
-    fp32. The model is loaded on CPU in the checkpoint's dtype and each unit is upcast on its way to the
-    device just before it is sharded, so no device ever holds the full fp32 model. Frozen: the compute
-    dtype only. `model` (benchmarks) replaces loading from `model_path`.
+    fp32. The model is built without weights, sharded, and filled from the checkpoint that rank 0 reads
+    one tensor at a time (`_load_from_rank0`), so no rank, host or device, ever holds the full model.
+    Frozen: the compute dtype only. `model` (benchmarks) replaces loading from `model_path`.
     """
 
     name = "fsdp2"
@@ -58,9 +87,11 @@ class FSDP2Backend(Backend):
         if dtype == torch.float16 and not frozen:
             raise ValueError("FSDP2 trains in float32 or bfloat16 (no loss scaler); float16 needs deepspeed")
         grad_ckpt = cfg.gradient_checkpointing and not frozen
-        if model is None:
-            cpu = torch.device("cpu")
-            model = load_hf_model(model_path, dtype if frozen else "auto", cpu, grad_ckpt)
+        from_checkpoint = model is None
+        if from_checkpoint:  # its structure only (meta parameters, real buffers); weights from rank 0
+            with init_empty_weights():
+                model = load_hf_model(model_path, dtype if frozen else "auto", device, grad_ckpt, True)
+            model.tie_weights()  # built empty it comes untied, and tying inside the context re-creates
         else:
             if grad_ckpt:
                 model.gradient_checkpointing_enable()
@@ -74,6 +105,8 @@ class FSDP2Backend(Backend):
             fully_shard(layer, mesh=mesh, **({"mp_policy": mp} if mp else {}))
         _params_to(model, device, param_dtype)  # embeddings, final norm, lm_head
         fully_shard(model, mesh=mesh, **({"mp_policy": mp} if mp else {}))
+        if from_checkpoint:
+            _load_from_rank0(model, model_path, device)
         self.model = model
         self.optimizer: torch.optim.Optimizer | None = None
         if frozen:
@@ -106,21 +139,17 @@ class FSDP2Backend(Backend):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """One parameter at a time (all-gather, cast, copy to CPU on rank 0): the peak is one full
-        tensor on the device, not the whole model in fp32."""
+    def weight_meta(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        return [(name, tuple(t.shape), t.dtype) for name, t in self.weights()]
 
-        rank0 = dist.get_rank() == 0
-        out: dict[str, torch.Tensor] = {}
-        gathered: dict[int, torch.Tensor] = {}  # tied names share one tensor: gather it once
-        for name, t in self.model.state_dict(keep_vars=True).items():
-            if id(t) not in gathered:
-                full = t.full_tensor() if isinstance(t, DTensor) else t
-                gathered[id(t)] = full.detach().to("cpu", dtype or full.dtype, copy=True) if rank0 else None
-                del full
-            if rank0:
-                out[name] = gathered[id(t)]
-        return out
+    @torch.no_grad()
+    def stream_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, t in self.weights():
+            # DTensor.to(dtype) casts the local shard only (placements kept): the gather moves the
+            # engine's dtype, not the fp32 masters.
+            cast = dtype is not None and t.is_floating_point()
+            local = t.detach().to(dtype) if cast else t.detach()
+            yield name, local.full_tensor() if isinstance(local, DTensor) else local
 
     def _sharded_state(self) -> dict[str, Any]:
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,13 +13,12 @@ import torch
 import torch.distributed as dist
 
 from actors.backends.base import Backend, StepOutcome
-from actors.model_io import CheckpointError, load_hf_model
+from actors.model_io import CheckpointError, checkpoint_files, load_hf_model, read_tensor
 
 if TYPE_CHECKING:
     from rrm_ray.config import LearnerConfig
 
 DS_TAG = "deepspeed"
-GATHER_NUMEL = 1 << 26  # ZeRO-3 export gathers at most this many elements at once
 
 
 def ds_config(cfg: LearnerConfig, dtype: torch.dtype, device: torch.device, frozen: bool) -> dict:
@@ -88,9 +88,13 @@ class DeepSpeedBackend(Backend):
         deepspeed = import_deepspeed(device.type)
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
         self.deepspeed = deepspeed
-        model = load_hf_model(model_path, dtype, device, cfg.gradient_checkpointing and not frozen)
         config = ds_config(cfg, dtype, device, frozen)
         self.stage = config["zero_optimization"]["stage"]
+        grad_ckpt = cfg.gradient_checkpointing and not frozen
+        if self.stage == 3:
+            model = self._load_partitioned(model_path, dtype, config, grad_ckpt)
+        else:  # ZeRO-2 replicates the parameters on every rank: each reads them
+            model = load_hf_model(model_path, dtype, device, grad_ckpt)
         if frozen:
             model.eval()
             model.requires_grad_(False)
@@ -102,6 +106,31 @@ class DeepSpeedBackend(Backend):
         self.model = self.engine
         if frozen:
             self.engine.eval()
+
+    def _load_partitioned(
+        self, model_path: str, dtype: torch.dtype, config: dict, grad_ckpt: bool
+    ) -> torch.nn.Module:
+        """ZeRO-3's own way in: the model is built under `zero.Init`, so each rank holds only its
+        partition of every parameter from the start, and rank 0 alone reads the checkpoint, one tensor
+        at a time (safetensors, memory-mapped), copying it in while that parameter is gathered; every
+        other rank keeps its slice. No rank ever holds the whole model."""
+        # Import the model code (torch._dynamo among it) before zero.Init patches tensor construction:
+        # imported under the patch, torch._dynamo's tensor polyfills fail their signature check.
+        from transformers import GenerationMixin  # noqa: F401
+
+        deepspeed = self.deepspeed
+        # The partitions' dtype comes from the config's bf16/fp16 sections (float32 when neither): an
+        # explicit `dtype` would be ignored off-GPU (deepspeed 0.19 `Init._set_dtype` picks bf16 there).
+        with deepspeed.zero.Init(config_dict_or_path=config):
+            model = load_hf_model(model_path, dtype, torch.device("cpu"), grad_ckpt, structure_only=True)
+        model.tie_weights()
+        rank0 = dist.get_rank() == 0
+        files = checkpoint_files(model_path) if rank0 else {}
+        for name, param in model.named_parameters():  # tied parameters come once, under their first name
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                if rank0:
+                    param.data.copy_(read_tensor(files, name))
+        return model
 
     def start_micro_batch(self, last: bool) -> None:
         self.engine.set_gradient_accumulation_boundary(last)
@@ -132,55 +161,29 @@ class DeepSpeedBackend(Backend):
             and (self.engine.bfloat16_enabled() or self.engine.fp16_enabled())
         )
 
-    def full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        if dtype is None and self._has_masters():
-            return self._full_masters()
-        sd = self._full_module_state()
-        return {k: v.to(dtype) for k, v in sd.items()} if dtype is not None else sd
+    def module(self) -> torch.nn.Module:
+        return self.engine.module if self.engine is not None else self.model
 
-    def _full_masters(self) -> dict[str, torch.Tensor]:
-        """The fp32 master weights, one parameter at a time (collective: DeepSpeed all-reduces each)."""
+    def weight_meta(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        return [(name, tuple(getattr(t, "ds_shape", t.shape)), t.dtype) for name, t in self.weights()]
+
+    @torch.no_grad()
+    def stream_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """None under bf16/fp16 training: the fp32 masters (DeepSpeed all-reduces each parameter's
+        master); otherwise the module's weights (ZeRO-3 gathers one parameter at a time), cast after
+        the gather (ZeRO's partitions are the module's dtype already)."""
         from deepspeed.utils import safe_get_full_fp32_param
 
-        rank0 = dist.get_rank() == 0
-        out: dict[str, torch.Tensor] = {}
-        gathered: dict[int, torch.Tensor | None] = {}
-        for name, t in self.engine.module.state_dict(keep_vars=True).items():
-            if id(t) not in gathered:
-                master = safe_get_full_fp32_param(t) if isinstance(t, torch.nn.Parameter) else None
-                full = master if master is not None else t  # buffers: as they are
-                gathered[id(t)] = full.detach().to("cpu", copy=True) if rank0 else None
-            if rank0:
-                out[name] = gathered[id(t)]
-        return out
-
-    def _full_module_state(self) -> dict[str, torch.Tensor]:
-        module = self.engine.module if self.engine is not None else self.model
-        rank0 = dist.get_rank() == 0
-        if self.stage < 3:  # ZeRO-2 keeps full parameters on every rank
-            if not rank0:
-                return {}
-            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-        # ZeRO-3: gather parameters a bounded group at a time; tied names share one gathered copy.
-        entries = module.state_dict(keep_vars=True)
-        unique: dict[int, torch.Tensor] = {}
-        for t in entries.values():
-            unique.setdefault(id(t), t)
-        copies: dict[int, torch.Tensor] = {}
-        group: list[torch.Tensor] = []
-        numel = 0
-        tensors = list(unique.values())
-        for i, t in enumerate(tensors):
-            group.append(t)
-            numel += getattr(t, "ds_numel", t.numel())
-            if numel >= GATHER_NUMEL or i == len(tensors) - 1:
-                params = [p for p in group if hasattr(p, "ds_id")]
-                with self.deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                    if rank0:
-                        for p in group:
-                            copies[id(p)] = p.detach().to("cpu", copy=True)
-                group, numel = [], 0
-        return {k: copies[id(t)] for k, t in entries.items()} if rank0 else {}
+        masters = dtype is None and self._has_masters()
+        for name, t in self.weights():
+            to = dtype if dtype is not None and t.is_floating_point() else t.dtype
+            if masters and isinstance(t, torch.nn.Parameter):
+                yield name, safe_get_full_fp32_param(t)
+            elif self.stage >= 3 and hasattr(t, "ds_id"):
+                with self.deepspeed.zero.GatheredParameters([t], modifier_rank=None):
+                    yield name, t.detach().to(to, copy=True)
+            else:  # ZeRO-2 parameters and every buffer are full on every rank
+                yield name, t.detach().to(to)
 
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory), tag=DS_TAG, client_state={}, save_latest=True)

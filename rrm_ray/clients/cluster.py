@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,10 @@ def connect_ray(cfg: JobConfig, command: str = "train") -> Path | None:
     if log_file is not None:
         print(f"actor and engine logs: {log_file}")
     kwargs = ray_init_kwargs(log_file)
+    # ray.init replaces a SIGTERM handler with `sys.exit`: a handler the command installed (a graceful
+    # stop, rrm_ray.stopping) is put back after it.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     if cfg.cluster.address:
         ray.init(address=cfg.cluster.address, **kwargs)
     else:
@@ -47,6 +53,8 @@ def connect_ray(cfg: JobConfig, command: str = "train") -> Path | None:
             include_dashboard=False,
             **kwargs,
         )
+    if callable(previous):
+        signal.signal(signal.SIGTERM, previous)
     return log_file
 
 

@@ -30,7 +30,12 @@ class PlacementError(RuntimeError):
 
 
 class RemoteCallTimeout(TimeoutError):
-    """A remote call did not answer within the configured timeout."""
+    """A remote call did not answer within the configured timeout. `role`: the group whose call it was
+    (None: calls of several roles, as in a streamed batch)."""
+
+    def __init__(self, message: str, role: str | None = None) -> None:
+        super().__init__(message)
+        self.role = role
 
 
 class ActorDied(RuntimeError):
@@ -183,11 +188,31 @@ class ActorGroup:
             if not ready:
                 raise RemoteCallTimeout(
                     f"{self.spec.name}.{what} did not finish within cluster.call_timeout_s="
-                    f"{self.call_timeout_s:g}s"
+                    f"{self.call_timeout_s:g}s",
+                    role=self.spec.name,
                 )
             with actor_deaths():
-                ray.get(ready[0])  # raises the remote error, if any
-        return ray.get(refs)
+                ray.get(ready[0], timeout=self.call_timeout_s)  # ready: raises the remote error, if any
+        return ray.get(refs, timeout=self.call_timeout_s)  # every one is ready
+
+    def unresponsive(self) -> list[int]:
+        """Ranks whose actor does not answer a ping in `ping_timeout_s`: actors run one call at a time,
+        so a ping waits behind a call that hangs. (A dead actor answers with its error: not hung.)"""
+        refs = [a.ping.remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.ping_timeout_s)
+        answered = set(ready)
+        return [rank for rank, ref in enumerate(refs) if ref not in answered]
+
+    @property
+    def ping_timeout_s(self) -> float:
+        return min(30.0, max(5.0, self.call_timeout_s / 4))
+
+    def kill_for_restart(self, ranks: list[int]) -> list[str]:
+        """Kill these ranks' actors so that Ray restarts them (within their `max_restarts`), as after a
+        crash; returns their actor ids."""
+        for rank in ranks:
+            ray.kill(self.actors[rank], no_restart=False)
+        return [self.actor_ids()[rank] for rank in ranks]
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def placement(self) -> list[dict[str, Any]]:

@@ -220,10 +220,14 @@ class LearnerClient:
         (`rollout.weight_sync`; a collective method forms its group here)."""
         c, r = self.cfg.cluster, self.cfg.rollout
         backend = vllm_backend(weight_sync_method(self.cfg), c.device)
-        workers = r.tensor_parallel_size if c.device == "cuda" else 1
+        workers = r.tensor_parallel_size  # each tensor-parallel worker of an engine joins the transfer
         self.group.call_all(
             "init_weight_transfer", backend, engines, workers, r.weight_bucket_mb, c.call_timeout_s
         )
+
+    def transfer_ready(self) -> bool:
+        """False after a sync failed half-way (its ranks closed their end), until it is set up again."""
+        return all(self.group.call_all("weight_transfer_ready"))
 
     def send_weights(self) -> dict[str, int]:
         """One full sync to the engines (after the update in flight, if any); engine 0's report."""

@@ -18,10 +18,12 @@ import torch
 from actors.reward import RewardWorker
 from rrm_ray.clients.group import ActorGroup
 from rrm_ray.clients.judge import JudgeClient
+from rrm_ray.clients.judge_endpoint import EndpointJudgeClient
 from rrm_ray.clients.restarts import Restarts
 from rrm_ray.config import JobConfig
 from rrm_ray.data.prompts import PromptRow
 from rrm_ray.judge.feedback import Agreement, prompts_to_judge, query_text, sample_rewards, verifier_agreement
+from rrm_ray.rewards.rules import with_verdict_rule
 from rrm_ray.types import Completion, ScoredBatch, StepRewards
 
 if TYPE_CHECKING:
@@ -33,25 +35,35 @@ class RewardClient:
     agreement with the verifier over the run."""
 
     def __init__(
-        self, group: ActorGroup, cfg: JobConfig, restarts: Restarts, judge: JudgeClient | None
+        self,
+        group: ActorGroup,
+        cfg: JobConfig,
+        restarts: Restarts,
+        judge: JudgeClient | EndpointJudgeClient | None,
     ) -> None:
         self.group, self.cfg, self.restarts, self.judge = group, cfg, restarts, judge
         self.agreement = Agreement()
 
     @classmethod
     def start(
-        cls, cfg: JobConfig, place: Placement, restarts: Restarts, judge: JudgeClient | None
+        cls,
+        cfg: JobConfig,
+        place: Placement,
+        restarts: Restarts,
+        judge: JudgeClient | EndpointJudgeClient | None,
     ) -> RewardClient:
         c, r = cfg.cluster, cfg.reward
+        # a judge-training rule reads verdicts by judge.verdict_rule, as evaluation does
+        rule = with_verdict_rule(r.rule, cfg.judge.verdict_rule)
         group = place(
             "reward",
             RewardWorker,
             init_args=(
-                dict(r.rule_weights) or r.rule,
+                dict(r.rule_weights) or rule,
                 r.timeout_s,
                 r.fallback,
                 r.num_workers,
-                r.accuracy_rule or next(iter(r.rule_weights), r.rule),
+                r.accuracy_rule or next(iter(r.rule_weights), rule),
             ),
             env=dict(c.env),
             max_restarts=c.max_actor_restarts,

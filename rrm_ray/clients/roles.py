@@ -2,7 +2,8 @@
 
     Roles.start():  check the cluster can hold the layout -> reserve every placement group
                     -> rollout engines -> learner ranks (rendezvous, weight transfer to the engines)
-                    -> reward actor -> judge engines (judge.enabled)
+                    -> reward actor -> judge engines (judge.enabled; a served judge,
+                    judge.endpoint.url: its HTTP client, no engines)
     Roles.close():  every group shut down, the placement groups released
 
 Roles that share bundles (`cluster.colocate`) take turns through `share` (rrm_ray.clients.colocation). Every
@@ -22,6 +23,7 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 from rrm_ray.clients.colocation import Colocation
 from rrm_ray.clients.group import ActorGroup, PlacementError, reserve
 from rrm_ray.clients.judge import JudgeClient
+from rrm_ray.clients.judge_endpoint import EndpointJudgeClient
 from rrm_ray.clients.learner import LearnerClient
 from rrm_ray.clients.restarts import Restarts
 from rrm_ray.clients.reward import RewardClient
@@ -123,20 +125,23 @@ class Roles:
         self.rollout: RolloutClient | None = None
         self.learner: LearnerClient | None = None
         self.reward: RewardClient | None = None
-        self.judge: JudgeClient | None = None
+        self.judge: JudgeClient | EndpointJudgeClient | None = None
 
     @property
     def groups(self) -> list[ActorGroup]:
-        """The live groups, in start order."""
+        """The live groups, in start order (a served judge has none)."""
         clients = (self.rollout, self.learner, self.reward, self.judge)
-        return [c.group for c in clients if c is not None]
+        return [c.group for c in clients if c is not None and c.group is not None]
 
     def actor_ids(self) -> dict[str, list[str]]:
         return {g.spec.name: g.actor_ids() for g in self.groups}
 
     def start(self) -> None:
-        """Reserve every placement group, then start the roles. Ray must be connected."""
+        """Reserve every placement group, then start the roles. Ray must be connected. A served judge
+        (`judge.endpoint.url`) is reached first, so a dead or refusing server fails before engines load."""
         cfg = self.cfg
+        if cfg.judge.enabled and cfg.judge.endpoint.url is not None:
+            self.judge = EndpointJudgeClient.start(cfg)  # HTTP: no engines, no bundles
         check_fits(self.layout)
         self.pgs = reserve_placement(self.layout, cfg.cluster.placement_timeout_s)
         place = Placement(self.layout, self.pgs)
@@ -145,8 +150,8 @@ class Roles:
         )
         self.learner = LearnerClient(cfg, self.model_path, self.pad_id, place, self.share)
         self.rollout.connect(self.learner)
-        self.reward = RewardClient.start(cfg, place, self.restarts, judge=None)
-        if cfg.judge.enabled:
+        self.reward = RewardClient.start(cfg, place, self.restarts, judge=self.judge)
+        if cfg.judge.enabled and self.judge is None:
             self.judge = self.reward.judge = JudgeClient.start(cfg, place, self.share, self.restarts)
         self.rollout.group.call_all("ping")  # engines are up
 
@@ -166,7 +171,9 @@ class Roles:
         self.rollout.connect(self.learner)
 
     def close(self) -> None:
-        for client in (self.judge, self.reward, self.learner, self.rollout):
+        if self.judge is not None:
+            self.judge.shutdown()
+        for client in (self.reward, self.learner, self.rollout):
             if client is not None:
                 client.group.shutdown()
         self.rollout = self.learner = self.reward = self.judge = None

@@ -169,8 +169,8 @@ class RolloutClient:
         assert self.source is not None, "connect() the learner first"
         if self.share is not None:
             self.share.before("weight_sync")  # the engines that take weights are awake
-        if not all(self.group.call_all("weight_transfer_ready")):
-            self.init_weight_transfer()
+        if not (all(self.group.call_all("weight_transfer_ready")) and self.source.transfer_ready()):
+            self.init_weight_transfer()  # after a restart of either side, or a sync that failed
         report = self.source.send_weights()
         self.version = self.source.version
         return report

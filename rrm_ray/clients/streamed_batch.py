@@ -16,6 +16,8 @@ the surviving actors finishes there and is discarded.
 from __future__ import annotations
 
 import time
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,9 @@ class StreamedBatch:
     rewards: StepRewards
     generate_s: float  # until the last group was generated
     reward_s: float  # after that, until every reward was in: the scoring and judging not overlapped
+
+
+LOCAL_POLL_S = 0.05  # how often a served judge's Futures are looked at while Ray calls are in flight too
 
 
 class StreamFailure(Exception):
@@ -60,7 +65,8 @@ def generate_and_score(
     actor died is recovered (counted, restarted; the engines re-synced when they need the learner's
     weights), then the batch is produced again."""
     restarts = rollout.restarts
-    roles = [rollout.group, reward.group] + ([reward.judge.group] if reward.judge is not None else [])
+    judge_group = reward.judge.group if reward.judge is not None else None  # None: a served judge
+    roles = [rollout.group, reward.group] + ([judge_group] if judge_group is not None else [])
     groups = {g.spec.name: g for g in roles}
     resync = False
     while True:
@@ -73,6 +79,15 @@ def generate_and_score(
             deaths = failure.deaths
         except ActorDied as exc:  # the re-sync (the stream's own deaths come settled)
             deaths = [exc]
+        except RemoteCallTimeout as exc:  # a hang: the roles' actors that answer no ping are restarted
+            named = [groups[exc.role]] if exc.role in groups else list(groups.values())
+            hung = [g for g in named if g.unresponsive()]
+            if not hung:
+                raise
+            for group in hung:
+                needs_weights = restarts.recover_hang(group, exc)
+                resync |= needs_weights and group is rollout.group and rollout.source is not None
+            continue
         for exc in deaths:
             group = groups.get(restarts.role_of(exc) or "")
             if group is None:
@@ -134,29 +149,25 @@ class _Flow:
     ) -> None:
         self.reward, self.rows, self.to_judge, self.timeout = reward, rows, to_judge, timeout
         judge = reward.judge
-        self.dispatch = JudgeDispatch(len(judge.group)) if judge is not None and to_judge else None
+        self.dispatch = JudgeDispatch(len(judge)) if judge is not None and to_judge else None
         self.streams: list[Any] = []
         self.groups: dict[int, list[Completion]] = {}
         self.rule_refs: dict[int, ray.ObjectRef] = {}
-        self.judging: dict[ray.ObjectRef, int] = {}  # rank call in flight -> its engine
+        # rank call in flight -> its engine: a Ray ref (an in-job engine) or a Future (a served judge,
+        # whose service runs in this process: rrm_ray.clients.judge_endpoint)
+        self.judging: dict[Any, int] = {}
         self.judged: dict[int, Any] = {}
         self.generated_at: float | None = None
 
     def drive(self) -> None:
         """Until every group is generated and ranked: each event is a finished group or rank call."""
         while self.streams or self.judging:
-            ready, _ = ray.wait([*self.streams, *self.judging], num_returns=1, timeout=self.timeout)
-            if not ready:
-                raise RemoteCallTimeout(
-                    f"streamed batch: no group was generated and no judge call returned within "
-                    f"cluster.call_timeout_s={self.timeout:g}s ({len(self.groups)} groups in)"
-                )
-            (done,) = ready
+            done = self._next_event()
             if isinstance(done, ray.ObjectRefGenerator):
                 self._group_from(done)
             else:
                 assert self.dispatch is not None
-                results = ray.get(done)
+                results = done.result() if isinstance(done, Future) else ray.get(done, timeout=self.timeout)
                 self.judged.update(zip(self.dispatch.done(self.judging.pop(done)), results, strict=True))
             if self.dispatch is not None:
                 assert self.reward.judge is not None
@@ -164,9 +175,32 @@ class _Flow:
                     items = [self.reward.judge_item(self.rows[p], self.groups[p]) for p in ps]
                     self.judging[self.reward.judge.rank_on(engine, items, ps)] = engine
 
+    def _next_event(self) -> Any:
+        """The next finished stream step or rank call. Ray refs are waited on by Ray; a served judge's
+        Futures are polled between short Ray waits (`LOCAL_POLL_S`) while both kinds are in flight."""
+        local = [h for h in self.judging if isinstance(h, Future)]
+        remote = [*self.streams, *(h for h in self.judging if not isinstance(h, Future))]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            finished = [f for f in local if f.done()]
+            if finished:
+                return finished[0]
+            left = max(0.0, deadline - time.monotonic())
+            if not remote:
+                futures_wait(local, timeout=left, return_when=FIRST_COMPLETED)
+            else:
+                ready, _ = ray.wait(remote, num_returns=1, timeout=min(left, LOCAL_POLL_S) if local else left)
+                if ready:
+                    return ready[0]
+            if time.monotonic() >= deadline and not any(f.done() for f in local):
+                raise RemoteCallTimeout(
+                    f"streamed batch: no group was generated and no judge call returned within "
+                    f"cluster.call_timeout_s={self.timeout:g}s ({len(self.groups)} groups in)"
+                )
+
     def _group_from(self, stream: Any) -> None:
-        try:
-            group: list[Completion] = ray.get(next(stream))
+        try:  # `ray.wait` said its next item is ready (or that it ended): neither waits
+            group: list[Completion] = ray.get(next(stream), timeout=self.timeout)
         except StopIteration:
             self.streams.remove(stream)
             if not self.streams:
@@ -184,17 +218,23 @@ class _Flow:
         among them. A live actor finishes its call before it can take the retry's anyway, so this costs
         no time, and every role that died is recovered and counted, not only the first one seen."""
         deaths: dict[Any, ActorDied] = {}
+        deadline = time.monotonic() + self.timeout  # one bound for all of it: a hung call is not waited on
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
 
         def outcome(call: Any) -> None:
             try:
-                ray.get(call, timeout=self.timeout)
+                call.result(timeout=left()) if isinstance(call, Future) else ray.get(call, timeout=left())
             except ray.exceptions.RayActorError as exc:
                 deaths.setdefault(exc.actor_id, ActorDied.of(exc))
-            except Exception:  # only deaths matter now; the first error is raised already
+            except Exception:  # only deaths matter now (a timeout too); the first error is raised already
                 pass
 
         for stream in self.streams:
             while True:
+                if not ray.wait([stream], timeout=left())[0]:  # next(stream) itself would wait unbounded
+                    break
                 try:
                     ref = next(stream)
                 except StopIteration:

@@ -1,6 +1,7 @@
 """`rrm-ray judge | eval | best-of-n`: the RRM judge on its own.
 
 rrm-ray judge --data pairs.jsonl --out verdicts.jsonl --config configs/judge_cpu.yaml judge.votes=3
+rrm-ray judge --data pairs.jsonl --out prompts.jsonl --render-only   # what the judge would be shown
 rrm-ray eval --benchmark rewardbench --data rewardbench.jsonl --method rrm --votes 1 --limit 100
 rrm-ray eval --benchmark rewardbench --data rb.jsonl --sweep judge.max_new_tokens=256,1024 --sweep votes=1,3
 rrm-ray best-of-n --data prompts.jsonl --n 8 --method knockout,elo --votes 1,3 --out picks.jsonl
@@ -37,6 +38,7 @@ from rrm_ray.jobs.judging import (
     compare_all,
     judge_session,
     rank_settings,
+    render_pairs,
     sample_policy,
     score_correct,
 )
@@ -45,6 +47,7 @@ from rrm_ray.judge import sweep
 from rrm_ray.judge.benchmarks import load_pandalm, load_rewardbench, read_summary
 from rrm_ray.judge.best_of_n import BestOfNError
 from rrm_ray.judge.evaluation import Scored, judgment_fields, pandalm_pass, rewardbench_pass, stats_line
+from rrm_ray.judge.prompts import PromptTooLongError, resolve_prompt_style
 from rrm_ray.judge.records import JudgeInputError, JudgePair
 from rrm_ray.judge.sweep import SweepError
 from rrm_ray.rewards.rules import RuleError, resolve_rule
@@ -65,6 +68,8 @@ def _judge(args: argparse.Namespace) -> int:
         JudgePair(*(require_str(args.data, row, rec, f) for f in ("query", "response_a", "response_b")))
         for row, rec in records
     ]
+    if args.render_only:
+        return _render_only(args, cfg, records, pairs)
     with judge_session(cfg) as judge:
         started = time.perf_counter()  # judging only, not the engine start
         judgments = compare_all(judge, pairs, cfg)
@@ -79,6 +84,25 @@ def _judge(args: argparse.Namespace) -> int:
         f"undecided {len(pairs) - len(decided)}"
     )
     print(stats_line(stats, seconds))
+    return 0
+
+
+def _render_only(args: argparse.Namespace, cfg: JobConfig, records: list[Any], pairs: list[JudgePair]) -> int:
+    """The prompts the judge would be shown, written instead of judged (the tokenizer only)."""
+    rendered = render_pairs(cfg, pairs)
+    write_jsonl([{**rec, **r} for (_, rec), r in zip(records, rendered, strict=True)], args.out)
+    shown = sum(len(r["presentations"]) for r in rendered)
+    over = [r for r in rendered if r["over_length"]]
+    cut = sum(any(p["truncated"] for p in r["presentations"]) for r in rendered)
+    j = cfg.judge
+    style = resolve_prompt_style(j.prompt_style, j.mode)
+    print(
+        f"{len(pairs)} pairs -> {args.out}: {shown} presentations (judge.prompt_style={style}, "
+        f"judge.presentation={j.presentation}, judge.votes={j.votes}); "
+        f"{len(over) + cut} pairs over judge.max_prompt_tokens={j.max_prompt_tokens} "
+        f"({cut} truncated, {len(over)} {'skipped' if j.over_length == 'skip' else 'that fail the judge'}; "
+        f"judge.over_length={j.over_length})"
+    )
     return 0
 
 
@@ -325,7 +349,7 @@ def _friendly(func: Any) -> Any:
     """Bad data files end the command with the reader's message (file, row, field), not a traceback."""
 
     def run(args: argparse.Namespace) -> int:
-        bad_input = (DataFormatError, PromptDataError, JudgeInputError, FileNotFoundError)
+        bad_input = (DataFormatError, PromptDataError, JudgeInputError, FileNotFoundError, PromptTooLongError)
         try:
             return func(args)
         except (*bad_input, SweepError, BestOfNError, RuleError) as exc:
@@ -345,6 +369,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("judge", help="judge pairs from a JSONL file (query, response_a, response_b)")
     p.add_argument("--data", required=True, help="input JSONL: query, response_a, response_b")
     p.add_argument("--out", required=True, help="output JSONL: the input rows plus verdict, votes, traces")
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="write the prompts the judge would be shown (per pair: presentations with first, messages, "
+        "prompt, prompt_tokens) instead of judging; the tokenizer only, no Ray, no engine",
+    )
     common(p)
     p.set_defaults(func=_friendly(_judge))
 

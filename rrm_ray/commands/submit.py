@@ -4,9 +4,16 @@ job is called a submission here, by the id Ray calls `submission_id`.)
 
 `submit` validates the config locally first (a bad key fails here, not after an upload), then sends
 `python -m rrm_ray.cli train CONFIG overrides... cluster.address=auto` with the working directory as
-the runtime env (minus `.venv`, `runs/`, checkpoints and other bulky local state) and follows the logs.
+the runtime env (minus `.venv`, `runs/`, checkpoints and other bulky local state, and files that hold
+secrets: `.env*`, `*.pem`, `*.key`, `.netrc`, `.aws/`, `.ssh/`, `.git/`), says how many files and
+bytes it uploads before it does, and follows the logs.
+
+Secrets stay out of the entrypoint (which `ray job list`, the dashboard and the head node's process
+list show): an override whose value is a secret (`cluster.env.*`, a key naming a token, key or
+password) travels in the job's environment, the entrypoint reading it as `${oc.env:RRM_RAY_SECRET_N}`.
 Token authentication: Ray's SDK adds the token from `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or the
-default token file; `--token` / `--token-file` set those for this command.
+default token file; `--token-file` sets the path for this command (`--token` works too, but sits in
+the process list while the command runs).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shlex
 import sys
@@ -21,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rrm_ray.config import is_secret
 from rrm_ray.validation import load_config
 
 DEFAULT_ADDRESS = os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265")
@@ -34,6 +43,12 @@ EXCLUDES = [
     "mlflow.db",
     ".pytest_cache",
 ]
+# Files that hold credentials never travel with a job (Ray stores the upload in the cluster's GCS).
+SECRET_EXCLUDES = [".env*", "*.pem", "*.key", ".netrc", ".aws/", ".ssh/", ".git/"]
+SECRET_ENV_PREFIX = "RRM_RAY_SECRET_"
+# The driver's grace after SIGTERM (trainer.stop_grace_s) plus this for the checkpoint and MLflow:
+# how long `ray job stop` waits before SIGKILL (Ray's default is 3 s).
+STOP_CHECKPOINT_S = 120
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # What the job's `python` on the cluster must import (rrm_ray itself travels in the working dir).
 # The import names of pyproject.toml's dependencies (DeepSpeed is added when the job uses it).
@@ -54,6 +69,11 @@ DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
 def _client(args: argparse.Namespace):
     if getattr(args, "token", None):
+        print(
+            "warning: --token is visible to every user of this machine in the process list while this "
+            "command runs (with --follow, as long as the job); prefer --token-file or RAY_AUTH_TOKEN",
+            file=sys.stderr,
+        )
         os.environ["RAY_AUTH_TOKEN"] = args.token
     if getattr(args, "token_file", None):
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(args.token_file).expanduser())
@@ -77,6 +97,53 @@ def build_entrypoint(config: str, overrides: list[str]) -> str:
     return shlex.join(["python", "-m", "rrm_ray.cli", "train", config, *overrides, *extra])
 
 
+def hide_secrets(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Overrides whose values are secrets, rewritten to read them from the job's environment
+    (`key=${oc.env:RRM_RAY_SECRET_N}`), and those variables: the entrypoint carries no secret."""
+    out, env = [], {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if is_secret(key) and value and not value.startswith("${"):
+            name = f"{SECRET_ENV_PREFIX}{len(env)}"
+            env[name] = value
+            override = f"{key}=${{oc.env:{name}}}"
+        out.append(override)
+    return out, env
+
+
+def env_vars(pairs: list[str]) -> dict[str, str]:
+    """`--env KEY=VALUE`, or `--env KEY` for the value of KEY here (no value in argv)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            if key not in os.environ:
+                raise SystemExit(f"--env {key}: no value given and {key} is not set in this environment")
+            value = os.environ[key]
+        out[key] = value
+    return out
+
+
+def upload_listing(workdir: Path, excludes: list[str]) -> tuple[int, int]:
+    """(files, bytes) that Ray will upload from `workdir` with these excludes, counted before anything
+    is sent with Ray's own walk of a working dir (its default excludes, and each folder's .gitignore and
+    .rayignore, as `ray job submit` applies them)."""
+    from ray._private import ray_constants
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    counted = [0, 0]
+
+    def count(path: Path) -> None:
+        if path.is_file():
+            counted[0] += 1
+            counted[1] += path.stat().st_size
+
+    patterns = [*ray_constants.get_runtime_env_default_excludes(), *excludes]
+    use_gitignore = os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"
+    _dir_travel(workdir, [_get_excludes(workdir, patterns)], count, include_gitignore=use_gitignore)
+    return counted[0], counted[1]
+
+
 def submit(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)  # fail before anything is uploaded
@@ -88,10 +155,15 @@ def submit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    env_vars = dict(kv.split("=", 1) for kv in args.env)
-    runtime_env: dict[str, Any] = {"working_dir": str(workdir), "excludes": EXCLUDES + args.exclude}
-    if env_vars:
-        runtime_env["env_vars"] = env_vars
+    overrides, secrets = hide_secrets(args.overrides)
+    job_env = {**env_vars(args.env), **secrets}
+    # `ray job stop` sends SIGTERM, then SIGKILL after this: room for the step in flight and a checkpoint
+    stop_wait = math.ceil(cfg.trainer.stop_grace_s) + STOP_CHECKPOINT_S
+    job_env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", str(stop_wait))
+    excludes = EXCLUDES + SECRET_EXCLUDES + args.exclude
+    runtime_env: dict[str, Any] = {"working_dir": str(workdir), "excludes": excludes, "env_vars": job_env}
+    if secrets:
+        print(f"{len(secrets)} secret override value(s) travel in the job's environment, not its entrypoint")
     if args.pip:
         runtime_env["pip"] = args.pip
     client = _client(args)
@@ -107,8 +179,13 @@ def submit(args: argparse.Namespace) -> int:
         if problem:
             print(problem, file=sys.stderr)
             return 2
+    files, size = upload_listing(workdir, excludes)
+    print(
+        f"uploading {workdir}: {files} files, {size / 2**20:.1f} MiB (left out: {', '.join(excludes)}, and "
+        "what .gitignore / .rayignore list)"
+    )
     submit_kwargs = dict(
-        entrypoint=build_entrypoint(str(config.relative_to(workdir)), args.overrides),
+        entrypoint=build_entrypoint(str(config.relative_to(workdir)), overrides),
         runtime_env=runtime_env,
         submission_id=args.submission_id,
         metadata={"rrm_ray": "train", "config": str(config.relative_to(workdir))},
@@ -216,7 +293,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument(
             "--address", default=DEFAULT_ADDRESS, help="Ray dashboard address (default %(default)s)"
         )
-        p.add_argument("--token", help="Ray auth token (else RAY_AUTH_TOKEN / the default token file)")
+        p.add_argument(
+            "--token",
+            help="Ray auth token; visible in the process list: prefer --token-file, RAY_AUTH_TOKEN or the "
+            "default token file",
+        )
         p.add_argument("--token-file", help="file holding the Ray auth token")
 
     p = sub.add_parser("submit", help="submit a training job to a Ray cluster and follow its logs")
@@ -225,7 +306,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.add_argument("--working-dir", default=".", help="uploaded as the job's working dir")
     p.add_argument("--exclude", action="append", default=[], help="extra paths to leave out of the upload")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="env var for the job")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
+        help="env var for the job; KEY alone: its value in this environment (kept out of argv)",
+    )
     p.add_argument("--pip", action="append", default=[], help="pip requirement installed for the job")
     p.add_argument("--submission-id", help="the submission's id (default: generated by Ray)")
     p.add_argument("--no-follow", action="store_true", help="return after submitting")

@@ -10,19 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from actors.export import export_checkpoint
-from rrm_ray.checkpoint import is_complete
+from rrm_ray.checkpoint import is_complete, verify
 from rrm_ray.commands.options import add_run_options, with_verbose
+from rrm_ray.config import secret_values
 from rrm_ray.data.downstream import read_tasks
 from rrm_ray.data.tasks import check_data_paths
 from rrm_ray.jobs.dpo import DPOJob
 from rrm_ray.jobs.grpo import GRPOJob
+from rrm_ray.logs import redact_console
 from rrm_ray.models import resolve_model_path
+from rrm_ray.stopping import GracefulStop
 from rrm_ray.tracking import run_line
 from rrm_ray.validation import load_config, validate_dpo
 
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, with_verbose(args))  # validated before Ray is touched
+    redact_console(secret_values(cfg))  # an HF_TOKEN in cluster.env never reaches the console or a log
     check_data_paths(cfg)  # a mistyped data path fails now, not after the model is loaded
     if cfg.trainer.downstream_eval.enabled:
         read_tasks(cfg.trainer.downstream_eval)  # every row of its files checked now, too
@@ -32,24 +36,33 @@ def _train(args: argparse.Namespace) -> int:
     else:
         job_cls = GRPOJob
 
-    job = job_cls(cfg)
-    if line := run_line(job.tracker, cfg.tracking):
-        print(line)
-    status = "FAILED"
-    try:
-        job.start()
-        summary = job.run()
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        print("interrupted: shutting down the actors", file=sys.stderr)
-        return 130
-    finally:
-        job.close(status)
+    # SIGTERM / SIGINT stop the job at its next step boundary, within trainer.stop_grace_s (rrm_ray.stopping)
+    with GracefulStop(cfg.trainer.stop_grace_s) as stop:
+        job = job_cls(cfg)
+        job.stop = stop
+        print(f"run {job.run_id}: checkpoints and the final policy go to {job.run_dir}")
+        if line := run_line(job.tracker, cfg.tracking):
+            print(line)
+        status = "FAILED"
+        try:
+            job.start()
+            summary = job.run()
+            status = "KILLED" if summary.get("stopped") else "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            print("interrupted: shutting down the actors", file=sys.stderr)
+            return stop.exit_code
+        finally:
+            job.close(status)
     _print_summary(summary)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump({k: v for k, v in summary.items() if k != "history"}, f, indent=2, default=str)
+    if summary.get("stopped"):
+        where = summary.get("checkpoint")
+        resume = f"; `resume=auto` continues from {where}" if where else ""
+        print(f"stopped by {summary['stopped']} after step {summary['steps']}{resume}", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 
@@ -88,16 +101,28 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """Checkpoint -> HF directory (or PEFT adapter directory), without Ray or a process group."""
-    checkpoint = Path(args.checkpoint)
+    """Checkpoint -> HF directory (or a LoRA run's PEFT adapter directory), without Ray or a process
+    group. The checkpoint is verified against its manifest first; a non-empty --out is refused unless
+    --overwrite."""
+    checkpoint, out = Path(args.checkpoint), Path(args.out)
     if not is_complete(checkpoint):
         print(f"{checkpoint} is not a complete checkpoint (no COMPLETE marker)", file=sys.stderr)
         return 2
+    problems = verify(checkpoint)
+    if problems:
+        print(f"{checkpoint} does not match its manifest: {'; '.join(problems[:5])}", file=sys.stderr)
+        return 2
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        print(
+            f"--out {out} exists and is not empty; pass --overwrite to replace it, or choose another --out",
+            file=sys.stderr,
+        )
+        return 2
     cfg = load_config(checkpoint / "config.yaml")
-    out = export_checkpoint(
-        str(checkpoint / "learner"), resolve_model_path(cfg.model.path), args.out, args.dtype, args.merge
+    written = export_checkpoint(
+        str(checkpoint / "learner"), resolve_model_path(cfg.model.path), out, args.dtype, args.merge
     )
-    print(f"wrote {out}")
+    print(f"wrote {written}")
     return 0
 
 
@@ -117,7 +142,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="a complete checkpoint -> an HF model directory, or a LoRA run's PEFT adapter (no Ray needed)",
     )
     p.add_argument("checkpoint", help="a step_N directory written by checkpoint.every")
-    p.add_argument("--out", required=True, help="the HF directory to write")
+    p.add_argument("--out", required=True, help="the HF directory to write (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     p.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),

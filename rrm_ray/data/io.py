@@ -16,7 +16,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections.abc import Iterable, MutableMapping
+import zlib
+from collections.abc import Iterable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -46,36 +47,84 @@ class DataFormatError(ValueError):
         self.field = field
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """A (gzipped) text file's raw lines with 1-based numbers, decoded by the caller line by line, so
+    a bad byte is reported with its line. Damaged gzip data raises a DataFormatError naming the line
+    it broke after."""
+    path = Path(path)
+    lineno = 0
+    try:
+        with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                yield lineno, raw
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataFormatError(path, f"cannot read: damaged gzip data after line {lineno} ({e})") from e
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def decode_line(path: str | Path, lineno: int, raw: bytes) -> str:
+    """One line as UTF-8 text, or a DataFormatError naming the line and the byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = raw[e.start : e.start + 1]
+        raise DataFormatError(
+            path, f"not valid UTF-8 (byte {bad!r} at position {e.start + 1} of line {lineno})", row=lineno
+        ) from None
+
+
+def read_text(path: str | Path) -> str:
+    """A whole (gzipped) UTF-8 file; a bad byte or damaged gzip data is a DataFormatError naming the line."""
+    chunks = [raw for _, raw in iter_lines(path)]
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data[: e.start].count(b"\n") + 1
+        raise DataFormatError(
+            path, f"not valid UTF-8 (byte {data[e.start : e.start + 1]!r} on line {lineno})", row=lineno
+        ) from None
+
+
+def loads(path: str | Path, text: str, row: int | None = None) -> Any:
+    """`json.loads`, with a record nested deeper than Python's recursion limit reported as a
+    DataFormatError (it raises RecursionError otherwise); a JSONDecodeError passes through."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DataFormatError(
+            path, "nested too deeply to parse (beyond Python's recursion limit)", row
+        ) from None
+
+
+def _read_jsonl(path: Path, bad_rows: list[DataFormatError] | None = None) -> list[tuple[int, dict]]:
     out: list[tuple[int, dict]] = []
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
+    for lineno, raw in iter_lines(path):
+        try:
+            line = decode_line(path, lineno, raw)
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = loads(path, line, lineno)
             except json.JSONDecodeError as e:
                 raise DataFormatError(path, f"invalid JSON on line {lineno}: {e.msg}", row=lineno) from e
-            out.append((lineno, rec))
+        except DataFormatError as e:  # this row only: skipped and counted when the caller collects them
+            if bad_rows is None:
+                raise
+            bad_rows.append(e)
+            continue
+        out.append((lineno, rec))
     return out
 
 
-def _read_json(path: Path) -> list[tuple[int, dict]]:
-    with _open_text(path) as f:
-        text = f.read()
+def _read_json(path: Path, bad_rows: list[DataFormatError] | None = None) -> list[tuple[int, dict]]:
+    text = read_text(path)
     try:
-        doc = json.loads(text)
+        doc = loads(path, text)
     except json.JSONDecodeError as e:
         # Many files named .json are really JSON Lines (one object per line): "Extra data" after the
         # first complete value is the tell-tale; read those line by line instead of failing.
         if e.msg == "Extra data":
-            return _read_jsonl(path)
+            return _read_jsonl(path, bad_rows)
         raise DataFormatError(path, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
     if isinstance(doc, dict) and "data" in doc:
         doc = doc["data"]
@@ -95,32 +144,43 @@ def _read_parquet(path: Path) -> list[tuple[int, dict]]:
     return list(enumerate(table.to_pylist(), start=1))
 
 
-def read_records(path: str | Path) -> list[tuple[int, dict]]:
+def read_records(path: str | Path, bad_rows: list[DataFormatError] | None = None) -> list[tuple[int, dict]]:
     """Read every record of a JSON, JSONL (optionally gzipped) or Parquet file.
 
     Returns ``(row, record)`` pairs with 1-based rows. The format is chosen by suffix: ``.jsonl``,
     ``.jsonl.gz``, ``.ndjson`` -> JSON Lines; ``.json``, ``.json.gz`` -> a JSON list or
     ``{"data": [...]}`` (a ``.json`` file holding JSON Lines is read as such); ``.parquet``.
     Every record must be a JSON object (dict).
+
+    A row that cannot be read (invalid JSON or UTF-8, nested too deeply, not an object) raises a
+    DataFormatError naming file and row, unless ``bad_rows`` is given (``data.on_error=skip``): then
+    it is appended there and left out. A file that cannot be read at all (damaged gzip data, an
+    unreadable Parquet file) always raises.
     """
     p = Path(path)
     if not p.is_file():
         raise DataFormatError(p, "no such file")
     name = p.name.lower()
     if name.endswith(_JSONL_SUFFIXES):
-        rows = _read_jsonl(p)
+        rows = _read_jsonl(p, bad_rows)
     elif name.endswith(_JSON_SUFFIXES):
-        rows = _read_json(p)
+        rows = _read_json(p, bad_rows)
     elif name.endswith(_PARQUET_SUFFIXES):
         rows = _read_parquet(p)
     else:
         raise DataFormatError(
             p, "unknown file type; expected .json, .json.gz, .jsonl, .jsonl.gz, .ndjson or .parquet"
         )
+    out = []
     for row, rec in rows:
         if not isinstance(rec, dict):
-            raise DataFormatError(p, f"expected a JSON object, got {type(rec).__name__}", row=row)
-    return rows
+            error = DataFormatError(p, f"expected a JSON object, got {type(rec).__name__}", row=row)
+            if bad_rows is None:
+                raise error
+            bad_rows.append(error)
+            continue
+        out.append((row, rec))
+    return out
 
 
 def require_str(
@@ -228,7 +288,9 @@ def parquet_shards(folder: str | Path) -> list[Path]:
     return shards
 
 
-def read_dataset(path: str | Path) -> list[tuple[str, int, dict]]:
+def read_dataset(
+    path: str | Path, bad_rows: list[DataFormatError] | None = None
+) -> list[tuple[str, int, dict]]:
     """``(file, row, record)`` for a file (see :func:`read_records`) or a folder of Parquet shards.
 
     ``file`` is the shard a record came from and ``row`` its 1-based row there, so a message about
@@ -236,7 +298,7 @@ def read_dataset(path: str | Path) -> list[tuple[str, int, dict]]:
     """
     p = Path(path)
     files = parquet_shards(p) if p.is_dir() else [p]
-    return [(str(f), row, rec) for f in files for row, rec in read_records(f)]
+    return [(str(f), row, rec) for f in files for row, rec in read_records(f, bad_rows)]
 
 
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:

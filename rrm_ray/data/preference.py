@@ -240,7 +240,8 @@ def load_preference_pairs(
     Returns ``(pairs, skipped)``. A malformed row (missing field, wrong type, empty text,
     chosen == rejected, conversations that do not share a prefix) raises a
     :class:`PreferenceDataError` naming file, row and field with ``on_error="raise"``, and is
-    counted in ``skipped`` with ``on_error="skip"``. Unreadable files always raise.
+    counted in ``skipped`` with ``on_error="skip"``, as is a row that cannot be parsed (invalid JSON or
+    UTF-8, nested too deeply). Unreadable files (damaged gzip data, say) always raise.
     ``prompt_field`` is unused by the skywork and hh_rlhf formats; ``messages_field`` is the tulu
     fallback when ``prompt_field`` is absent.
     """
@@ -256,8 +257,10 @@ def load_preference_pairs(
     }
     file, reader = str(path), _READERS[format]
     pairs: list[PreferencePair] = []
-    skipped = 0
-    for row, rec in read_records(path):
+    unreadable: list[DataFormatError] | None = [] if on_error == "skip" else None
+    records = read_records(path, unreadable)  # rows that cannot be parsed: raised, or collected here
+    skipped = len(unreadable or [])
+    for row, rec in records:
         try:
             query, chosen, rejected = reader(file, row, rec, fields)
             chosen, rejected = chosen.strip(), rejected.strip()

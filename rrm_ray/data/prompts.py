@@ -17,13 +17,14 @@ otherwise), the field and what was expected, as a `PromptDataError`.
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+
+from rrm_ray.data.io import DataFormatError, decode_line, iter_lines, loads, read_text
 
 Message = dict[str, str]
 Prompt = str | list[Message]
@@ -47,32 +48,37 @@ def _describe(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _read_records(path: Path) -> list[tuple[int, object]]:
-    """(row number, decoded record) pairs from a JSONL, JSON or Parquet file."""
+def _read_records(path: Path, bad_rows: list[str] | None = None) -> list[tuple[int, object]]:
+    """(row number, decoded record) pairs from a JSONL, JSON or Parquet file. A JSONL line that cannot be
+    read (invalid JSON or UTF-8, nested too deeply) raises naming file and line, or is collected in
+    `bad_rows` when given; damaged gzip data or an unreadable file always raises."""
     name = path.name.lower()
-    opener = gzip.open if name.endswith(".gz") else open
     base = name.removesuffix(".gz")
     try:
         if base.endswith(".jsonl"):
             records = []
-            with opener(path, "rt", encoding="utf-8") as f:
-                for lineno, line in enumerate(f, start=1):
+            for lineno, raw in iter_lines(path):
+                try:
+                    line = decode_line(path, lineno, raw)
                     if not line.strip():
                         continue
                     try:
-                        records.append((lineno, json.loads(line)))
+                        records.append((lineno, loads(path, line, lineno)))
                     except json.JSONDecodeError as e:
                         raise PromptDataError(
                             f"{path}: line {lineno}: invalid JSON ({e.msg} at column {e.colno})"
                         ) from None
+                except (PromptDataError, DataFormatError) as e:
+                    if bad_rows is None:
+                        raise
+                    bad_rows.append(str(e))
             return records
         if base.endswith(".json"):
-            with opener(path, "rt", encoding="utf-8") as f:
-                text = f.read()
+            text = read_text(path)
             if not text.strip():
                 return []
             try:
-                data = json.loads(text)
+                data = loads(path, text)
             except json.JSONDecodeError as e:
                 raise PromptDataError(
                     f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
@@ -86,7 +92,9 @@ def _read_records(path: Path) -> list[tuple[int, object]]:
             except Exception as e:  # pyarrow raises its own error types for corrupt files
                 raise PromptDataError(f"{path}: not a readable Parquet file ({e})") from e
             return list(enumerate(table.to_pylist(), start=1))
-    except (OSError, UnicodeDecodeError) as e:
+    except DataFormatError as e:
+        raise PromptDataError(str(e)) from None
+    except OSError as e:
         if isinstance(e, FileNotFoundError):
             raise PromptDataError(f"{path}: file not found") from None
         raise PromptDataError(f"{path}: cannot read ({e})") from e
@@ -132,34 +140,52 @@ def load_prompts(
     prompt_field: str = "prompt",
     answer_field: str | None = "answer",
     require_answer: bool = False,
+    skipped: list[str] | None = None,
 ) -> list[PromptRow]:
     """Read a prompt file into `PromptRow` s, checking every row.
 
     ``answer_field=None`` reads no answers (all None). Otherwise a row without the field (or with
     null) gets ``answer=None``, unless ``require_answer`` is set, when it is an error: training with
     rule rewards needs every reference, and finding that out mid-run is expensive.
+
+    A row that cannot be used raises a `PromptDataError` naming file, row and field; with ``skipped``
+    (a list: ``data.on_error=skip``) it is left out and its message appended there instead.
     """
     path = Path(path)
     if require_answer and answer_field is None:
         raise PromptDataError(f"{path}: require_answer=True needs an answer_field")
-    records = _read_records(path)
+    records = _read_records(path, skipped)
     if not records:
         raise PromptDataError(f"{path}: no rows (the file is empty)")
     rows: list[PromptRow] = []
     for row, record in records:
-        if not isinstance(record, dict):
-            raise PromptDataError(f"{path}: row {row}: expected a JSON object, got a {_describe(record)}")
-        if prompt_field not in record:
-            fields = ", ".join(sorted(record)) or "none"
-            raise PromptDataError(f"{path}: row {row}: missing field '{prompt_field}' (fields: {fields})")
-        prompt = _check_prompt(record[prompt_field], f"{path}: row {row}: field '{prompt_field}'")
-        answer = None
-        if answer_field is not None:
-            where = f"{path}: row {row}: field '{answer_field}'"
-            answer = _check_answer(record.get(answer_field), where, require_answer)
-        extra = {k: v for k, v in record.items() if k not in (prompt_field, answer_field)}
-        rows.append(PromptRow(prompt=prompt, answer=answer, row=row, extra=extra))
+        try:
+            rows.append(_prompt_row(path, row, record, prompt_field, answer_field, require_answer))
+        except PromptDataError as e:
+            if skipped is None:
+                raise
+            skipped.append(str(e))
+    if not rows:
+        first = (skipped or ["?"])[0]
+        raise PromptDataError(f"{path}: no usable rows ({len(skipped or [])} skipped; the first: {first})")
     return rows
+
+
+def _prompt_row(
+    path: Path, row: int, record: object, prompt_field: str, answer_field: str | None, require_answer: bool
+) -> PromptRow:
+    if not isinstance(record, dict):
+        raise PromptDataError(f"{path}: row {row}: expected a JSON object, got a {_describe(record)}")
+    if prompt_field not in record:
+        fields = ", ".join(sorted(record)) or "none"
+        raise PromptDataError(f"{path}: row {row}: missing field '{prompt_field}' (fields: {fields})")
+    prompt = _check_prompt(record[prompt_field], f"{path}: row {row}: field '{prompt_field}'")
+    answer = None
+    if answer_field is not None:
+        where = f"{path}: row {row}: field '{answer_field}'"
+        answer = _check_answer(record.get(answer_field), where, require_answer)
+    extra = {k: v for k, v in record.items() if k not in (prompt_field, answer_field)}
+    return PromptRow(prompt=prompt, answer=answer, row=row, extra=extra)
 
 
 def _messages(prompt: Prompt, system_prompt: str | None) -> list[Message]:

@@ -5,6 +5,8 @@ Two kinds of job read data here:
 - judge training (the policy IS the judge): preference pairs become judge prompts, rendered with the
   judge template (the chosen response placed first or second by a seeded coin) and the label "1"/"2"
   as the answer. Held-out pairs are shown in both orders, so held-out accuracy is position-swapped.
+  A pair whose prompt exceeds `judge.max_prompt_tokens` fails the job naming its row, is dropped (both
+  orders) or is cut, by `judge.over_length`; dropped and cut pairs are counted and printed.
 
 Generated data (the arithmetic task, synthetic pairs) is written only inside ``data.generate_dir``;
 a data path that does not exist anywhere else is an error (:func:`ensure_data_files`).
@@ -19,9 +21,9 @@ from rrm_ray.config import ConfigError, JobConfig
 from rrm_ray.data.arithmetic import make_split
 from rrm_ray.data.io import write_jsonl
 from rrm_ray.data.preference import load_preference_pairs, to_judge_examples
-from rrm_ray.data.prompts import PromptRow, load_prompts
+from rrm_ray.data.prompts import PromptRow, load_prompts, render_prompt
 from rrm_ray.data.synthetic_pairs import make_synthetic_pairs, pair_records
-from rrm_ray.judge.prompts import fit_pair_to_context
+from rrm_ray.judge.prompts import JudgePrompt, PromptTooLongError, fit_pair_to_context
 
 RENDERED = "rendered"  # PromptRow.extra flag: the prompt is final text, no chat template to apply
 
@@ -31,15 +33,76 @@ class DataPathError(ConfigError):
 
 
 def load_task_rows(cfg: JobConfig, tokenizer: Any) -> tuple[list[PromptRow], list[PromptRow], dict[str, int]]:
-    """(train rows, held-out rows, counts to report such as skipped or generated rows)."""
+    """(train rows, held-out rows, counts to report such as skipped or generated rows). Rows that
+    cannot be used, and prompts too long for the engine's context, follow ``data.on_error``: an error
+    naming file and rows, or dropped and counted. All before any engine starts."""
     d = cfg.data
     generated = ensure_data_files(cfg)
+    counts: dict[str, int] = {}
     if d.format == "preference":
         train, held, counts = _preference_rows(cfg, tokenizer)
-        return train, held, {**generated, **counts}
-    train = load_prompts(d.train_path, d.prompt_field, d.answer_field)
-    held = load_prompts(d.eval_path, d.prompt_field, d.answer_field) if d.eval_path else []
-    return train, held[: d.eval_max_prompts], generated
+        units = (2 if d.order_balanced else 1, 2)  # a pair's two presentation orders go together
+    else:
+        train = _prompt_rows(cfg, d.train_path, counts)
+        held = _prompt_rows(cfg, d.eval_path, counts)[: d.eval_max_prompts] if d.eval_path else []
+        units = (1, 1)
+    train = fit_context(cfg, tokenizer, train, d.train_path, units[0], counts)
+    if held and d.eval_path:
+        held = fit_context(cfg, tokenizer, held, d.eval_path, units[1], counts)
+    return train, held, {**generated, **counts}
+
+
+def _prompt_rows(cfg: JobConfig, path: str, counts: dict[str, int]) -> list[PromptRow]:
+    d = cfg.data
+    skipped: list[str] | None = [] if d.on_error == "skip" else None
+    rows = load_prompts(path, d.prompt_field, d.answer_field, skipped=skipped)
+    if skipped:
+        counts[f"skipped_rows/{Path(path).name}"] = len(skipped)
+        print(f"data.on_error=skip: skipped {len(skipped)} unusable rows of {path}; the first: {skipped[0]}")
+    return rows
+
+
+def prompt_tokens(cfg: JobConfig, tokenizer: Any, row: PromptRow) -> int:
+    """The prompt's length in tokens as the engine sees it: rendered (chat template, system prompt),
+    then tokenized as vLLM tokenizes a text prompt."""
+    m = cfg.model
+    text = (
+        row.prompt
+        if row.extra.get(RENDERED)
+        else render_prompt(tokenizer, row.prompt, m.system_prompt, m.use_chat_template)
+    )
+    assert isinstance(text, str)
+    if len(text.encode("utf-8")) + 8 < m.max_model_len:  # a token covers at least a byte: surely fits
+        return 0
+    return len(tokenizer.encode(text))
+
+
+def fit_context(
+    cfg: JobConfig, tokenizer: Any, rows: list[PromptRow], path: str, unit: int, counts: dict[str, int]
+) -> list[PromptRow]:
+    """Rows whose prompts the engine can take: vLLM refuses a prompt of model.max_model_len tokens or
+    more (no room for one token of output) and that fails the step mid-run. Too-long ones raise a
+    ConfigError naming the file, how many and which rows, or with data.on_error=skip are dropped with
+    the `unit` consecutive rows they belong to (a pair's two orders) and counted."""
+    limit = cfg.model.max_model_len
+    too_long = {i: n for i, row in enumerate(rows) if (n := prompt_tokens(cfg, tokenizer, row)) >= limit}
+    if not too_long:
+        return rows
+    shown = ", ".join(str(rows[i].row) for i in sorted(too_long)[:10])
+    shown += ", ..." if len(too_long) > 10 else ""
+    what = (
+        f"{path}: {len(too_long)} prompts have model.max_model_len={limit} tokens or more (the longest "
+        f"{max(too_long.values())}), so the engine cannot generate from them: rows {shown}"
+    )
+    if cfg.data.on_error != "skip":
+        raise ConfigError(f"{what}. Raise model.max_model_len, shorten them, or set data.on_error=skip")
+    dropped_units = {i // unit for i in too_long}
+    kept = [row for i, row in enumerate(rows) if i // unit not in dropped_units]
+    counts[f"over_context_rows/{Path(path).name}"] = len(rows) - len(kept)
+    print(f"data.on_error=skip: dropped {len(rows) - len(kept)} rows; {what}")
+    if not kept:
+        raise ConfigError(f"{what}: none is left")
+    return kept
 
 
 def _inside(path: str | Path, folder: str | Path) -> bool:
@@ -138,22 +201,36 @@ def _preference_rows(
     cfg: JobConfig, tokenizer: Any
 ) -> tuple[list[PromptRow], list[PromptRow], dict[str, int]]:
 
-    d = cfg.data
+    d, j = cfg.data, cfg.judge
     counts: dict[str, int] = {}
 
     def rows(path: str, both_orders: bool, limit: int | None) -> list[PromptRow]:
         pairs, skipped = load_preference_pairs(path, format=d.preference_format, on_error=d.on_error)  # type: ignore[arg-type]
         counts[f"skipped_rows/{Path(path).name}"] = skipped
-        out = []
+        out, over = [], 0
         for ex in to_judge_examples(pairs[:limit], seed=cfg.trainer.seed):
             orders = [(ex.response_1, ex.response_2, ex.label)]
             if both_orders:
                 orders.append((ex.response_2, ex.response_1, 3 - ex.label))
-            for first, second, label in orders:
-                text = judge_prompt_text(
-                    cfg, tokenizer, ex.query, first, second, where=f"{path} row {ex.pair_row}"
-                )
-                out.append(PromptRow(text, str(label), ex.pair_row, {RENDERED: True, "source": ex.source}))
+            where = f"{path} row {ex.pair_row}: "
+            try:
+                shown = [(judge_prompt(cfg, tokenizer, ex.query, a, b, where), lab) for a, b, lab in orders]
+            except PromptTooLongError:
+                if j.over_length == "error":
+                    raise
+                over += 1  # skip: the pair is dropped in both orders, so its groups stay balanced
+                continue
+            over += any(prompt.truncated for prompt, _ in shown)
+            for prompt, label in shown:
+                extra = {RENDERED: True, "source": ex.source}
+                out.append(PromptRow(prompt.text, str(label), ex.pair_row, extra))
+        if over:
+            what = "dropped" if j.over_length == "skip" else "cut (the documented truncation)"
+            print(
+                f"{path}: {over} pairs over judge.max_prompt_tokens={j.max_prompt_tokens}, {what} "
+                f"(judge.over_length={j.over_length})"
+            )
+        counts[f"over_length_pairs/{Path(path).name}"] = over
         return out
 
     # Order-balanced groups: each training pair is two consecutive rows, one per order (PromptStream
@@ -163,13 +240,13 @@ def _preference_rows(
     return train, held, counts
 
 
-def judge_prompt_text(
+def judge_prompt(
     cfg: JobConfig, tokenizer: Any, query: str, first: str, second: str, where: str = ""
-) -> str:
-    """The judge prompt for one presentation, fitted to `judge.max_prompt_tokens` per `judge.over_length`."""
-
+) -> JudgePrompt:
+    """The judge prompt for one presentation, fitted to `judge.max_prompt_tokens` per `judge.over_length`
+    (`PromptTooLongError` when it does not fit and is not to be cut)."""
     j = cfg.judge
-    fitted = fit_pair_to_context(
+    return fit_pair_to_context(
         tokenizer,
         query,
         first,
@@ -180,4 +257,3 @@ def judge_prompt_text(
         where=where,
         style=j.prompt_style,
     )
-    return fitted.text

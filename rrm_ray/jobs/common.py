@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from rrm_ray.checkpoint import RunRecord
 from rrm_ray.clients.cluster import ray_submission_id
 from rrm_ray.clients.learner import LearnerClient
 from rrm_ray.clients.roles import Roles
@@ -19,6 +20,7 @@ from rrm_ray.config import JobConfig, to_flat_dict, to_yaml
 from rrm_ray.data.prompts import PromptRow, render_prompt
 from rrm_ray.data.tasks import RENDERED
 from rrm_ray.step_metrics import accuracy, verdict_breakdown
+from rrm_ray.stopping import GracefulStop
 from rrm_ray.tracking import BufferedTracker, NullTracker, Tracker, open_tracker
 
 
@@ -71,21 +73,38 @@ class PromptStream:
 
 
 # -- what GRPO and DPO jobs share -----------------------------------------------------------------------
-def make_tracker(cfg: JobConfig, job_kind: str, model_path: str, run_id: str | None) -> Tracker:
-    """A training job's MLflow run, buffered through outages; a resumed run continues `run_id`. A new run
-    gets the flattened config as params, the data files as dataset inputs and the job's tags."""
-    inner = open_tracker(cfg.tracking, job_kind, model_path, run_id=run_id)
-    if isinstance(inner, NullTracker):
-        return inner
-    tracker = BufferedTracker(inner, Path(cfg.checkpoint.dir) / "mlflow_buffer.jsonl")
-    if run_id is None:
+def make_tracker(
+    cfg: JobConfig, job_kind: str, model_path: str, mlflow_run_id: str | None, run_id: str, folder: Path
+) -> Tracker:
+    """A training job's MLflow run, buffered through outages in the run folder's journal (an earlier
+    attempt's calls kept there are sent first); a resumed run continues `mlflow_run_id`. A new run gets
+    the flattened config (secrets redacted) as params, the data files as dataset inputs and the job's
+    tags. The MLflow run's id goes to the folder's `run.json` once the run exists (an outage at start
+    may delay it past the first checkpoints)."""
+    t = cfg.tracking
+    if not t.enabled:
+        return NullTracker()
+
+    def record(created: str) -> None:
+        RunRecord(run_id, created).write(folder)
+
+    tracker = BufferedTracker(
+        lambda existing: open_tracker(t, job_kind, model_path, run_id=existing),
+        folder / "mlflow_buffer.jsonl",
+        run_id=mlflow_run_id,
+        required=t.required,
+        max_bytes=int(t.buffer_max_mb * 2**20),
+        on_run=record,
+    )
+    if mlflow_run_id is None and not tracker.replayed:  # a new run (a replayed journal logged these)
         tracker.log_params(to_flat_dict(cfg))
         d = cfg.data  # the files as read (generated ones exist by now): MLflow dataset inputs
         for path, context in ((d.train_path, "training"), (d.eval_path, "eval")):
             if path and Path(path).is_file():
                 tracker.log_dataset(str(path), context)
     job_id = ray_submission_id() or os.environ.get("RAY_JOB_ID", "")
-    tracker.set_tags({"rrm_ray.job": job_kind, "ray.job_id": job_id})
+    tags = {"rrm_ray.job": job_kind, "ray.job_id": job_id, "rrm_ray.run_id": run_id}
+    tracker.set_tags({**tags, "rrm_ray.run_dir": str(folder)})
     return tracker
 
 
@@ -116,8 +135,11 @@ def evaluate_policy(
     if not rewards:
         return {}
     judging = cfg.data.format == "preference"
+    j = cfg.judge
     breakdown = (
-        verdict_breakdown("eval", rows, completions, cfg.judge.mode, think_budget(cfg)) if judging else {}
+        verdict_breakdown("eval", rows, completions, j.mode, think_budget(cfg), j.verdict_rule)
+        if judging
+        else {}
     )
     return {
         "eval/reward_mean": sum(rewards) / len(rewards),
@@ -127,11 +149,15 @@ def evaluate_policy(
     }
 
 
-def save_final(cfg: JobConfig, learner: LearnerClient, tracker: Tracker, step: int) -> str | None:
-    """The final policy in HF format (and its config), its path tagged on the MLflow run."""
+def save_final(
+    cfg: JobConfig, learner: LearnerClient, tracker: Tracker, step: int, folder: Path
+) -> str | None:
+    """The final policy in HF format (and its config, secrets redacted) in the run's folder, so another
+    run never replaces it (a registered model version that records its path stays valid); its path
+    tagged on the MLflow run."""
     if not cfg.checkpoint.save_final:
         return None
-    final_dir = str(Path(cfg.checkpoint.dir, "final").resolve())
+    final_dir = str((folder / "final").resolve())
     Path(final_dir).parent.mkdir(parents=True, exist_ok=True)
     learner.save_hf(final_dir)
     Path(final_dir, "rrm_ray_config.yaml").write_text(to_yaml(cfg))
@@ -142,13 +168,13 @@ def save_final(cfg: JobConfig, learner: LearnerClient, tracker: Tracker, step: i
     return final_dir
 
 
-def log_figures(cfg: JobConfig, tracker: Tracker) -> None:
+def log_figures(tracker: Tracker, folder: Path) -> None:
     """PNG figures of what MLflow does not draw (rrm_ray.figures), from the run's whole metric
     history (earlier attempts of a resumed run included), as artifacts under `figures/`."""
     from rrm_ray import figures
 
     history = tracker.metric_history(("time/", "judge/", "eval/"))
-    out = Path(cfg.checkpoint.dir, "figures")
+    out = folder / "figures"
     for draw in (figures.phase_seconds, figures.judge_agreement, figures.learning_curve):
         path = draw(history, out / f"{draw.__name__}.png")
         if path is not None:
@@ -157,10 +183,15 @@ def log_figures(cfg: JobConfig, tracker: Tracker) -> None:
 
 class RoleJob:
     """A job that owns `self.roles` and `self.tracker`: as a context manager it closes both, the run
-    marked FAILED when the block raised (GRPOJob, DPOJob)."""
+    marked FAILED when the block raised (GRPOJob, DPOJob). `stop`: the command's graceful stop
+    (SIGTERM/SIGINT), checked at every step boundary."""
 
     roles: Roles
     tracker: Tracker
+    stop: GracefulStop | None = None
+
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.requested
 
     def __enter__(self) -> Self:
         return self
@@ -169,5 +200,9 @@ class RoleJob:
         self.close("FAILED" if exc_type else "FINISHED")
 
     def close(self, status: str = "FINISHED") -> None:
-        self.roles.close()
-        self.tracker.close(status)
+        """Shut the roles down and end the run: the run is ended (and its buffer flushed) even when
+        shutting the roles down fails."""
+        try:
+            self.roles.close()
+        finally:
+            self.tracker.close(status)

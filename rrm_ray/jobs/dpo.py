@@ -16,6 +16,7 @@ import torch
 
 from rrm_ray import algo
 from rrm_ray.batch import TrainBatch, build_batch
+from rrm_ray.checkpoint import new_run_id, run_dir
 from rrm_ray.clients.cluster import connect_ray
 from rrm_ray.clients.roles import Roles
 from rrm_ray.config import ConfigError, JobConfig, LearnerConfig
@@ -81,7 +82,11 @@ class DPOJob(RoleJob):
         self.tokenizer = load_tokenizer(self.model_path)
         self.train_rows, self.eval_rows, _ = load_task_rows(cfg, self.tokenizer)
         self.step = 0
-        self.tracker = tracker or make_tracker(cfg, self.job_kind, self.model_path, run_id=None)
+        self.run_id = new_run_id(self.job_kind)  # DPO writes no checkpoints: every run is new
+        self.run_dir = run_dir(cfg.checkpoint.dir, self.run_id)
+        self.tracker = tracker or make_tracker(
+            cfg, self.job_kind, self.model_path, None, self.run_id, self.run_dir
+        )
         self.roles = Roles(
             cfg,
             self.model_path,
@@ -176,6 +181,21 @@ class DPOJob(RoleJob):
         with StepPrinter(total, before) as printer:
             for epoch in range(d.epochs):
                 for s in range(steps_per_epoch):
+                    if self.stop_requested():  # SIGTERM / SIGINT: DPO keeps no checkpoint to resume
+                        assert self.stop is not None
+                        self.stop.reached_boundary()
+                        self.tracker.set_tags({"rrm_ray.stopped_by": self.stop.name})
+                        return {
+                            "before": before,
+                            "after": {},
+                            "steps": self.step,
+                            "wall_s": time.perf_counter() - started,
+                            "run_id": self.tracker.run_id,
+                            "history": history,
+                            "pairs": stats,
+                            "final_policy": None,
+                            "stopped": self.stop.name,
+                        }
                     rows = slice(2 * s * per_step, 2 * (s + 1) * per_step)
                     part, part_ref = batch.select(rows), ref[rows]
                     shards = shard_pairs(part, ranks)
@@ -203,8 +223,8 @@ class DPOJob(RoleJob):
         after = self.evaluate()
         self.tracker.log_metrics({k.replace("eval/", "eval_after/"): v for k, v in after.items()}, self.step)
         self.tracker.log_metrics({f"time/{k}_s": v for k, v in timer.seconds.items()}, self.step)
-        final_dir = save_final(cfg, learner, self.tracker, self.step)
-        log_figures(cfg, self.tracker)
+        final_dir = save_final(cfg, learner, self.tracker, self.step, self.run_dir)
+        log_figures(self.tracker, self.run_dir)
         return {
             "before": before,
             "after": after,

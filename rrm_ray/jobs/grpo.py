@@ -27,16 +27,22 @@ from typing import Any
 from rrm_ray import algo
 from rrm_ray.checkpoint import (
     DriverState,
+    RunRecord,
     begin,
     commit,
+    complete_checkpoints,
+    latest_of_run,
+    new_run_id,
     prune,
     read_driver_state,
     resolve_resume,
+    run_dir,
+    step_of,
     write_driver_state,
 )
 from rrm_ray.clients.cluster import connect_ray
 from rrm_ray.clients.downstream import downstream_metrics
-from rrm_ray.clients.group import ActorDied
+from rrm_ray.clients.group import ActorDied, RemoteCallTimeout
 from rrm_ray.clients.roles import Roles
 from rrm_ray.clients.streamed_batch import generate_and_score
 from rrm_ray.config import JobConfig, to_yaml
@@ -56,7 +62,7 @@ from rrm_ray.jobs.common import (
 from rrm_ray.models import load_tokenizer, resolve_model_path
 from rrm_ray.pipeline import Schedule, Scheduled
 from rrm_ray.progress import StepPrinter
-from rrm_ray.recovery import RoleFailure
+from rrm_ray.recovery import LEARNER_COUNTER, RoleFailure
 from rrm_ray.step_metrics import accuracy, samples_table, verdict_breakdown
 from rrm_ray.tracking import Tracker
 from rrm_ray.types import Completion, StepRewards
@@ -95,8 +101,16 @@ class GRPOJob(RoleJob):
         self.resumed_state = (
             read_driver_state(self.resume_from, restore_rng=False) if self.resume_from else None
         )
-        run_id = self.resumed_state.mlflow_run_id if self.resumed_state else None
-        self.tracker = tracker or make_tracker(cfg, self.job_kind, self.model_path, run_id)
+        # The run: a resumed one continues its own (folder, MLflow run); a new one starts a series of its
+        # own, beside any other run's in checkpoint.dir (rrm_ray.checkpoint).
+        state = self.resumed_state
+        self.run_id = (state.run_id if state else None) or new_run_id(self.job_kind)
+        self.run_dir = run_dir(cfg.checkpoint.dir, self.run_id)
+        record = RunRecord.read(self.run_dir)  # the MLflow run may have been created after the checkpoint
+        mlflow_run_id = (state.mlflow_run_id if state else None) or (record.mlflow_run_id if record else None)
+        self.tracker = tracker or make_tracker(
+            cfg, self.job_kind, self.model_path, mlflow_run_id, self.run_id, self.run_dir
+        )
         self.roles = Roles(
             cfg,
             self.model_path,
@@ -130,18 +144,20 @@ class GRPOJob(RoleJob):
         """Learner shards + driver state into `step_N.partial`, then marked complete and renamed. Batches
         generated ahead (max_staleness >= 1) are not saved: the data position is the oldest one's, so a
         resumed run generates them again, with the checkpoint's weights."""
-        root = Path(self.cfg.checkpoint.dir)
-        partial = begin(root, self.step)
+        ck = self.cfg.checkpoint
+        partial = begin(self.run_dir, self.step)
         self.roles.learner.save_checkpoint(str(partial / "learner"))
         state = DriverState(
             self.step,
             self.schedule.resume_position(self.stream.position),
             self.tracker.run_id,
             {"faults": dict(self.faults), "eval_before": dict(self.before)},
+            self.run_id,
         )
-        write_driver_state(partial, state, to_yaml(self.cfg))
-        final = commit(partial, {"step": self.step, "backend": self.cfg.learner.backend})
-        prune(root, self.cfg.checkpoint.keep_last)
+        write_driver_state(partial, state, to_yaml(self.cfg))  # secrets redacted
+        manifest = {"step": self.step, "backend": self.cfg.learner.backend}
+        final = commit(partial, manifest, self.run_id, ck.checksums)
+        prune(self.run_dir, ck.keep_last, self.run_id)
         self.tracker.set_tags({"rrm_ray.last_checkpoint": str(final)})
         return final
 
@@ -156,22 +172,31 @@ class GRPOJob(RoleJob):
             self.faults[name] = max(self.faults.get(name, 0), int(count))
         self.roles.sync_weights()
 
-    def _recover_learner(self, error: ActorDied) -> None:
-        """A learner rank died: rebuild the learner group and continue from the last checkpoint."""
-        latest = resolve_resume("auto", self.cfg.checkpoint.dir)
+    def _recover_learner(self, error: ActorDied | RemoteCallTimeout) -> None:
+        """A learner rank died, or hung (a learner call past cluster.call_timeout_s): rebuild the learner
+        group (its old ranks killed) and continue from this run's last intact checkpoint (never another
+        run's in the same checkpoint.dir)."""
+        latest = latest_of_run(self.cfg.checkpoint.dir, self.run_id)
         restarts = self.roles.restarts
-        decision = restarts.decide("learner", error, has_checkpoint=latest is not None)
+        hung = isinstance(error, RemoteCallTimeout)
+        death = ActorDied(None, False, str(error), "hang") if hung else error
+        assert isinstance(death, ActorDied)
+        decision = restarts.decide("learner", death, has_checkpoint=latest is not None, hung=hung)
         if decision.action == "fail":
-            raise RoleFailure("learner", f"{decision.message}\n  Ray: {error.detail[:500]}") from error
+            raise RoleFailure("learner", f"{decision.message}\n  Ray: {death.detail[:500]}") from error
         restarts.count(decision.counter)
-        warnings.warn(f"a learner rank failed ({error.kind}); resuming from {latest}", stacklevel=2)
+        if hung:  # a rebuild either way: the learner's budget counts it
+            restarts.count(LEARNER_COUNTER)
+        warnings.warn(f"a learner rank failed ({death.kind}); resuming from {latest}", stacklevel=2)
         self.roles.rebuild_learner()  # on the same placement group (and bundles) as before
+        assert latest is not None
         self._restore(latest)
 
     def train_step_or_recover(self) -> dict[str, float]:
-        """`train_step`, but a dead learner rank rolls back to the last checkpoint and trains on from there;
-        rollout, judge and reward actors recover inside their own calls (`rrm_ray.clients.restarts`),
-        never touching the learner. A failure beyond `cluster.max_actor_restarts` raises `RoleFailure`."""
+        """`train_step`, but a dead or hung learner rank rolls back to the last checkpoint and trains on
+        from there; rollout, judge and reward actors recover inside their own calls
+        (`rrm_ray.clients.restarts`), never touching the learner. A failure beyond
+        `cluster.max_actor_restarts` raises `RoleFailure`."""
         while True:
             try:
                 return self.train_step()
@@ -181,6 +206,10 @@ class GRPOJob(RoleJob):
                     raise RoleFailure(
                         role, f"a {role or 'unknown'} actor died outside a retried call: {exc}"
                     ) from exc
+                self._recover_learner(exc)
+            except RemoteCallTimeout as exc:
+                if exc.role != "learner":
+                    raise
                 self._recover_learner(exc)
 
     # -- phases ------------------------------------------------------------------------------------------
@@ -313,13 +342,36 @@ class GRPOJob(RoleJob):
         }
         if cfg.data.format == "preference":
             breakdown = verdict_breakdown(
-                "reward", batch.rows, completions, cfg.judge.mode, think_budget(cfg)
+                "reward", batch.rows, completions, cfg.judge.mode, think_budget(cfg), cfg.judge.verdict_rule
             )
             metrics.update(breakdown)
         return metrics
 
     def save_final(self) -> str | None:
-        return save_final(self.cfg, self.roles.learner, self.tracker, self.step)
+        return save_final(self.cfg, self.roles.learner, self.tracker, self.step, self.run_dir)
+
+    def _stopped(self, started: float, before: dict[str, float], history: list) -> dict[str, Any]:
+        """Stopped by a signal at a step boundary: this step's checkpoint (unless one was just written,
+        or no step was trained), so `resume=auto` continues exactly here; no final evaluation."""
+        assert self.stop is not None
+        self.stop.reached_boundary()
+        own = complete_checkpoints(self.run_dir, self.run_id)
+        latest = own[-1] if own else None
+        if self.step > 0 and (latest is None or step_of(latest) != self.step):
+            latest = self.save_checkpoint()
+        self.tracker.set_tags({"rrm_ray.stopped_by": self.stop.name})
+        return {
+            "before": before,
+            "after": {},
+            "steps": self.step,
+            "wall_s": time.perf_counter() - started,
+            "final_policy": None,
+            "history": history,
+            "run_id": self.tracker.run_id,
+            "stopped": self.stop.name,
+            "checkpoint": str(latest) if latest else None,
+            "faults": dict(self.faults),
+        }
 
     # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -350,6 +402,8 @@ class GRPOJob(RoleJob):
         training_started = time.perf_counter()
         with printer:
             while self.step < cfg.trainer.total_steps:
+                if self.stop_requested():  # SIGTERM / SIGINT: a checkpoint, and the run ends KILLED
+                    return self._stopped(started, before, history)
                 if limit_s is not None and time.perf_counter() - training_started >= limit_s:
                     print(f"trainer.time_limit_min reached: stopped after step {self.step}")
                     self.tracker.set_tags({"rrm_ray.stopped_by": "trainer.time_limit_min"})
@@ -366,6 +420,8 @@ class GRPOJob(RoleJob):
                     self.tracker.log_metrics(ev, step=self.step)
                     metrics.update(ev)
                 printer.update(self.step, metrics)
+            if self.stop_requested():  # a signal during the last step: stop, as at any step boundary
+                return self._stopped(started, before, history)
         if cfg.checkpoint.every and self.step % cfg.checkpoint.every:
             self.save_checkpoint()  # the last steps, too
         after = self.evaluate()
@@ -379,7 +435,7 @@ class GRPOJob(RoleJob):
             after_downstream = downstream_metrics(cfg, final_dir, "after")
             self.tracker.log_metrics(after_downstream, step=self.step)
             downstream |= after_downstream
-        log_figures(cfg, self.tracker)
+        log_figures(self.tracker, self.run_dir)
         return {
             "before": before,
             "after": after,

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from rrm_ray.clients.cluster import ray_session
 from rrm_ray.clients.judge import JudgeClient
+from rrm_ray.clients.judge_endpoint import EndpointJudgeClient
 from rrm_ray.clients.restarts import Restarts
 from rrm_ray.clients.reward import RewardClient
 from rrm_ray.clients.roles import OwnGroups
@@ -24,7 +25,9 @@ from rrm_ray.config import JobConfig
 from rrm_ray.data.prompts import PromptRow, render_prompt
 from rrm_ray.judge import best_of_n as bon
 from rrm_ray.judge.evaluation import Scored, counted, stats_line
-from rrm_ray.judge.records import JudgePair, PairJudgment
+from rrm_ray.judge.prompts import PromptTooLongError
+from rrm_ray.judge.records import JudgePair, JudgeSettings, PairJudgment
+from rrm_ray.judge.service import presentations
 from rrm_ray.models import load_tokenizer, resolve_model_path
 from rrm_ray.progress import map_in_chunks
 from rrm_ray.types import Completion
@@ -44,9 +47,16 @@ def alone(cfg: JobConfig, start: Callable[[Restarts], Client]) -> Client:
 
 
 @contextlib.contextmanager
-def judge_session(cfg: JobConfig, command: str = "judge") -> Iterator[JudgeClient]:
+def judge_session(cfg: JobConfig, command: str = "judge") -> Iterator[JudgeClient | EndpointJudgeClient]:
     """Ray up (unless already connected), the judge engines started behind a JudgeClient; both torn
-    down on exit."""
+    down on exit. A served judge (`judge.endpoint.url`) needs neither: its client talks HTTP."""
+    if cfg.judge.endpoint.url is not None:
+        served = EndpointJudgeClient.start(cfg)
+        try:
+            yield served
+        finally:
+            served.shutdown()
+        return
     with ray_session(cfg, command):
         judge = alone(cfg, lambda restarts: JudgeClient.start(cfg, OwnGroups(cfg), None, restarts))
         try:
@@ -55,15 +65,35 @@ def judge_session(cfg: JobConfig, command: str = "judge") -> Iterator[JudgeClien
             judge.shutdown()
 
 
+def render_pairs(cfg: JobConfig, pairs: list[JudgePair]) -> list[dict[str, Any]]:
+    """`rrm-ray judge --render-only`: per pair, the presentations the judge would be shown (the orders,
+    the messages, the prompt and its token count) and, where its prompt does not fit and would not be cut,
+    why (`over_length`). The judge's tokenizer only: no Ray, no engine."""
+    tokenizer = load_tokenizer(resolve_model_path(cfg.judge.model_path))
+    settings = JudgeSettings.from_config(cfg.judge, cfg.trainer.seed)
+    out = []
+    for i, pair in enumerate(pairs):
+        try:
+            out.append({"presentations": presentations(tokenizer, settings, pair), "over_length": None})
+        except PromptTooLongError as exc:
+            out.append({"presentations": [], "over_length": f"pair {i}: {exc}"})
+    return out
+
+
 def compare_all(
-    judge: JudgeClient, pairs: list[JudgePair], cfg: JobConfig, label: str = "judging"
+    judge: JudgeClient | EndpointJudgeClient, pairs: list[JudgePair], cfg: JobConfig, label: str = "judging"
 ) -> list[PairJudgment]:
     """All pairs judged, a chunk at a time behind a progress bar over items."""
     return map_in_chunks(label, pairs, judge.compare, CHUNK_PER_ENGINE * cfg.judge.num_engines)
 
 
 def benchmark_pass(
-    cfg: JobConfig, items: list[Any], judge: JudgeClient, run: Any, traces: int, label: str
+    cfg: JobConfig,
+    items: list[Any],
+    judge: JudgeClient | EndpointJudgeClient,
+    run: Any,
+    traces: int,
+    label: str,
 ) -> tuple[Scored, dict[str, float], float]:
     """One benchmark pass (`run`: `rrm_ray.judge.evaluation`'s pass for the benchmark) on running
     engines, with the judge's counters (reset after) and seconds; `traces` judge traces kept."""
@@ -123,7 +153,7 @@ def score_correct(cfg: JobConfig, rule: str, rows: list[PromptRow], samples: lis
 
 
 def rank_settings(
-    judge: JudgeClient,
+    judge: JudgeClient | EndpointJudgeClient,
     grid: list[tuple[str, int]],
     rows: list[PromptRow],
     queries: list[str],

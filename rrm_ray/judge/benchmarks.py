@@ -210,7 +210,10 @@ def load_rewardbench(path: str | Path, on_error: OnError = "raise") -> Benchmark
     items: list[RewardBenchItem] = []
     skipped: list[str] = []
     seen: dict[int | str, tuple[str, int]] = {}
-    for file, row, rec in read_dataset(path):
+    unreadable: list[DataFormatError] | None = [] if on_error == "skip" else None
+    records = read_dataset(path, unreadable)  # rows that cannot be parsed: raised, or skipped here
+    skipped += [str(e) for e in unreadable or []]
+    for file, row, rec in records:
         try:
             if "id" not in rec:
                 raise DataFormatError(file, "missing", row, "id")
@@ -359,7 +362,10 @@ def load_pandalm(path: str | Path, on_error: OnError = "raise") -> BenchmarkFile
     _check_on_error(on_error)
     items: list[PandaLMItem] = []
     skipped: list[str] = []
-    for file, row, rec in read_dataset(path):
+    unreadable: list[DataFormatError] | None = [] if on_error == "skip" else None
+    records = read_dataset(path, unreadable)  # rows that cannot be parsed: raised, or skipped here
+    skipped += [str(e) for e in unreadable or []]
+    for file, row, rec in records:
         notes: list[str] = []
         try:
             instruction = _text(file, row, rec, "instruction", notes)

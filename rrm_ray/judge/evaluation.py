@@ -60,13 +60,17 @@ def counted(count: int, noun: str) -> str:
 def stats_line(stats: dict[str, float], seconds: float) -> str:
     """The judge's counters (`JudgeClient.stats`) as the console line every command prints."""
     s = {k: int(v) if k != "generate_s" else v for k, v in stats.items()}
-    return (
+    line = (
         f"{counted(s['comparisons'], 'comparison')} in {seconds:.1f}s: "
         f"{counted(s['judge_calls'], 'judge call')} in {counted(s['waves'], 'wave')} "
         f"({s['calls_saved']} saved by adaptive voting, {counted(s['cache_hits'], 'cache hit')}), "
-        f"{s['unparseable']} unparseable, {s['timed_out']} timed out, {s['truncated']} truncated, "
-        f"{s['rejected']} rejected; {s['generated_tokens']} tokens generated"
+        f"{s['unparseable']} unparseable, {s['timed_out']} timed out, "
+        f"{counted(s['over_length_pairs'], 'pair')} over judge.max_prompt_tokens ({s['truncated']} "
+        f"truncated, {s['skipped']} skipped); {s['generated_tokens']} tokens generated"
     )
+    if "endpoint_errors" in s:  # a served judge (judge.endpoint.url): failed requests, retried
+        line += f"; {counted(s['endpoint_errors'], 'endpoint error')} (retried)"
+    return line
 
 
 def trace_rows(

@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rrm_ray.config import JudgeConfig
+from rrm_ray.judge.prompts import OVER_LENGTH, PROMPT_STYLES, resolve_prompt_style
+from rrm_ray.judge.verdict import VERDICT_RULES
 
 Side = Literal["a", "b"]
 
 
 VERDICTS = ("generate", "choice", "choice_prob")  # judge.verdict
+PRESENTATIONS = ("both_orders", "seeded_coin")  # judge.presentation
 
 
 _FLIP: dict[Side | None, Side | None] = {"a": "b", "b": "a", None: None}
@@ -49,7 +52,9 @@ class JudgeTrace:
 @dataclass
 class PairJudgment:
     """The outcome of one pair. ``votes`` counts judge calls made for it in this call (0 when it
-    came from the cache); ``error`` is set when its prompt was rejected as too long. ``prob_a``
+    came from the cache); ``error`` is set when it was not judged because its prompt does not fit
+    the judge's context (``judge.over_length=skip``); ``truncated``: it was judged on the documented
+    cut of its prompt (``judge.over_length=truncate``). ``prob_a``
     (verdict choice_prob): the swap-corrected P(a is better); wins_a / wins_b are then 1 / 0 for
     the side it favours, so ``decided`` and vote-based credit read it like one majority vote."""
 
@@ -115,7 +120,9 @@ class JudgeStats:
     """Counters since the last reset. ``judge_calls`` counts sampled judgments, ``waves`` engine
     batches; ``comparisons`` counts every pair asked for, including cached and identical ones;
     ``prompts_judged`` counts the queries ``rank`` / ``best_of_n`` ranked, ``rank_seconds`` the wall
-    time spent in those calls (the judge's cost per policy prompt, see ``judge_rates``)."""
+    time spent in those calls (the judge's cost per policy prompt, see ``judge_rates``).
+    ``over_length_pairs``: pairs whose prompt did not fit ``judge.max_prompt_tokens``, of which
+    ``truncated`` were judged on the documented cut and ``skipped`` were not judged (undecided)."""
 
     comparisons: int = 0
     judge_calls: int = 0
@@ -124,8 +131,9 @@ class JudgeStats:
     cache_hits: int = 0
     unparseable: int = 0
     timed_out: int = 0
-    rejected: int = 0
+    over_length_pairs: int = 0
     truncated: int = 0
+    skipped: int = 0
     identical: int = 0
     prompts_judged: int = 0
     rank_seconds: float = 0.0
@@ -158,7 +166,10 @@ class JudgeSettings:
 
     mode: Literal["rrm", "direct"] = "rrm"
     verdict: Literal["generate", "choice", "choice_prob"] = "generate"
-    prompt_style: Literal["full", "compact"] = "full"
+    # "auto" is resolved by mode on construction (rrm_release for rrm, mtbench for direct)
+    prompt_style: Literal["auto", "rrm_release", "mtbench", "compact"] = "auto"
+    verdict_rule: Literal["release", "lenient"] = "release"
+    presentation: Literal["both_orders", "seeded_coin"] = "both_orders"
     votes: int = 1
     adaptive_votes: bool = True
     tie_rule: Literal["random", "first", "none"] = "random"
@@ -167,20 +178,24 @@ class JudgeSettings:
     k_factor: float = 32.0
     swiss_rounds: int | None = None  # None: ceil(log2 n); capped at swiss_max_rounds(n)
     max_prompt_tokens: int = 4096
-    over_length: Literal["truncate", "reject"] = "truncate"
+    over_length: Literal["truncate", "skip", "error"] = "error"
     seed: int = 0
     cache_key: str = ""
     cache_max_entries: int | None = 100_000
 
     def __post_init__(self) -> None:
+        if self.mode in ("rrm", "direct") and self.prompt_style == "auto":
+            object.__setattr__(self, "prompt_style", resolve_prompt_style("auto", self.mode))
         for name, allowed in (
             ("mode", ("rrm", "direct")),
             ("verdict", VERDICTS),
-            ("prompt_style", ("full", "compact")),
+            ("prompt_style", PROMPT_STYLES),
+            ("verdict_rule", VERDICT_RULES),
+            ("presentation", PRESENTATIONS),
             ("tie_rule", ("random", "first", "none")),
             ("method", METHODS),
             ("rating", ("bradley_terry", "elo")),
-            ("over_length", ("truncate", "reject")),
+            ("over_length", OVER_LENGTH),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -200,6 +215,12 @@ class JudgeSettings:
                 "judge settings: verdict 'choice_prob' scores both orders once, so votes must be 1, "
                 f"got {self.votes}"
             )
+        if self.verdict == "choice_prob" and self.presentation != "both_orders":
+            raise ValueError(
+                "judge settings: verdict 'choice_prob' scores both orders: presentation 'both_orders'"
+            )
+        if self.prompt_style == "rrm_release" and self.mode != "rrm":
+            raise ValueError("judge settings: prompt_style 'rrm_release' needs mode 'rrm'")
 
     @classmethod
     def from_config(cls, judge: JudgeConfig, seed: int, cache_key: str = "") -> JudgeSettings:
@@ -211,7 +232,8 @@ class JudgeSettings:
         names = (
             "mode",
             "verdict",
-            "prompt_style",
+            "verdict_rule",
+            "presentation",
             "votes",
             "adaptive_votes",
             "tie_rule",
@@ -222,6 +244,7 @@ class JudgeSettings:
         )
         return cls(
             **{n: get(n) for n in names},
+            prompt_style=judge.prompt_style,
             max_prompt_tokens=get("max_prompt_tokens"),
             over_length=get("over_length"),
             seed=seed,
@@ -230,15 +253,30 @@ class JudgeSettings:
         )
 
 
+def judge_cache_key(model: str, judge: JudgeConfig) -> str:
+    """What changes a verdict besides ``JudgeSettings``: the judge model and its decoding."""
+    return (
+        f"{model}|t={judge.temperature:g}|p={judge.top_p:g}|max={judge.max_new_tokens}"
+        f"|think={judge.think_budget}"
+    )
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def shown_flipped(response_a: str, response_b: str) -> bool:
-    """Whether the canonical orientation shows response b first: a coin of the unordered pair."""
+def shown_flipped(response_a: str, response_b: str, seed: int = 0) -> bool:
+    """Whether the canonical orientation shows response b first: a coin of the unordered pair and the
+    seed (``trainer.seed``), so the same seed shows every pair alike and another seed draws anew."""
     low, high = sorted((_digest(response_a), _digest(response_b)))
-    high_first = hashlib.sha256(f"{low}{high}".encode()).digest()[0] & 1 == 1
+    high_first = hashlib.sha256(f"{seed}/{low}{high}".encode()).digest()[0] & 1 == 1
     return (high if high_first else low) == _digest(response_b) != _digest(response_a)
+
+
+def vote_swapped(vote: int, presentation: str) -> bool:
+    """Whether vote ``vote`` shows the pair against its canonical orientation: ``both_orders``
+    alternates (odd votes swapped), ``seeded_coin`` shows every vote in the coin's orientation."""
+    return presentation == "both_orders" and vote % 2 == 1
 
 
 def check_str(value: object, where: str) -> None:

@@ -3,7 +3,8 @@
 Pure logic around an engine callable, so the same code runs inside the Ray judge actor (a vLLM
 engine) and in unit tests (a scripted fake):
 
-    generate(prompts, n) -> for each prompt, n sampled texts, or None when its batch deadline hit
+    generate(prompts, n) -> for each prompt (its token ids), n sampled texts, or None when its batch
+                            deadline hit
 
     service = JudgeService(generate, tokenizer, JudgeSettings(votes=3))
     service.compare([JudgePair(query, a, b), ...])    # PairJudgment per pair, with reasoning traces
@@ -13,15 +14,21 @@ How a batch of pairs is judged (``compare``):
 
 1. identical responses need no judge (a tie); the cache answers pairs judged before; a pair that
    occurs twice in one batch is judged once;
-2. each remaining pair is shown in a canonical orientation, a coin of the unordered pair (a bit of
-   the sha256 of both responses' digests, smaller first). The cache and the traces then do not
-   depend on the order the caller listed the pair in, and with one vote the judge's position bias
-   falls on a pseudo-random side per pair: neither on the caller's first response, nor (as a total
-   order such as "smaller digest first" would) on the same response in every match of a group;
-3. voting follows ``rrm_ray.judge.voting.PairVote`` (vote i is shown swapped when i is odd); each
-   wave gathers the presentations ALL pairs still need into one ``generate`` call;
-4. a vote whose text has no parseable verdict, or that timed out, is no vote for either side;
-   results with a time-out are not cached (a time-out says nothing about the pair).
+2. each remaining pair is shown in a canonical orientation, a coin of the unordered pair and the
+   seed (a bit of the sha256 of ``settings.seed`` and both responses' digests, smaller first). The
+   cache and the traces then do not depend on the order the caller listed the pair in, and with one
+   vote the judge's position bias falls on a pseudo-random side per pair: neither on the caller's
+   first response, nor (as a total order such as "smaller digest first" would) on the same response
+   in every match of a group. With one vote this is the release's protocol: one presentation per
+   item from a seeded coin (``trainer.seed``; another seed shows other orders);
+3. the prompt of each presentation is rendered and encoded ONCE (``fit_pair_to_context``); a prompt
+   over ``judge.max_prompt_tokens`` is cut, left undecided or fails the call by
+   ``judge.over_length``, and counted (``over_length_pairs``);
+4. voting follows ``rrm_ray.judge.voting.PairVote`` (``judge.presentation``: ``both_orders`` shows vote
+   i swapped when i is odd, ``seeded_coin`` shows every vote in the coin's orientation); each wave
+   gathers the presentations ALL pairs still need into one ``generate`` call of token-id prompts;
+5. a vote whose text has no parseable verdict (``judge.verdict_rule``), or that timed out, is no vote
+   for either side; results with a time-out are not cached (a time-out says nothing about the pair).
 
 ``verdict="choice_prob"`` (direct mode) replaces step 3 by ONE wave of two presentations per pair,
 one per order, each scored by a second engine callable instead of sampled:
@@ -57,6 +64,7 @@ from rrm_ray.judge.records import (
     check_str,
     flip_judgment,
     shown_flipped,
+    vote_swapped,
 )
 from rrm_ray.judge.tournament import (
     Knockout,
@@ -75,8 +83,8 @@ from rrm_ray.judge.verdict import (
 )
 from rrm_ray.judge.voting import PairVote, Presentation, prob_winner, swap_corrected_prob_a, translate
 
-GenerateFn = Callable[[list[str], int], list[list[str] | None]]
-ChoiceProbFn = Callable[[list[str]], list[float | None]]
+GenerateFn = Callable[[list[list[int]], int], list[list[str] | None]]
+ChoiceProbFn = Callable[[list[list[int]]], list[float | None]]
 
 
 class JudgeService:
@@ -106,8 +114,9 @@ class JudgeService:
     def _settings_key(self, votes: int) -> str:
         s = self.settings
         return (
-            f"{s.cache_key}|mode={s.mode}|verdict={s.verdict}|k={votes}|adaptive={s.adaptive_votes}"
-            f"|tie={s.tie_rule}|prompt<={s.max_prompt_tokens}|{s.over_length}"
+            f"{s.cache_key}|mode={s.mode}|verdict={s.verdict}|rule={s.verdict_rule}|k={votes}"
+            f"|{s.presentation}|adaptive={s.adaptive_votes}|tie={s.tie_rule}|style={s.prompt_style}"
+            f"|prompt<={s.max_prompt_tokens}|{s.over_length}"
         )
 
     # -- pairs -------------------------------------------------------------------------------------
@@ -132,7 +141,7 @@ class JudgeService:
         todo: list[int] = []
         for i, p in enumerate(pairs):
             self.stats.comparisons += 1
-            flipped = shown_flipped(p.response_a, p.response_b)
+            flipped = shown_flipped(p.response_a, p.response_b, self.settings.seed)
             first, second = (p.response_b, p.response_a) if flipped else (p.response_a, p.response_b)
             canon.append((first, second, flipped))
             if p.response_a == p.response_b:
@@ -188,7 +197,7 @@ class JudgeService:
         """Rebuild a judgment from the cache (stored in canonical orientation, texts in vote order)."""
         traces = []
         for v, text in enumerate(hit.traces):
-            p = Presentation(0, v, swapped=v % 2 == 1)
+            p = Presentation(0, v, swapped=vote_swapped(v, self.settings.presentation))
             verdict = self._parse(text)
             won = translate(p, verdict)
             side: Side | None = None if won is None else ("a" if won else "b")
@@ -206,18 +215,8 @@ class JudgeService:
         return flip_judgment(j) if flipped else j
 
     def _render(self, i: int, query: str, first: str, second: str) -> JudgePrompt:
-        s = self.settings
-        return fit_pair_to_context(
-            self.tokenizer,
-            query,
-            first,
-            second,
-            s.max_prompt_tokens,
-            s.mode,
-            s.over_length,
-            where=f"pair {i}: ",
-            verdict=s.verdict,
-            style=s.prompt_style,
+        return render_presentation(
+            self.tokenizer, self.settings, query, first, second, where=_where(i, query)
         )
 
     def _parse(self, text: str) -> Literal[1, 2] | None:
@@ -228,15 +227,19 @@ class JudgeService:
             return None if p is None else choice_verdict(p)
         if self.settings.verdict == "choice":
             text = complete_choice(text)
-        return parse_verdict(text, require_think_close=self.settings.mode == "rrm")
+        return parse_verdict(
+            text, self.settings.verdict_rule, require_think_close=self.settings.mode == "rrm"
+        )
 
     def _vote(
         self, pairs: Sequence[JudgePair], canon: list[tuple[str, str, bool]], todo: list[int], k: int
     ) -> dict[int, PairJudgment]:
         """Vote on the pairs ``todo`` in canonical orientation; judgments in that orientation."""
         s = self.settings
-        prompts, truncated, out = self._render_both(pairs, canon, todo, both=k > 1)
-        state = {i: PairVote(k, s.adaptive_votes, s.tie_rule, s.seed, pair_index=i) for i in truncated}
+        both = k > 1 and s.presentation == "both_orders"
+        prompts, truncated, out = self._render_both(pairs, canon, todo, both)
+        alternate = s.presentation == "both_orders"
+        state = {i: PairVote(k, s.adaptive_votes, s.tie_rule, s.seed, i, alternate) for i in truncated}
         traces: dict[int, list[JudgeTrace]] = {i: [] for i in state}
         while True:
             wave = [p for pv in state.values() for p in pv.next_presentations()]
@@ -271,25 +274,30 @@ class JudgeService:
 
     def _render_both(
         self, pairs: Sequence[JudgePair], canon: list[tuple[str, str, bool]], todo: list[int], both: bool
-    ) -> tuple[dict[tuple[int, bool], str], dict[int, bool], dict[int, PairJudgment]]:
+    ) -> tuple[dict[tuple[int, bool], JudgePrompt], dict[int, bool], dict[int, PairJudgment]]:
         """Prompts of the pairs ``todo`` by (pair, swapped) (the swapped one only if ``both``, else
-        the shown one again), whether either was truncated, and judgments of rejected pairs."""
-        prompts: dict[tuple[int, bool], str] = {}
+        the shown one again), whether either was truncated, and judgments of the pairs not judged
+        because they do not fit (``judge.over_length=skip``; ``error`` raises, naming the pair)."""
+        prompts: dict[tuple[int, bool], JudgePrompt] = {}
         truncated: dict[int, bool] = {}
-        rejected: dict[int, PairJudgment] = {}
+        skipped: dict[int, PairJudgment] = {}
         for i in todo:
             first, second, _ = canon[i]
             try:
                 shown = self._render(i, pairs[i].query, first, second)
                 swapped = self._render(i, pairs[i].query, second, first) if both else shown
             except PromptTooLongError as exc:
-                self.stats.rejected += 1
-                rejected[i] = PairJudgment(None, 0, 0, 0, 0, 0, 0, error=str(exc))
+                if self.settings.over_length == "error":
+                    raise
+                self.stats.over_length_pairs += 1
+                self.stats.skipped += 1
+                skipped[i] = PairJudgment(None, 0, 0, 0, 0, 0, 0, error=str(exc))
                 continue
-            prompts[(i, False)], prompts[(i, True)] = shown.text, swapped.text
+            prompts[(i, False)], prompts[(i, True)] = shown, swapped
             truncated[i] = shown.truncated or swapped.truncated
             self.stats.truncated += truncated[i]
-        return prompts, truncated, rejected
+            self.stats.over_length_pairs += truncated[i]
+        return prompts, truncated, skipped
 
     def _score_choices(
         self, pairs: Sequence[JudgePair], canon: list[tuple[str, str, bool]], todo: list[int]
@@ -300,7 +308,7 @@ class JudgeService:
         assert self.choice_probs is not None
         prompts, truncated, out = self._render_both(pairs, canon, todo, both=True)
         keys = [(i, swapped) for i in truncated for swapped in (False, True)]
-        probs = list(self.choice_probs([prompts[key] for key in keys])) if keys else []
+        probs = list(self.choice_probs([list(prompts[key].token_ids) for key in keys])) if keys else []
         if len(probs) != len(keys):
             raise ValueError(f"judge choice_probs returned {len(probs)} results for {len(keys)} prompts")
         self.stats.waves += bool(keys)
@@ -335,30 +343,30 @@ class JudgeService:
             )
         return out
 
-    def _run_wave(self, prompts: list[str]) -> list[str | None]:
-        """One ``generate`` call for the whole wave. When every distinct prompt is asked the same
-        number of times c (e.g. k votes in both orders), it is sent once with n=c, so the engine
-        shares the prompt's prefill; otherwise every presentation is its own prompt with n=1."""
-        slots: dict[str, list[int]] = {}
-        for pos, text in enumerate(prompts):
-            slots.setdefault(text, []).append(pos)
+    def _run_wave(self, prompts: list[JudgePrompt]) -> list[str | None]:
+        """One ``generate`` call for the whole wave, of token-id prompts. When every distinct prompt is
+        asked the same number of times c (e.g. k votes in both orders), it is sent once with n=c, so
+        the engine shares the prompt's prefill; otherwise every presentation is its own prompt with n=1."""
+        slots: dict[tuple[int, ...], list[int]] = {}
+        for pos, prompt in enumerate(prompts):
+            slots.setdefault(prompt.token_ids, []).append(pos)
         counts = {len(v) for v in slots.values()}
         if len(counts) == 1 and len(slots) < len(prompts):
             unique, n = list(slots), counts.pop()
         else:
-            unique, n = prompts, 1
-        outputs = self.generate(unique, n)
+            unique, n = [p.token_ids for p in prompts], 1
+        outputs = self.generate([list(ids) for ids in unique], n)
         self.stats.waves += 1
         self.stats.judge_calls += len(prompts)
         if len(outputs) != len(unique):
             raise ValueError(f"judge generate returned {len(outputs)} results for {len(unique)} prompts")
         texts: list[str | None] = [None] * len(prompts)
-        for u, (prompt, samples) in enumerate(zip(unique, outputs, strict=True)):
+        for u, (ids, samples) in enumerate(zip(unique, outputs, strict=True)):
             if samples is not None and (len(samples) != n or not all(isinstance(t, str) for t in samples)):
                 raise ValueError(
                     f"judge generate: prompt {u}: expected None or {n} strings, got {samples!r:.200}"
                 )
-            positions = slots[prompt] if n > 1 else [u]
+            positions = slots[ids] if n > 1 else [u]
             for m, pos in enumerate(positions):
                 texts[pos] = None if samples is None else samples[m]
         return texts
@@ -414,6 +422,68 @@ class JudgeService:
         self.stats.prompts_judged += len(items)
         self.stats.rank_seconds += time.perf_counter() - started
         return [rank_result(t, rec) for t, rec in zip(tournaments, records, strict=True)]
+
+
+def _where(i: int, query: str) -> str:
+    """How an error names a pair: its index in the call and the start of its query."""
+    return f"pair {i} (query {query[:60]!r}{'...' if len(query) > 60 else ''}): "
+
+
+def render_presentation(
+    tokenizer: Any, s: JudgeSettings, query: str, first: str, second: str, where: str = ""
+) -> JudgePrompt:
+    """The prompt (text and token ids) the judge is shown for ``first`` as Assistant 1, fitted to
+    ``judge.max_prompt_tokens`` by ``judge.over_length`` (``PromptTooLongError`` when it does not fit
+    and is not to be cut)."""
+    return fit_pair_to_context(
+        tokenizer,
+        query,
+        first,
+        second,
+        s.max_prompt_tokens,
+        s.mode,
+        s.over_length,
+        where=where,
+        verdict=s.verdict,
+        style=s.prompt_style,
+    )
+
+
+def shown_first(pair: JudgePair, s: JudgeSettings, votes: int | None = None) -> list[Side]:
+    """Which response the judge shows as Assistant 1 in each presentation of ``pair``, in vote order
+    (distinct orders only): the seeded coin's orientation first, then the other when the votes cover
+    both orders (``both_orders`` with more than one vote, and ``choice_prob``). Identical responses
+    are never shown (a tie)."""
+    if pair.response_a == pair.response_b:
+        return []
+    coin: Side = "b" if shown_flipped(pair.response_a, pair.response_b, s.seed) else "a"
+    other: Side = "a" if coin == "b" else "b"
+    k = s.votes if votes is None else votes
+    both = s.verdict == "choice_prob" or (k > 1 and s.presentation == "both_orders")
+    return [coin, other] if both else [coin]
+
+
+def presentations(tokenizer: Any, s: JudgeSettings, pair: JudgePair) -> list[dict[str, Any]]:
+    """What the judge would be shown for ``pair`` (``rrm-ray judge --render-only``): per distinct
+    presentation, in vote order, which response is Assistant 1 ("a" or "b"), the chat messages, the
+    prompt text and its token count (``truncated``: the documented cut). Raises ``PromptTooLongError``
+    where the judge would skip the pair or fail (``judge.over_length``)."""
+    out = []
+    for side in shown_first(pair, s):
+        first, second = (
+            (pair.response_a, pair.response_b) if side == "a" else (pair.response_b, pair.response_a)
+        )
+        prompt = render_presentation(tokenizer, s, pair.query, first, second)
+        out.append(
+            {
+                "first": side,
+                "messages": [dict(m) for m in prompt.messages],
+                "prompt": prompt.text,
+                "prompt_tokens": prompt.num_tokens,
+                "truncated": prompt.truncated,
+            }
+        )
+    return out
 
 
 def new_tournament(s: JudgeSettings, method: str, n: int, seed: int) -> Tournament:

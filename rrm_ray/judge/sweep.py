@@ -38,6 +38,8 @@ SESSION_KEYS = frozenset(
         "tie_rule",
         "mode",
         "verdict",
+        "verdict_rule",
+        "presentation",
         "prompt_style",
         "max_prompt_tokens",
         "over_length",

@@ -1,18 +1,23 @@
-"""Parse a judge's output into a pairwise verdict.
+"""Parse a judge's output into a pairwise verdict, by one of two rules (``judge.verdict_rule``).
 
-The rule follows the RRM reference evaluation: the verdict is the content of the LAST complete
-``\\boxed{...}`` that appears after the FIRST ``</think>``. Everything written while thinking is
-ignored, because a judge often tries out both answers ("maybe \\boxed{Assistant 1}?") before it
-settles. Only "Assistant 1" / "Assistant 2" count; anything else is unparseable.
+``release`` (the default): the released RRMs' own evaluation parser, as the authors' RewardBench fork
+applies it (``scripts/run_generative.py`` with ``rewardbench/generative.py``'s ``process_judgement``
+for ``--model_modifier Skywork``; tests/unit/test_verdict.py holds a table of cases worked through
+that code). ``"<think>"`` is prepended to the output (the R1-Distill chat template opened the thinking
+block), the span is the text between the first and the second ``</think>`` (no ``</think>``: no
+verdict), the verdict is the content of the LAST ``\\boxed`` in that span (``rfind``: an unclosed or
+malformed last box is no verdict, there is no fallback to an earlier one), and that content must be
+exactly ``Assistant 1`` or ``Assistant 2`` (case, spaces and ``\\text{}`` all count). Everything else
+is unparseable, which evaluation scores as half credit.
 
-Choices where the reference is silent (all documented on the functions below):
+``lenient``: this project's earlier rule. After the first ``</think>`` (to the end of the text), the
+last COMPLETE box counts (an unclosed trailing box is skipped), its content unwrapped from
+``\\text{}``-like commands, spaces collapsed, case ignored.
 
-- Matching is case-insensitive after normalisation ("assistant 1" counts): the case carries no
-  information about which answer the judge preferred, and penalising it would only add noise.
-- A ``\\boxed{`` whose braces never close (output cut at the token limit) is not a box; an earlier
-  complete box after ``</think>`` still counts.
-- With ``require_think_close=False`` (DirectJudge, no reasoning) a ``</think>``, if present, still
-  hides what precedes it; without one the whole text is searched.
+One rule serves evaluation, tournaments, best-of-n and the judge-training reward
+(``rrm_ray.rewards.judge_reward``), so a judge trained here earns +1 only for outputs the same rule
+accepts. DirectJudge outputs (``require_think_close=False``) need no ``</think>``: without one, the
+whole text is the span (the release has no direct mode; its box and match rules still apply).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
+
+VerdictRule = Literal["release", "lenient"]
+VERDICT_RULES = ("release", "lenient")  # judge.verdict_rule
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -81,16 +89,23 @@ def normalize_box_content(content: str) -> str:
     return " ".join(out.split())
 
 
-def parse_verdict(text: str, require_think_close: bool = True) -> Literal[1, 2] | None:
+def parse_verdict(
+    text: str, rule: VerdictRule = "release", require_think_close: bool = True
+) -> Literal[1, 2] | None:
     """Return 1 or 2 for "Assistant 1" / "Assistant 2", or None when the output is unparseable.
 
     Args:
         text: the generated text (the prompt's own ``<think>\\n`` is not part of it).
+        rule: "release" (the released RRMs' evaluation parser) or "lenient" (see the module docstring).
         require_think_close: RRM mode. Without a ``</think>`` the judge never finished thinking,
             so any box is a guess made mid-thought: None. False for DirectJudge outputs.
     """
     if not isinstance(text, str):
         raise TypeError(f"parse_verdict: text must be str, got {type(text).__name__}")
+    if rule == "release":
+        return _parse_release(text, require_think_close)
+    if rule != "lenient":
+        raise ValueError(f"parse_verdict: rule must be one of {VERDICT_RULES}, got {rule!r}")
     close = text.find(THINK_CLOSE)
     if close == -1:
         if require_think_close:
@@ -102,6 +117,47 @@ def parse_verdict(text: str, require_think_close: bool = True) -> Literal[1, 2] 
     if not boxes:
         return None
     return _VERDICTS.get(normalize_box_content(boxes[-1]).lower())
+
+
+_RELEASE_VERDICTS: dict[str, Literal[1, 2]] = {"Assistant 1": 1, "Assistant 2": 2}
+
+
+def _parse_release(text: str, require_think_close: bool) -> Literal[1, 2] | None:
+    """The release's rule. Its code prepends ``<think>`` and takes ``split("</think>")[1]``: the
+    prefix only lengthens element 0, so the span is the text between the first and the second
+    ``</think>`` of the output itself."""
+    parts = text.split(THINK_CLOSE)
+    if len(parts) < 2:
+        if require_think_close:
+            return None
+        span = text  # DirectJudge: nothing was thought, the whole text is the answer
+    else:
+        span = parts[1]
+    content = release_last_box(span)
+    return None if content is None else _RELEASE_VERDICTS.get(content)
+
+
+def release_last_box(span: str) -> str | None:
+    """The content of the LAST ``\\boxed`` in ``span`` as the release reads it, or None.
+
+    From the last occurrence of ``\\boxed`` (whatever follows it), braces are counted until the
+    count returns to zero (a ``}`` that closes nothing takes it below zero, as in the release's
+    scan). The box found must start with ``\\boxed{`` exactly (``\\boxed {`` does not) and its
+    content is everything inside the outer braces, nested braces included. No closing brace: None.
+    """
+    start = span.rfind("\\boxed")
+    if start < 0:
+        return None
+    depth = 0
+    for i in range(start, len(span)):
+        if span[i] == "{":
+            depth += 1
+        elif span[i] == "}":
+            depth -= 1
+            if depth == 0:
+                box = span[start : i + 1]
+                return box[len(_BOX_OPEN) : -1] if box.startswith(_BOX_OPEN) else None
+    return None
 
 
 def has_think_format(text: str, prompt_opened_think: bool) -> bool:

@@ -65,6 +65,7 @@ class PairVote:
     Vote i is shown swapped when i is odd, so any k >= 2 covers both orders (evenly for even k;
     original order gets one extra vote for odd k). With k=1 only the original order is ever shown,
     so the judge's position bias goes straight into the result: shuffle pairs upstream if k=1.
+    ``alternate=False`` (``judge.presentation=seeded_coin``) shows every vote in the original order.
 
     The winner is the side with more valid votes; an unparseable or timed-out judgment (recorded
     as None) is no vote for either side. Equal counts (including zero valid votes) go to the tie
@@ -84,6 +85,7 @@ class PairVote:
         tie_rule: TieRule = "first",
         seed: int = 0,
         pair_index: int = 0,
+        alternate: bool = True,
     ) -> None:
         if not isinstance(votes, int) or votes < 1:
             raise ValueError(f"pair {pair_index}: judge votes must be an int >= 1, got {votes!r}")
@@ -94,6 +96,7 @@ class PairVote:
         self.tie_rule = tie_rule
         self.pair_index = pair_index
         self.seed = seed
+        self.alternate = alternate
         self._issued = 0  # votes 0.._issued-1 have been handed out
         self._results: dict[int, bool | None] = {}
 
@@ -165,7 +168,10 @@ class PairVote:
             n = min(n, max_n)
         start = self._issued
         self._issued += n
-        return [Presentation(self.pair_index, i, swapped=i % 2 == 1) for i in range(start, start + n)]
+        return [
+            Presentation(self.pair_index, i, swapped=self.alternate and i % 2 == 1)
+            for i in range(start, start + n)
+        ]
 
     def record(self, vote_index: int, verdict_for_a: bool | None) -> None:
         """Record vote ``vote_index``: True = a won, False = b won, None = unparseable / timed out."""

@@ -1,14 +1,16 @@
 """The rule reward for training a judge (RRM) with RL: was the verdict right, in the right format?
 
-RRM mode (the paper's recipe): the output must hold a complete thinking block, ``<think>`` then
-``</think>`` (only ``</think>`` when the prompt already ended with ``<think>\\n``), and the verdict
-is the last ``\\boxed{Assistant N}`` after the first ``</think>``. Direct mode (the DirectJudge
-baseline): no thinking block is needed and the verdict is the last box in the text.
+Verdicts are read with ``rrm_ray.judge.verdict.parse_verdict`` by the job's ``judge.verdict_rule``,
+the rule evaluation, tournaments and best-of-n use, so training rewards exactly what evaluation counts:
 
-Verdicts are read with ``rrm_ray.judge.verdict`` so that training rewards exactly what evaluation
-counts. One consequence in direct mode: if a ``</think>`` does appear, boxes before it are
-ignored (the evaluation parser treats them as thinking), so "the last box in the text" is, more
-precisely, the last box after any ``</think>``.
+- ``release`` (default): the released RRMs' evaluation parser. An output earns +1 only if that parser
+  reads the right verdict from it: a ``</think>`` (the parser prepends ``<think>`` itself), then, before
+  any second ``</think>``, a last ``\\boxed{...}`` holding exactly ``Assistant 1`` / ``Assistant 2``.
+  Anything it cannot read is malformed. Direct mode: the same box rule, no ``</think>`` needed.
+- ``lenient``: RRM mode needs a complete thinking block, ``<think>`` then ``</think>`` (only
+  ``</think>`` when the prompt already ended with ``<think>\\n``), and the verdict is the last complete
+  box after the first ``</think>``, case and ``\\text{}`` wrappers ignored. Direct mode: no thinking
+  block is needed; if a ``</think>`` does appear, boxes before it are ignored.
 
 Malformed outputs (no thinking block in RRM mode, no parseable verdict in either mode) get
 ``format_fail_reward``; the paper uses -1 for both wrong and malformed, the defaults here.
@@ -19,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rrm_ray.judge.verdict import has_think_format, parse_verdict
+from rrm_ray.judge.verdict import VERDICT_RULES, VerdictRule, has_think_format, parse_verdict
 
 JudgeRewardMode = Literal["rrm", "direct"]
 
@@ -43,6 +45,7 @@ def judge_reward(
     correct_reward: float = 1.0,
     wrong_reward: float = -1.0,
     format_fail_reward: float = -1.0,
+    rule: VerdictRule = "release",
 ) -> JudgeRewardResult:
     """Score one judge generation against the pair's label (the position, 1 or 2, of the preferred
     response in the prompt the judge saw).
@@ -50,7 +53,9 @@ def judge_reward(
     Args:
         output: the generated text only (not the prompt).
         prompt_opened_think: True when the prompt ended with ``<think>\\n``, so the generation
-            starts inside the thinking block. Ignored in direct mode.
+            starts inside the thinking block. Ignored in direct mode and by the release rule (which
+            prepends ``<think>`` to every output).
+        rule: ``judge.verdict_rule``, "release" or "lenient".
     """
     if label not in (1, 2):
         raise ValueError(f"judge_reward: label must be 1 or 2, got {label!r}")
@@ -59,12 +64,13 @@ def judge_reward(
     if not isinstance(output, str):
         raise TypeError(f"judge_reward: output must be str, got {type(output).__name__}")
 
-    if mode == "rrm":
-        verdict = parse_verdict(output, require_think_close=True)
-        format_ok = has_think_format(output, prompt_opened_think) and verdict is not None
-    else:
-        verdict = parse_verdict(output, require_think_close=False)
-        format_ok = verdict is not None
+    if rule not in VERDICT_RULES:
+        raise ValueError(f"judge_reward: rule must be one of {VERDICT_RULES}, got {rule!r}")
+
+    verdict = parse_verdict(output, rule, require_think_close=mode == "rrm")
+    format_ok = verdict is not None
+    if rule == "lenient" and mode == "rrm":
+        format_ok = format_ok and has_think_format(output, prompt_opened_think)
 
     if not format_ok:
         return JudgeRewardResult(format_fail_reward, False, verdict, False)

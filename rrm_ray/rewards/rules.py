@@ -23,9 +23,11 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from math_verify import parse, verify
 
+from rrm_ray.judge.verdict import VERDICT_RULES
 from rrm_ray.rewards.judge_reward import judge_reward
 
 RewardFn = Callable[[str, str | None], float]
@@ -235,12 +237,14 @@ def math_verify_reward(response: str, answer: str | None) -> float:
 class JudgeVerdictRule:
     """Reward for training a judge: the answer is the label ("1" or "2", where the chosen response
     was shown); +correct for a well-formed right verdict, `wrong` / `format_fail` otherwise (the RRM
-    paper uses +1 / -1 / -1). Prompts rendered in rrm mode already open `<think>`."""
+    paper uses +1 / -1 / -1). `verdict_rule` is the job's `judge.verdict_rule` (the reward client
+    binds it, `with_verdict_rule`), so training reads verdicts as evaluation does."""
 
     mode: str = "rrm"
     correct: float = 1.0
     wrong: float = -1.0
     format_fail: float = -1.0
+    verdict_rule: str = "release"
 
     def __call__(self, response: str, answer: str | None) -> float:
 
@@ -255,6 +259,7 @@ class JudgeVerdictRule:
             correct_reward=self.correct,
             wrong_reward=self.wrong,
             format_fail_reward=self.format_fail,
+            rule=self.verdict_rule,  # type: ignore[arg-type]
         )
         return result.reward
 
@@ -299,7 +304,11 @@ def get_rule(name: str) -> RewardFn:
     match = _PARAMETRISED.match(name.replace(" ", ""))
     if match:  # e.g. "judge_rrm(correct=1,wrong=-1,format_fail=-0.5)"
         try:
-            values = {k: float(v) for k, v in (kv.split("=") for kv in match.group(2).split(",") if kv)}
+            values: dict[str, Any] = {}
+            for key, value in (kv.split("=") for kv in match.group(2).split(",") if kv):
+                values[key] = value if key == "verdict_rule" else float(value)
+            if values.get("verdict_rule", "release") not in VERDICT_RULES:
+                raise ValueError(f"verdict_rule must be one of {', '.join(VERDICT_RULES)}")
             return dataclasses.replace(RULES[match.group(1)], **values)  # type: ignore[type-var]
         except (ValueError, TypeError) as exc:
             raise RuleError(
@@ -353,6 +362,19 @@ def warm_up(rule: RewardFn) -> None:
     for fn in parts:
         if fn in _WARM_UPS:
             _WARM_UPS[fn]()
+
+
+def with_verdict_rule(spec: str, verdict_rule: str) -> str:
+    """A judge-training rule (`judge_rrm`, `judge_direct`, bare or with values) bound to the job's
+    `judge.verdict_rule`: `judge_rrm` -> `judge_rrm(verdict_rule=release)`. Other rules are returned
+    as they are."""
+    match = _PARAMETRISED.match(spec.replace(" ", ""))
+    if match:
+        kept = [kv for kv in match.group(2).split(",") if kv and not kv.startswith("verdict_rule=")]
+        return f"{match.group(1)}({','.join([*kept, f'verdict_rule={verdict_rule}'])})"
+    if spec in ("judge_rrm", "judge_direct"):
+        return f"{spec}(verdict_rule={verdict_rule})"
+    return spec
 
 
 def resolve_rule(spec: str | Mapping[str, float]) -> RewardFn:

@@ -217,7 +217,7 @@ def ray_head(tmp_path_factory):
         # The dashboard answers before the head's job agent does, and jobs need the agent.
         wait_http(f"http://127.0.0.1:{dash}/api/version", 180, proc, log, "Ray runtime started")
         wait_http(f"http://127.0.0.1:{agent}/", 180, proc, log)
-        yield {"address": f"http://127.0.0.1:{dash}", "env": env}
+        yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{port}", "env": env}
     finally:
         stop_process_group(proc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 
 def count_vowels(response: str, answer: str | None) -> float:
@@ -29,4 +30,24 @@ def count_vowels_killing_the_reward_actor_once(response: str, answer: str | None
     """`count_vowels`, but the first item scored kills the reward actor mid-call: rules run in processes
     the reward actor spawned (rrm_ray.rewards.runner), so the actor is this process's parent."""
     kill_once("RRM_TEST_KILL_REWARD_MARKER", os.getppid())
+    return count_vowels(response, answer)
+
+
+def first_time(marker_env: str) -> bool:
+    """True the first time this runs anywhere (the marker file named by `marker_env` is created
+    atomically); False ever after, and when the variable is unset."""
+    marker = os.environ.get(marker_env)
+    if not marker:
+        return False
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def count_vowels_hanging_on_hang(response: str, answer: str | None) -> float:
+    """`count_vowels`, but a response that says "hang" never gets its reward: a rule stuck for good."""
+    if "hang" in response:
+        time.sleep(3600)
     return count_vowels(response, answer)

@@ -34,9 +34,8 @@ def ok(result: subprocess.CompletedProcess) -> str:
     return result.stdout
 
 
-def train_until_checkpoint(args: list[str], step_dir: Path, timeout_s: float = 600) -> list[str]:
-    """Start `rrm-ray train ARGS`, and kill -9 its whole session once `step_dir` is a complete
-    checkpoint (a driver dying between checkpoints). Returns the console lines it printed."""
+def start_train(args: list[str]) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """`rrm-ray train ARGS` in its own session, its console lines collected as they come."""
     proc = subprocess.Popen(
         [str(RRM_RAY), "train", *args],
         env=cli_env(),
@@ -49,9 +48,22 @@ def train_until_checkpoint(args: list[str], step_dir: Path, timeout_s: float = 6
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
+    return proc, lines, reader
+
+
+def own_checkpoint(root: Path, name: str, other: Path) -> Path | None:
+    """The complete checkpoint `name` of the run under `root` that is not `other`'s, if there is one."""
+    found = [p for p in root.glob(f"*/{name}") if is_complete(p) and p.parent != other]
+    return found[0] if found else None
+
+
+def train_until_checkpoint(args: list[str], root: Path, name: str, other: Path, timeout_s: float = 600):
+    """Start `rrm-ray train ARGS`, and kill -9 its whole session once its run's checkpoint `name` is
+    complete under `root` (a driver dying between checkpoints). Returns the console lines it printed."""
+    proc, lines, reader = start_train(args)
     deadline = time.monotonic() + timeout_s
     try:
-        while not is_complete(step_dir):
+        while own_checkpoint(root, name, other) is None:
             assert proc.poll() is None, "".join(lines)[-3000:]
             assert time.monotonic() < deadline, "no checkpoint in time:\n" + "".join(lines)[-3000:]
             time.sleep(0.5)
@@ -62,21 +74,65 @@ def train_until_checkpoint(args: list[str], step_dir: Path, timeout_s: float = 6
     return lines
 
 
+def train_until_sigterm(args: list[str], timeout_s: float = 600) -> tuple[int, str]:
+    """Start `rrm-ray train ARGS`, send its driver SIGTERM (as `rrm-ray stop` does) once it printed a
+    step line, and wait for it to stop by itself. Returns (exit status, console)."""
+    proc, lines, reader = start_train(args)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not any(re.match(r"step +\d+ ", line) for line in lines):
+            assert proc.poll() is None, "".join(lines)[-3000:]
+            assert time.monotonic() < deadline, "no step in time:\n" + "".join(lines)[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # the driver only, not its session
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        reader.join(timeout=10)
+    return rc, "".join(lines)
+
+
+def foreign_run(root: Path) -> Path:
+    """Another run's complete checkpoint at a later step, written long ago, in the same checkpoint.dir."""
+    other = root / "grpo-20200101-000000-beef"
+    step = other / "step_000010"
+    step.mkdir(parents=True)
+    (step / "driver_state.json").write_text(
+        json.dumps(
+            {"step": 10, "data_position": 20, "mlflow_run_id": None, "extra": {}, "run_id": other.name}
+        )
+    )
+    (step / "COMPLETE").write_text(
+        json.dumps({"written_at": 0.0, "run_id": other.name, "step": 10, "files": {}})
+    )
+    return other
+
+
 def baseline_line(console: str) -> str:
     (line,) = re.findall(r"held-out before training.*: (.*)", console)
     return line
 
 
+SECRET = "hf_PLANTEDsecretVALUE0123456789"
+
+
 @runs_command("train", "export")
-def test_train_console_resume_after_a_kill_and_export(tiny_model, tmp_path):
+def test_train_console_kill_sigterm_resume_and_export(tiny_model, tmp_path):
+    """One run through the console script: killed (SIGKILL) after its first checkpoint, resumed and
+    stopped by SIGTERM (a checkpoint, the run KILLED, exit 143), resumed again to the end, exported.
+    Another run's later checkpoint sits in the same checkpoint.dir all along and is never used or
+    touched; a token planted in cluster.env shows nowhere: console, job log, MLflow store, checkpoints."""
     mmlu = REPO / "tests" / "fixtures" / "downstream" / "mmlu_pro_sample.jsonl"
     overrides = tiny_overrides(
         tiny_model,
         tmp_path,
         **{
-            "trainer.total_steps": 3,
+            "trainer.total_steps": 5,
             "checkpoint.every": 1,
-            "checkpoint.keep_last": 3,
+            "checkpoint.keep_last": 5,
+            "cluster.env.HF_TOKEN": SECRET,
             # lm-eval on the starting policy (first run) and the final one (the resumed run's end)
             "trainer.downstream_eval.enabled": "true",
             "trainer.downstream_eval.tasks.mmlu_pro": str(mmlu),
@@ -84,9 +140,13 @@ def test_train_console_resume_after_a_kill_and_export(tiny_model, tmp_path):
         },
     )
     ckpt = tmp_path / "ckpt"
-    first = "".join(train_until_checkpoint(["configs/quickstart.yaml", *overrides], ckpt / "step_000001"))
+    other = foreign_run(ckpt)
+    args = ["configs/quickstart.yaml", *overrides]
+    first = "".join(train_until_checkpoint(args, ckpt, "step_000001", other))
+    run_dir = own_checkpoint(ckpt, "step_000001", other).parent
 
-    # A quiet console: the run id, where the actor logs go, the baseline; no worker output.
+    # A quiet console: the run and its folder, the run id, where the actor logs go, the baseline.
+    assert f"run {run_dir.name}: checkpoints and the final policy go to {run_dir}" in first
     assert re.search(r"^MLflow run [0-9a-f]{32} at sqlite:", first, flags=re.M), first
     (log_file,) = re.findall(r"^actor and engine logs: (\S+)$", first, flags=re.M)
     assert Path(log_file).parent == (ckpt / "logs").resolve()
@@ -95,33 +155,57 @@ def test_train_console_resume_after_a_kill_and_export(tiny_model, tmp_path):
     assert worker_output.count("--- ray worker pid") >= 4  # engine, 2 learner ranks, reward actor
     baseline = baseline_line(first)
 
-    resumed = ok(rrm_ray_cli("train", "configs/quickstart.yaml", *overrides, "resume=auto", env=cli_env()))
-    (start,) = (int(s) for s in re.findall(r"^resumed at step (\d+) from ", resumed, flags=re.M))
-    assert start in (1, 2)  # the kill came after step 1's checkpoint, perhaps after step 2's too
-    assert "held-out before training (the original run's baseline)" in resumed
-    assert baseline_line(resumed) == baseline
-    assert "steps 3 in" in resumed
-
+    # SIGTERM mid-run: the step in flight ends, a checkpoint is written, the run is KILLED, exit 143.
+    rc, stopped = train_until_sigterm([*args, "resume=auto"])
+    assert rc == 143, stopped[-3000:]
+    assert "SIGTERM: stopping after the step in flight" in stopped
+    (at,) = (
+        int(s) for s in re.findall(r"stopped by SIGTERM after step (\d+); `resume=auto` continues", stopped)
+    )
+    assert is_complete(run_dir / f"step_{at:06d}") and f"from {run_dir}" in stopped
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("integration").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["rrm_ray.stopped_by"] == "SIGTERM"
+
+    resumed = ok(rrm_ray_cli("train", *args, "resume=auto", env=cli_env()))
+    (start,) = (int(s) for s in re.findall(r"^resumed at step (\d+) from ", resumed, flags=re.M))
+    assert start == at  # exactly where the stop left it
+    assert "held-out before training (the original run's baseline)" in resumed
+    assert baseline_line(resumed) == baseline
+    assert "steps 5 in" in resumed
+
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_before/reward_mean")] == [0]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "reward/mean")]
-    assert sorted(set(steps)) == [1, 2, 3]
+    assert sorted(set(steps)) == [1, 2, 3, 4, 5]
     # downstream accuracy of the initial policy at step 0, of the final one at the last step; the
     # resumed run does not evaluate the initial policy again
     acc = client.get_metric_history(run.info.run_id, "downstream/mmlu_pro/acc")
-    assert [m.step for m in acc] == [0, 3] and all(0 <= m.value <= 1 for m in acc)
+    assert [m.step for m in acc] == [0, 5] and all(0 <= m.value <= 1 for m in acc)
     assert re.search(r"^downstream mmlu_pro: after \d\.\d{3}$", resumed, flags=re.M), resumed
+    assert (run_dir / "final" / "config.json").is_file()
+    assert sorted(p.name for p in other.iterdir()) == ["step_000010"]  # the other run: untouched
+
+    # The planted token is nowhere: consoles, the job logs, the MLflow store, the checkpoints.
+    assert client.get_run(run.info.run_id).data.params["cluster.env.HF_TOKEN"] == "***"
+    for console in (first, stopped, resumed):
+        assert SECRET not in console
+    stored = [tmp_path / "mlflow.db", *ckpt.rglob("*")]
+    leaks = [str(p) for p in stored if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaks, leaks
 
     out = tmp_path / "hf"
-    ok(rrm_ray_cli("export", str(ckpt / "step_000003"), "--out", str(out), "--dtype", "bfloat16"))
+    ok(rrm_ray_cli("export", str(run_dir / "step_000005"), "--out", str(out), "--dtype", "bfloat16"))
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
     with safe_open(str(next(out.glob("*.safetensors"))), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}  # noqa: SIM118
     assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 0
+    again = rrm_ray_cli("export", str(run_dir / "step_000005"), "--out", str(out))
+    assert again.returncode == 2 and "exists and is not empty; pass --overwrite" in again.stderr
 
 
 @runs_command("dpo")
@@ -167,7 +251,7 @@ def test_dpo_with_rrm_labels(tiny_model, tmp_path):
     assert client.get_metric_history(run_id, "dpo/grad_norm")[0].value > 0
     tables = [a.path for a in client.list_artifacts(run_id, "tables")]
     assert any("dpo_pairs" in t for t in tables)
-    assert (tmp_path / "ckpt" / "final" / "config.json").is_file()
+    assert len(list((tmp_path / "ckpt").glob("dpo-*/final/config.json"))) == 1  # the run's own folder
 
 
 def forced_choice_judge(tiny_model: str) -> list[str]:

@@ -36,8 +36,8 @@ def test_roles_sharing_bundles_take_turns(ray_local, tiny_model, tmp_path):
             "judge.enabled": True,
             "judge.model_path": tiny_model,
             "judge.max_new_tokens": 8,
-            "judge.max_prompt_tokens": 400,
-            "judge.max_model_len": 512,
+            "judge.max_prompt_tokens": 600,  # the released RRMs' prompt alone takes ~400 tokens
+            "judge.max_model_len": 640,
             "judge.kv_cache_gib": 1,
             "judge.threads": 1,
             "judge.reward_mix": "weighted",

@@ -60,6 +60,7 @@ def test_each_role_recovers_on_its_own_and_the_run_resumes(ray_local, tiny_model
             "judge_restarts": 1,
             "reward_restarts": 1,
             "learner_recoveries": 0,
+            **{f"{role}_hangs": 0 for role in ("rollout", "judge", "reward", "learner")},
         }
         assert job.roles.learner.group.actor_ids() == learner_ids and job.step == 1  # no rollback
         prompts, n = cfg.data.prompts_per_step, cfg.rollout.n_samples

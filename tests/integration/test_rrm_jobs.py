@@ -41,6 +41,7 @@ def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model,
                 "algorithm.filter_flat_groups": "true",
                 "trainer.eval_every": 1,
                 "judge.max_prompt_tokens": 400,
+                "judge.over_length": "truncate",  # some generated pairs are longer: cut, and counted
                 "judge.max_new_tokens": 16,
                 "judge.max_model_len": 512,
                 "data.format": "preference",
@@ -89,6 +90,7 @@ def test_judge_training_steps_and_the_trained_judge_loads(ray_local, tiny_model,
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
     run = client.get_run(summary["run_id"])
     assert "eval_after/accuracy" in run.data.metrics
+    assert "data/over_length_pairs/train.jsonl" in run.data.metrics  # the cut pairs, counted
     # before, after step 1 (eval_every=1), and the final one: step 2 is not evaluated twice
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")] == [0, 1, 2]
 
@@ -130,8 +132,9 @@ def test_grpo_with_rrm_rewards(ray_local, tiny_model, tmp_path):
                 "judge.method": "knockout",
                 "judge.votes": 1,
                 "judge.max_new_tokens": 8,
-                "judge.max_prompt_tokens": 400,  # the judge's instructions alone take ~250 tokens
-                "judge.max_model_len": 512,
+                # the released RRMs' prompt (prompt_style auto in rrm mode) alone takes ~400 tokens
+                "judge.max_prompt_tokens": 600,
+                "judge.max_model_len": 640,
                 "judge.kv_cache_gib": 1,
                 "judge.threads": 1,
                 "judge.reward_mix": "weighted",
@@ -145,7 +148,7 @@ def test_grpo_with_rrm_rewards(ray_local, tiny_model, tmp_path):
     for step in summary["history"]:
         # knockout over n samples: n - 1 comparisons per prompt, all of a step in one judge call
         assert step["judge/comparisons"] == prompts * (n - 1)
-        assert step["judge/rejected"] == 0
+        assert step["judge/over_length_pairs"] == 0
         assert step["judge/judge_calls"] >= 1
         assert "time/reward_s" in step
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -26,8 +27,11 @@ def rrm_ray(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedPr
 @runs_command("submit", "list", "status", "logs")
 def test_submit_follow_list_status_logs(cluster, tiny_model, tmp_path):
     # The job's files live outside the uploaded working dir: give it absolute paths.
+    secret = "hf_PLANTEDsubmitSECRET0123456789"
     overrides = tiny_overrides(
-        tiny_model, tmp_path, **{"trainer.total_steps": 1, "checkpoint.save_final": False}
+        tiny_model,
+        tmp_path,
+        **{"trainer.total_steps": 1, "checkpoint.save_final": False, "cluster.env.HF_TOKEN": secret},
     )
     config = "configs/quickstart.yaml"
     # As the README writes it: options first, the overrides after `--`.
@@ -45,9 +49,16 @@ def test_submit_follow_list_status_logs(cluster, tiny_model, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "submission rrm-e2e-1 SUCCEEDED" in result.stdout
     assert "steps 1 in" in result.stdout  # the driver's summary came back through the logs
+    assert re.search(r"^uploading .*: \d+ files, [\d.]+ MiB \(left out: .*\.env\*", result.stdout, re.M)
+    assert "1 secret override value(s) travel in the job's environment" in result.stdout
 
     listed = rrm_ray("list", "--address", cluster["address"], env=cluster["env"], timeout=120)
     assert "rrm-e2e-1\tSUCCEEDED" in listed.stdout
+    # The token reached the job (its config has it) but not its entrypoint, logs or stored config.
+    assert "cluster.env.HF_TOKEN=${oc.env:RRM_RAY_SECRET_0}" in listed.stdout
+    assert secret not in listed.stdout + result.stdout + result.stderr
+    stored = [tmp_path / "mlflow.db", *(tmp_path / "ckpt").rglob("*")]
+    assert not [str(p) for p in stored if p.is_file() and secret.encode() in p.read_bytes()]
     status = rrm_ray("status", "rrm-e2e-1", "--address", cluster["address"], env=cluster["env"], timeout=120)
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
     logs = rrm_ray("logs", "rrm-e2e-1", "--address", cluster["address"], env=cluster["env"], timeout=120)

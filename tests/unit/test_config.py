@@ -42,7 +42,50 @@ def test_defaults_and_overrides_are_typed():
         (["judge.max_model_len=100"], "judge.max_model_len"),
         (["cluster.local_num_cpus=2"], "asks for 3.5 logical CPUs but the local Ray declares 2"),
         (["algorithm.mini_batches=3"], "algorithm.mini_batches"),
-        (["judge.prompt_style=tiny"], "judge.prompt_style: got 'tiny', allowed: full, compact"),
+        (
+            ["judge.prompt_style=tiny"],
+            "judge.prompt_style: got 'tiny', allowed: auto, rrm_release, mtbench, compact",
+        ),
+        (["judge.prompt_style=full"], "judge.prompt_style: 'full' was renamed to mtbench"),
+        (["judge.over_length=reject"], "judge.over_length: 'reject' was renamed: skip"),
+        (["judge.over_length=cut"], "judge.over_length: got 'cut', allowed: truncate, skip, error"),
+        (["judge.verdict_rule=strict"], "judge.verdict_rule: got 'strict', allowed: release, lenient"),
+        (
+            ["judge.presentation=random"],
+            "judge.presentation: got 'random', allowed: both_orders, seeded_coin",
+        ),
+        (
+            ["judge.mode=direct", "judge.prompt_style=rrm_release"],
+            "rrm_release is the released RRMs' reasoning prompt and needs judge.mode=rrm",
+        ),
+        (
+            ["judge.mode=direct", "judge.verdict=choice_prob", "judge.presentation=seeded_coin"],
+            "choice_prob scores both orders",
+        ),
+        (["judge.endpoint.url=localhost:8000"], "judge.endpoint.url: expected http://host:port"),
+        (["judge.endpoint.api_key_env=sk-abc123"], "never the key itself"),
+        (["judge.endpoint.max_concurrency=0"], "judge.endpoint.max_concurrency: must be >= 1"),
+        (
+            ["judge.endpoint.url=http://h:1", "judge.think_budget=8"],
+            "a judge behind judge.endpoint.url cannot; set judge.think_budget=0",
+        ),
+        (
+            [
+                "judge.enabled=true",
+                "judge.endpoint.url=http://h:1",
+                "cluster.colocate=[[rollout,judge]]",
+                "judge.num_engines=1",
+            ],
+            "serves the judge outside this job: it has no bundles to share",
+        ),
+        (
+            ["data.format=preference", "reward.rule=judge_rrm(verdict_rule=lenient)"],
+            "judge training reads verdicts by judge.verdict_rule",
+        ),
+        (
+            ["data.format=preference", "reward.rule=judge_rrm", "judge.max_prompt_tokens=500"],
+            "model.max_model_len >= 628",
+        ),
         (["judge.mode=direct", "judge.think_budget=8"], "a thinking budget needs judge.mode=rrm"),
         (["judge.verdict=choice_prob"], "'choice_prob' needs judge.mode=direct"),
         (["judge.mode=direct", "judge.verdict=choice_prob", "judge.votes=3"], "judge.votes: must be 1"),

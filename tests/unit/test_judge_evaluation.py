@@ -64,3 +64,41 @@ def test_samples_regroup_per_prompt_and_unanswered_prompts_have_no_flags():
     assert flags == [[True, False], None, [False, False]]
     with pytest.raises(ValueError):
         bon.per_prompt(index, ["a"], 3)  # one value per sample
+
+
+def test_rewardbench_fixture_over_length_count_at_the_cpu_config_limits():
+    """configs/judge_cpu.yaml (SmolLM2's tokenizer, the release's prompt, 1536 prompt tokens): every
+    RewardBench fixture item fits in both orders. At a limit the longer items do not fit, the service
+    counts exactly those pairs (judge/over_length_pairs) and leaves them undecided (skip)."""
+    from rrm_ray.judge.prompts import PromptTooLongError
+    from rrm_ray.judge.records import JudgeSettings
+    from rrm_ray.judge.service import JudgeService, presentations
+    from rrm_ray.models import load_tokenizer, resolve_model_path
+    from rrm_ray.validation import load_config
+
+    cfg = load_config("configs/judge_cpu.yaml", ["judge.votes=2", "judge.over_length=error"])
+    tokenizer = load_tokenizer(resolve_model_path(cfg.judge.model_path))
+    items = load_rewardbench(FIXTURES / "rewardbench_tiny.jsonl").items
+    pairs = [JudgePair(it.prompt, it.chosen, it.rejected) for it in items]
+    settings = JudgeSettings.from_config(cfg.judge, cfg.trainer.seed)
+    lengths = [max(p["prompt_tokens"] for p in presentations(tokenizer, settings, pair)) for pair in pairs]
+    assert len(pairs) == 13 and max(lengths) <= cfg.judge.max_prompt_tokens  # over length: 0 of 13
+
+    limit = sorted(lengths)[len(lengths) // 2]  # about half the items are longer
+    tight = JudgeSettings.from_config(
+        load_config("configs/judge_cpu.yaml", ["judge.votes=2", f"judge.max_prompt_tokens={limit}"]).judge,
+        cfg.trainer.seed,
+    )
+    assert tight.over_length == "truncate"  # judge_cpu.yaml cuts, counted
+    skip = JudgeSettings(**{**tight.__dict__, "over_length": "skip"})
+    service = JudgeService(
+        lambda prompts, n: [["</think>\\boxed{Assistant 1}"] * n] * len(prompts), tokenizer, skip
+    )
+    out = service.compare(pairs)
+    longer = [n > limit for n in lengths]
+    assert service.stats.over_length_pairs == service.stats.skipped == sum(longer) > 0
+    assert [j.error is not None for j in out] == longer
+    for pair, over in zip(pairs, longer, strict=True):
+        if over:
+            with pytest.raises(PromptTooLongError):
+                presentations(tokenizer, skip, pair)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from rrm_ray.judge.prompts import (
@@ -12,12 +17,25 @@ from rrm_ray.judge.prompts import (
     CUT_MARK,
     DIRECT_SYSTEM_PROMPT,
     JUDGE_SYSTEM_PROMPT,
+    RRM_RELEASE_ANALYSIS,
+    RRM_RELEASE_SYSTEM_PROMPT,
+    RRM_RELEASE_USER_TEMPLATE,
     JudgePrompt,
     PromptTooLongError,
     build_judge_messages,
     fit_pair_to_context,
     render_judge_prompt,
+    resolve_prompt_style,
 )
+
+RELEASE = json.loads((Path(__file__).parents[1] / "fixtures" / "rrm_release_prompts.json").read_text())
+# sha256 of the release's three strings (their UTF-8 values), worked out from the authors' source
+# independently of the fixture: the fixture and the code must both hash to these.
+RELEASE_SHA256 = {
+    "system_prompt": "84b052628bac5f29f880e49277ea0b8b449fc4fadcc1ac3cb1a62e858f98529a",
+    "user_template": "fd0cb0626b21306e1a38af3b286656316d5989bc11e218a2fe3e03007bab7edc",
+    "analysis_suffix": "5c0113e9a6d858af0047c73e7421f4ce19daaf2641e1f4866a3a2cd297cbc7ee",
+}
 
 # A generic template that knows nothing about thinking.
 PLAIN_TEMPLATE = (
@@ -32,6 +50,16 @@ R1_TEMPLATE = (
 )
 # A template that opens <think> but without the newline.
 THINK_NO_NEWLINE_TEMPLATE = R1_TEMPLATE.replace("<think>\n", "<think>")
+# The DeepSeek-R1-Distill-Qwen template as it renders these messages: BOS, the (last) system text with
+# no role tag, each user turn after <｜User｜>, and <｜Assistant｜><think>\n to generate.
+BOS = "<｜begin▁of▁sentence｜>"
+DEEPSEEK_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system_prompt='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system_prompt = m['content'] %}"
+    "{% endif %}{% endfor %}{{ ns.system_prompt }}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
+)
 
 _CORPUS = [
     "The user asks a question and two assistants answer it. Which assistant's answer is better?",
@@ -47,7 +75,15 @@ def _base_tokenizer() -> Tokenizer:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=500,
-        special_tokens=["<|User|>", "<|Assistant|>", "<think>", "</think>"],
+        special_tokens=[
+            "<|User|>",
+            "<|Assistant|>",
+            "<think>",
+            "</think>",
+            BOS,
+            "<｜User｜>",
+            "<｜Assistant｜>",
+        ],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -59,8 +95,16 @@ def _base_tokenizer() -> Tokenizer:
 def make_tokenizer():
     base = _base_tokenizer()
 
-    def make(template: str | None) -> PreTrainedTokenizerFast:
-        hf = PreTrainedTokenizerFast(tokenizer_object=base)
+    def make(template: str | None, adds_bos: bool = False) -> PreTrainedTokenizerFast:
+        """``adds_bos``: like DeepSeek-R1-Distill's tokenizer, ``encode`` prepends BOS (and its template
+        writes one too), so encoding the rendered text with special tokens doubles it."""
+        tok = Tokenizer.from_str(base.to_str())
+        if adds_bos:
+            bos_id = tok.token_to_id(BOS)
+            tok.post_processor = processors.TemplateProcessing(
+                single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+            )
+        hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS if adds_bos else None)
         hf.chat_template = template
         return hf
 
@@ -90,8 +134,8 @@ def test_system_prompts_cover_criteria_and_verdict_format():
 @pytest.mark.parametrize(
     "mode, style, system",
     [
-        ("rrm", "full", JUDGE_SYSTEM_PROMPT),
-        ("direct", "full", DIRECT_SYSTEM_PROMPT),
+        ("rrm", "mtbench", JUDGE_SYSTEM_PROMPT),
+        ("direct", "mtbench", DIRECT_SYSTEM_PROMPT),
         ("rrm", "compact", COMPACT_SYSTEM_PROMPTS["rrm"]),
         ("direct", "compact", COMPACT_SYSTEM_PROMPTS["direct"]),
     ],
@@ -112,12 +156,13 @@ def test_build_judge_messages_layout(mode, style, system):
 @pytest.mark.parametrize(
     "mode, style, verdict",
     [
-        ("rrm", "full", "generate"),
+        ("rrm", "rrm_release", "generate"),
+        ("rrm", "mtbench", "generate"),
         ("rrm", "compact", "generate"),
-        ("direct", "full", "generate"),
+        ("direct", "mtbench", "generate"),
         ("direct", "compact", "generate"),
         ("direct", "compact", "choice"),
-        ("direct", "full", "choice_prob"),
+        ("direct", "mtbench", "choice_prob"),
     ],
 )
 def test_pairs_of_one_query_share_the_token_prefix_up_to_the_first_response(
@@ -135,7 +180,8 @@ def test_pairs_of_one_query_share_the_token_prefix_up_to_the_first_response(
     ]
     heads = [t[: t.index(answers[a])] for t, (a, _) in zip(texts, pairs, strict=True)]
     assert len(set(heads)) == 1 and query in heads[0]
-    assert heads[0].endswith("[The Start of Assistant 1's Answer]\n")
+    first_label = "### Assistant 1\n\n" if style == "rrm_release" else "[The Start of Assistant 1's Answer]\n"
+    assert heads[0].endswith(first_label)
     head = tok.encode(heads[0], add_special_tokens=False)
     for text in texts:
         assert tok.encode(text, add_special_tokens=False)[: len(head)] == head
@@ -158,9 +204,89 @@ def test_compact_prompts_show_the_reply_they_want():
 
 def test_fit_uses_the_style(make_tokenizer):
     tok = make_tokenizer(PLAIN_TEMPLATE)
-    full = fit_pair_to_context(tok, "q", "a", "b", 4096, mode="rrm")
+    full = fit_pair_to_context(tok, "q", "a", "b", 4096, mode="rrm", style="mtbench")
     compact = fit_pair_to_context(tok, "q", "a", "b", 4096, mode="rrm", style="compact")
     assert COMPACT_SYSTEM_PROMPTS["rrm"] in compact.text and compact.num_tokens < full.num_tokens
+    release = fit_pair_to_context(tok, "q", "a", "b", 4096, mode="rrm")  # auto: the release's
+    assert release.text.count(RRM_RELEASE_SYSTEM_PROMPT) == 1 and "[User Question]" not in release.text
+
+
+def test_auto_style_is_the_release_for_an_rrm_and_mtbench_for_a_direct_judge():
+    assert resolve_prompt_style("auto", "rrm") == "rrm_release"
+    assert resolve_prompt_style("auto", "direct") == "mtbench"
+    assert resolve_prompt_style("compact", "rrm") == "compact"
+    with pytest.raises(ValueError, match="prompt_style must be one of"):
+        resolve_prompt_style("full", "rrm")
+    with pytest.raises(ValueError, match=r"rrm_release.*mode 'rrm'"):
+        build_judge_messages("q", "a", "b", mode="direct", style="rrm_release")
+
+
+# ---- the released RRMs' prompt ------------------------------------------------------------------
+def test_release_strings_are_the_authors_byte_for_byte():
+    for key, digest in RELEASE_SHA256.items():
+        assert hashlib.sha256(RELEASE[key].encode("utf-8")).hexdigest() == digest, key
+        assert RELEASE[f"{key}_sha256"] == digest
+    assert RELEASE["system_prompt"] == RRM_RELEASE_SYSTEM_PROMPT
+    assert RELEASE["user_template"] == RRM_RELEASE_USER_TEMPLATE
+    assert RELEASE["analysis_suffix"] == RRM_RELEASE_ANALYSIS
+
+
+@pytest.mark.parametrize(
+    "query, first, second",
+    [
+        ("Q?", "R1", "R2"),
+        ("Write {x} and {{y}} in Python.", "print('{x}')", "```\n{}\n```"),  # braces stay as they are
+        ("Tell me.\n\n## Query\n\nfake", "### Assistant 2\n\nspoof", ""),  # headings inside content
+    ],
+)
+def test_release_messages_are_the_release_assembly(query, first, second):
+    """System message, then the user message: the template filled in, with the "## Analysis" text at its
+    end (format_judge_answers, model_modifier Skywork); response `first` is Assistant 1."""
+    system, user = build_judge_messages(query, first, second, mode="rrm", style="rrm_release")
+    assert system == {"role": "system", "content": RELEASE["system_prompt"]}
+    expected = (
+        RELEASE["user_template"].format(question=query, answer1=first, answer2=second)
+        + RELEASE["analysis_suffix"]
+    )
+    assert user == {"role": "user", "content": expected}
+    assert user["content"].encode("utf-8") == expected.encode("utf-8")
+
+
+def test_release_prompt_renders_as_the_release_does(make_tokenizer):
+    """Through the R1-Distill template nothing is appended (its own <think>\\n ends the prompt); with no
+    template the release sends system + user text as they are."""
+    ex = RELEASE["rendered_example"]
+    tok = make_tokenizer(DEEPSEEK_TEMPLATE, adds_bos=True)
+    got = fit_pair_to_context(tok, ex["question"], ex["answer1"], ex["answer2"], 100_000)
+    assert got.text == ex["text"] and got.text.count("<think>") == 1
+    bare = make_tokenizer(None)
+    text = render_judge_prompt(bare, build_judge_messages("Q?", "R1", "R2"), "rrm", style="rrm_release")
+    assert (
+        text
+        == RELEASE["system_prompt"]
+        + RELEASE["user_template"].format(question="Q?", answer1="R1", answer2="R2")
+        + RELEASE["analysis_suffix"]
+    )
+    # A template that does not open <think>: still nothing appended (the release appends nothing)
+    plain = render_judge_prompt(make_tokenizer(PLAIN_TEMPLATE), build_judge_messages("Q?", "R1", "R2"), "rrm")
+    assert plain.endswith("<|assistant|>\n") and "<think>" not in plain
+
+
+def test_prompt_token_ids_are_encoded_once_with_one_bos(make_tokenizer):
+    """The template writes BOS as text and the tokenizer adds BOS when asked for special tokens: the
+    ids the engine gets are the text encoded once without special tokens, so BOS appears once (an
+    engine tokenizing the text itself, as vLLM does for a text prompt, would send two)."""
+    tok = make_tokenizer(DEEPSEEK_TEMPLATE, adds_bos=True)
+    bos = tok.convert_tokens_to_ids(BOS)
+    got = fit_pair_to_context(tok, "Q?", "R1", "R2", 100_000)
+    assert got.text.startswith(BOS) and got.token_ids[0] == bos
+    assert got.token_ids.count(bos) == 1 and got.num_tokens == len(got.token_ids)
+    assert list(got.token_ids) == tok.encode(got.text, add_special_tokens=False)
+    assert tok.encode(got.text)[:2] == [bos, bos]  # the double BOS this avoids
+    long_1, long_2 = _words(300, "alpha"), _words(300, "beta")
+    limit = fit_pair_to_context(tok, "Q?", long_1, long_2, 100_000).num_tokens - 1000
+    cut = fit_pair_to_context(tok, "Q?", long_1, long_2, limit, policy="truncate")
+    assert cut.truncated and cut.token_ids.count(bos) == 1 and cut.num_tokens <= limit
 
 
 def test_build_judge_messages_rejects_bad_input():
@@ -185,7 +311,8 @@ def test_build_judge_messages_rejects_bad_input():
 )
 def test_render_adds_think_prefix_exactly_once(make_tokenizer, template, mode, think_count, ends_with):
     tok = make_tokenizer(template)
-    text = render_judge_prompt(tok, build_judge_messages("Q?", "A1", "A2", mode), mode)
+    messages = build_judge_messages("Q?", "A1", "A2", mode, style="mtbench")
+    text = render_judge_prompt(tok, messages, mode, style="mtbench")
     assert text.endswith(ends_with)
     assert text.count("<think>") == think_count
     assert "Q?" in text and "A1" in text and "A2" in text
@@ -193,7 +320,8 @@ def test_render_adds_think_prefix_exactly_once(make_tokenizer, template, mode, t
 
 def test_render_fallback_without_chat_template(make_tokenizer):
     tok = make_tokenizer(None)
-    text = render_judge_prompt(tok, build_judge_messages("Q?", "A1", "A2"), "rrm")
+    messages = build_judge_messages("Q?", "A1", "A2", style="mtbench")
+    text = render_judge_prompt(tok, messages, "rrm", style="mtbench")
     assert text.startswith("System:\n" + JUDGE_SYSTEM_PROMPT + "\n\nUser:\n[User Question]\nQ?")
 
 
@@ -202,8 +330,10 @@ def test_render_fallback_without_chat_template(make_tokenizer):
 def test_fit_returns_full_prompt_when_it_fits(make_tokenizer, template):
     tok = make_tokenizer(template)
     got = fit_pair_to_context(tok, "Q?", "A1", "A2", max_prompt_tokens=100_000)
-    want = render_judge_prompt(tok, build_judge_messages("Q?", "A1", "A2"), "rrm")
-    assert got == JudgePrompt(want, _count(tok, want), truncated=False)
+    messages = build_judge_messages("Q?", "A1", "A2")
+    want = render_judge_prompt(tok, messages, "rrm")
+    ids = tuple(tok.encode(want, add_special_tokens=False))
+    assert got == JudgePrompt(want, ids, False, tuple(messages)) and got.num_tokens == _count(tok, want)
 
 
 @pytest.mark.parametrize("template", [PLAIN_TEMPLATE, R1_TEMPLATE, None])
@@ -212,9 +342,10 @@ def test_fit_returns_full_prompt_when_it_fits(make_tokenizer, template):
 def test_truncate_keeps_prompt_within_limit(make_tokenizer, template, mode, slack):
     tok = make_tokenizer(template)
     query, r1, r2 = _words(50, "q"), _words(400, "alpha"), _words(700, "beta")
-    overhead = _count(tok, render_judge_prompt(tok, build_judge_messages("", "", "", mode), mode))
+    empty = build_judge_messages("", "", "", mode, style="mtbench")
+    overhead = _count(tok, render_judge_prompt(tok, empty, mode, style="mtbench"))
     limit = overhead + slack + 30
-    got = fit_pair_to_context(tok, query, r1, r2, limit, mode=mode, policy="truncate")
+    got = fit_pair_to_context(tok, query, r1, r2, limit, mode=mode, policy="truncate", style="mtbench")
     assert got.truncated
     assert got.num_tokens == _count(tok, got.text) <= limit
     assert CUT_MARK in got.text
@@ -228,7 +359,7 @@ def test_truncate_cuts_longer_response_middle_and_keeps_short_one(make_tokenizer
     query, short, long_ = "Short question?", _words(20, "s"), _words(2000, "long")
     full = fit_pair_to_context(tok, query, short, long_, 100_000)
     limit = full.num_tokens // 3
-    got = fit_pair_to_context(tok, query, short, long_, limit)
+    got = fit_pair_to_context(tok, query, short, long_, limit, policy="truncate")
     assert got.num_tokens <= limit
     assert query in got.text and short in got.text  # query and the short answer are untouched
     # The long answer keeps its head and its tail (where the final answer is), minus the middle.
@@ -239,38 +370,44 @@ def test_truncate_cuts_longer_response_middle_and_keeps_short_one(make_tokenizer
 def test_truncate_cuts_query_from_start_when_query_dominates(make_tokenizer):
     tok = make_tokenizer(PLAIN_TEMPLATE)
     query = _words(3000, "ctx") + " So what is the answer?"
-    got = fit_pair_to_context(tok, query, "Four.", "Five.", 1500)
+    got = fit_pair_to_context(tok, query, "Four.", "Five.", 1500, policy="truncate", style="mtbench")
     assert got.num_tokens <= 1500
     assert "So what is the answer?" in got.text and "ctx0 " not in got.text
     assert "Four." in got.text and "Five." in got.text
     assert f"[User Question]\n{CUT_MARK} " in got.text
+    release = fit_pair_to_context(tok, query, "Four.", "Five.", 1500, policy="truncate")
+    assert f"## Query\n\n{CUT_MARK} " in release.text and release.text.endswith("<|assistant|>\n")
 
 
-def test_reject_raises_with_token_counts(make_tokenizer):
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_skip_and_error_raise_with_token_counts(make_tokenizer, policy):
     tok = make_tokenizer(R1_TEMPLATE)
     r1, r2 = _words(300, "alpha"), _words(300, "beta")
     full = fit_pair_to_context(tok, "Q?", r1, r2, 100_000)
     with pytest.raises(PromptTooLongError) as err:
-        fit_pair_to_context(tok, "Q?", r1, r2, 200, policy="reject", where="pairs.jsonl row 7: ")
+        fit_pair_to_context(tok, "Q?", r1, r2, 200, policy=policy, where="pairs.jsonl row 7: ")
     msg = str(err.value)
     assert isinstance(err.value, ValueError)
-    assert msg.startswith("pairs.jsonl row 7: ")
+    assert msg.startswith("pairs.jsonl row 7: ") and f"judge.over_length={policy}" in msg
     assert f"{full.num_tokens} tokens" in msg and "judge.max_prompt_tokens is 200" in msg
     assert f"response 1 {_count(tok, r1)}" in msg and f"response 2 {_count(tok, r2)}" in msg
     assert (err.value.num_tokens, err.value.limit) == (full.num_tokens, 200)
+    # it crosses from a judge actor to the driver (pickled) with its message and counts
+    back = pickle.loads(pickle.dumps(err.value))
+    assert (str(back), back.num_tokens, back.limit) == (msg, full.num_tokens, 200)
 
 
 def test_truncate_raises_when_template_alone_does_not_fit(make_tokenizer):
     tok = make_tokenizer(PLAIN_TEMPLATE)
     with pytest.raises(PromptTooLongError, match=r"judge\.max_prompt_tokens=50"):
-        fit_pair_to_context(tok, "Q?", _words(100, "a"), _words(100, "b"), 50)
+        fit_pair_to_context(tok, "Q?", _words(100, "a"), _words(100, "b"), 50, policy="truncate")
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"max_prompt_tokens": 0}, "positive int"),
-        ({"max_prompt_tokens": 100, "policy": "drop"}, "overflow policy"),
+        ({"max_prompt_tokens": 100, "policy": "reject"}, "over_length must be one of"),
         ({"max_prompt_tokens": 100, "mode": "fast"}, "judge mode"),
     ],
 )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from rrm_ray.judge.verdict import parse_verdict
 from rrm_ray.rewards.judge_reward import JudgeRewardResult, judge_reward
+from tests.unit.test_verdict import RELEASE_TABLE
 
 A1, A2 = "\\boxed{Assistant 1}", "\\boxed{Assistant 2}"
 
-# (output, label, prompt_opened_think, mode) -> (reward, format_ok, verdict, correct)
+# The lenient rule: (output, label, prompt_opened_think, mode) -> (reward, format_ok, verdict, correct)
 CASES = [
     # RRM mode, full think block in the output.
     (f"<think>compare</think>\n{A1}", 1, False, "rrm", (1.0, True, 1, True)),
@@ -39,8 +41,29 @@ CASES = [
 
 
 @pytest.mark.parametrize("output, label, opened, mode, expected", CASES)
-def test_judge_reward_table(output, label, opened, mode, expected):
-    assert judge_reward(output, label, opened, mode) == JudgeRewardResult(*expected)
+def test_judge_reward_table_lenient(output, label, opened, mode, expected):
+    assert judge_reward(output, label, opened, mode, rule="lenient") == JudgeRewardResult(*expected)
+
+
+@pytest.mark.parametrize("text", [c[1] for c in RELEASE_TABLE], ids=[c[0] for c in RELEASE_TABLE])
+@pytest.mark.parametrize("label", [1, 2])
+@pytest.mark.parametrize("opened", [True, False])
+def test_release_rule_rewards_exactly_what_the_release_parser_accepts(text, label, opened):
+    """A judge trained with the default rule earns +1 only where the release's evaluation parser reads
+    the right verdict, -1 where it reads the wrong one, and the format penalty where it reads none."""
+    read = parse_verdict(text, "release")
+    result = judge_reward(text, label, opened, "rrm")
+    assert result.verdict == read and result.format_ok == (read is not None)
+    assert result.reward == (1.0 if read == label else -1.0)
+    assert result.correct == (read == label)
+    malformed = judge_reward(text, label, opened, "rrm", format_fail_reward=-2.0).reward
+    assert malformed == (-2.0 if read is None else result.reward)
+
+
+def test_release_rule_is_the_default_and_differs_from_lenient_on_a_wrapped_box():
+    wrapped = "<think>x</think>\\boxed{\\text{Assistant 1}}"
+    assert judge_reward(wrapped, 1, True).reward == -1.0  # the release reads no verdict
+    assert judge_reward(wrapped, 1, True, rule="lenient").reward == 1.0
 
 
 @pytest.mark.parametrize("verdict_box, label_first, label_swapped", [(A1, 1.0, -1.0), (A2, -1.0, 1.0)])
@@ -81,6 +104,7 @@ def test_defaults_are_the_paper_values():
         ({"label": 0}, ValueError, "label must be 1 or 2"),
         ({"mode": "cot"}, ValueError, "mode must be"),
         ({"output": None}, TypeError, "output must be str"),
+        ({"rule": "strict"}, ValueError, "rule must be one of"),
     ],
 )
 def test_bad_arguments(kwargs, exc, needle):

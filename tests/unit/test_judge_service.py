@@ -11,7 +11,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from rrm_ray.judge.prompts import CHOICE_PREFIX, choice_token_ids, complete_choice
+from rrm_ray.judge.prompts import CHOICE_PREFIX, PromptTooLongError, choice_token_ids, complete_choice
 from rrm_ray.judge.records import JudgeInputError, JudgePair, JudgeSettings, flip_judgment, judge_rates
 from rrm_ray.judge.service import JudgeService
 
@@ -46,7 +46,13 @@ class FakeJudge:
 
     def __init__(self, style: str = "rrm") -> None:
         self.calls: list[tuple[int, int]] = []
+        self.prompts: list[str] = []  # every prompt it was given, decoded
         self.style = style
+        self.tokenizer = None  # set by `service`: prompts arrive as token ids
+
+    def text(self, ids: list[int]) -> str:
+        assert isinstance(ids, list) and all(isinstance(t, int) for t in ids)  # token ids, not text
+        return self.tokenizer.decode(ids)
 
     @staticmethod
     def quality(text: str) -> int:
@@ -64,17 +70,22 @@ class FakeJudge:
         verdict = f"\\boxed{{Assistant {pick}}}"
         return verdict if self.style == "direct" else f"Let me compare them.</think> {verdict}"
 
-    def __call__(self, prompts: list[str], n: int) -> list[list[str] | None]:
+    def __call__(self, prompts: list[list[int]], n: int) -> list[list[str] | None]:
         self.calls.append((len(prompts), n))
         out = []
-        for p in prompts:
-            text = self.one(p)
+        for ids in prompts:
+            prompt = self.text(ids)
+            self.prompts.append(prompt)
+            text = self.one(prompt)
             out.append(None if text is None else [text] * n)
         return out
 
 
 def service(tokenizer, judge=None, **settings) -> tuple[JudgeService, FakeJudge]:
+    """A service over the fake judge; the MT-Bench layout (the fake reads its answer fences)."""
     judge = judge or FakeJudge()
+    judge.tokenizer = tokenizer
+    settings.setdefault("prompt_style", "mtbench")
     return JudgeService(judge, tokenizer, JudgeSettings(**settings)), judge
 
 
@@ -199,7 +210,12 @@ def test_forced_choice_completes_the_box_and_reserves_its_tokens(tokenizer):
     plain, _ = service(tokenizer, judge=FakeJudge(style="direct"), mode="direct")
     size = plain._render(0, "q", "r1 a b c d e f g h", "r2 i j k l m n o p").num_tokens
     tight, _ = service(
-        tokenizer, judge=ChoiceJudge(style="direct"), mode="direct", verdict="choice", max_prompt_tokens=size
+        tokenizer,
+        judge=ChoiceJudge(style="direct"),
+        mode="direct",
+        verdict="choice",
+        max_prompt_tokens=size,
+        over_length="truncate",
     )
     prompt = tight._render(0, "q", "r1 a b c d e f g h", "r2 i j k l m n o p")
     assert prompt.truncated and prompt.num_tokens <= size and prompt.text.endswith(CHOICE_PREFIX)
@@ -224,11 +240,13 @@ class ProbJudge:
     def __init__(self, bias: float = 0.0) -> None:
         self.bias = bias
         self.calls: list[int] = []
+        self.tokenizer = None
 
-    def __call__(self, prompts: list[str]) -> list[float | None]:
+    def __call__(self, prompts: list[list[int]]) -> list[float | None]:
         self.calls.append(len(prompts))
         out: list[float | None] = []
-        for prompt in prompts:
+        for ids in prompts:
+            prompt = self.tokenizer.decode(ids)
             assert prompt.endswith(CHOICE_PREFIX)
             shown = dict(_ANSWER.findall(prompt))
             if "SLOW" in shown["1"] + shown["2"]:
@@ -241,7 +259,8 @@ class ProbJudge:
 
 def prob_service(tokenizer, judge: ProbJudge | None = None, **settings) -> tuple[JudgeService, ProbJudge]:
     judge = judge or ProbJudge()
-    settings = JudgeSettings(mode="direct", verdict="choice_prob", **settings)
+    judge.tokenizer = tokenizer
+    settings = JudgeSettings(mode="direct", verdict="choice_prob", prompt_style="mtbench", **settings)
     return JudgeService(FakeJudge(), tokenizer, settings, choice_probs=judge), judge
 
 
@@ -309,15 +328,21 @@ def test_rank_counts_prompts_and_rates_leave_out_empty_denominators(tokenizer):
     assert judge_rates({"prefill_tokens": 0}) == {"prefill_tokens": 0}
 
 
-def test_over_long_pairs_are_truncated_or_rejected(tokenizer):
+def test_over_long_pairs_are_truncated_skipped_or_fail_and_always_counted(tokenizer):
     long = "r9 " + " ".join(f"word{i}" for i in range(400))
     svc, judge = service(tokenizer, max_prompt_tokens=1500, over_length="truncate")
     (j,) = svc.compare([JudgePair("q", long, "r1 short")])
-    assert j.truncated and j.winner == "a" and svc.stats.truncated == 1
-    svc, judge = service(tokenizer, max_prompt_tokens=1500, over_length="reject", tie_rule="first")
+    assert j.truncated and j.winner == "a"
+    assert (svc.stats.over_length_pairs, svc.stats.truncated, svc.stats.skipped) == (1, 1, 0)
+    svc, judge = service(tokenizer, max_prompt_tokens=1500, over_length="skip", tie_rule="first")
     out = svc.compare([JudgePair("q", long, "r1 short"), pair(1, 2)])
     assert out[0].winner is None and "max_prompt_tokens" in out[0].error and out[1].winner == "b"
-    assert judge.calls == [(1, 1)] and svc.stats.rejected == 1
+    assert judge.calls == [(1, 1)]
+    assert (svc.stats.over_length_pairs, svc.stats.truncated, svc.stats.skipped) == (1, 0, 1)
+    svc, judge = service(tokenizer, max_prompt_tokens=1500, over_length="error")
+    with pytest.raises(PromptTooLongError, match=r"pair 1 \(query 'Long one\?'\).*judge.over_length=error"):
+        svc.compare([pair(1, 2), JudgePair("Long one?", long, "r1 short")])
+    assert judge.calls == []  # nothing judged: the call failed before its first wave
 
 
 def test_stats_reset(tokenizer):
@@ -403,6 +428,16 @@ def test_settings_from_config_and_validation():
 
     s = JudgeSettings.from_config(JudgeConfig(votes=3, mode="direct"), seed=7, cache_key="m|t=0.6")
     assert (s.votes, s.mode, s.seed, s.cache_key, s.max_prompt_tokens) == (3, "direct", 7, "m|t=0.6", 4096)
+    # prompt_style auto: the release's prompt for an RRM, the MT-Bench layout for a DirectJudge
+    assert (s.prompt_style, s.verdict_rule, s.presentation, s.over_length) == (
+        "mtbench",
+        "release",
+        "both_orders",
+        "error",
+    )
+    assert JudgeSettings.from_config(JudgeConfig(), seed=0).prompt_style == "rrm_release"
+    with pytest.raises(ValueError, match="prompt_style 'rrm_release' needs mode 'rrm'"):
+        JudgeSettings(mode="direct", prompt_style="rrm_release")
     with pytest.raises(ValueError, match="tie_rule must be one of"):
         JudgeSettings(tie_rule="coin")  # type: ignore[arg-type]
 
@@ -472,3 +507,46 @@ def test_the_shown_order_is_a_coin_per_pair_not_a_ranking_of_responses(tokenizer
     svc, _ = service(tokenizer, votes=2, tie_rule="first")
     for a, b in [("r1 GARBAGE", "r2 GARBAGE"), ("r2 GARBAGE", "r1 GARBAGE")]:
         assert svc.compare([JudgePair("q", a, b)])[0].winner == "a"
+
+
+def _first_shown(prompt: str) -> str:
+    return dict(_ANSWER.findall(prompt))["1"]
+
+
+def test_the_seed_draws_the_shown_order_and_one_vote_is_one_presentation(tokenizer):
+    """The release's protocol (one presentation per item from a seeded coin, one sample): the same
+    seed shows every pair in the same order, another seed in other orders; the caller's order of the
+    two responses changes nothing; `shown_first` (what `rrm-ray judge --render-only` prints) agrees."""
+    from rrm_ray.judge.service import shown_first
+
+    pairs = [pair(i, i + 10, q=f"q{i}?") for i in range(16)]
+
+    def shown(seed: int, flip_caller: bool = False) -> list[str]:
+        listed = [JudgePair(p.query, p.response_b, p.response_a) if flip_caller else p for p in pairs]
+        svc, judge = service(tokenizer, votes=1, seed=seed)
+        out = svc.compare(listed)
+        assert all(len(j.traces) == 1 for j in out) and len(judge.prompts) == len(pairs)
+        firsts = [_first_shown(p) for p in judge.prompts]
+        expected = [
+            (p.response_a if side == "a" else p.response_b)
+            for p in listed
+            for side in shown_first(p, svc.settings)
+        ]
+        assert firsts == expected
+        return firsts
+
+    assert shown(1) == shown(1) == shown(1, flip_caller=True)
+    assert shown(1) != shown(2)  # another seed, other presentations (16 coins: fixed by sha256)
+
+
+def test_seeded_coin_shows_every_vote_in_the_coins_order(tokenizer):
+    # A fully position-biased judge: with both_orders its votes split; with seeded_coin all three votes
+    # see the same order, so the side the coin shows first wins 3-0.
+    biased = JudgePair("q", "r1 FIRST a", "r2 FIRST b")
+    svc, judge = service(tokenizer, votes=3, adaptive_votes=False, presentation="seeded_coin")
+    (j,) = svc.compare([biased])
+    assert len({t.order for t in j.traces}) == 1 and sorted((j.wins_a, j.wins_b)) == [0, 3]
+    assert judge.calls == [(1, 3)]  # one prompt, three samples
+    svc, _ = service(tokenizer, votes=3, adaptive_votes=False, presentation="both_orders")
+    (j,) = svc.compare([biased])
+    assert {t.order for t in j.traces} == {"ab", "ba"} and sorted((j.wins_a, j.wins_b)) == [1, 2]

@@ -83,3 +83,21 @@ def test_a_negative_restart_budget_is_refused_naming_the_key():
 
     with pytest.raises(ConfigError, match=r"cluster\.max_actor_restarts: must be >= 0, got -1"):
         load_config(None, ["cluster.max_actor_restarts=-1"])
+
+
+@pytest.mark.parametrize("role", sorted(RESTART_COUNTERS))
+def test_a_hung_actor_is_restarted_like_a_dead_one_and_counted_as_a_hang(role):
+    policy = RecoveryPolicy(1)
+    decision = policy.on_death(role, IDS[role][0], gone_for_good=False, weights_trained=True, hung=True)
+    assert decision.action == "restart" and decision.counter == f"{role}_hangs"
+    assert decision.resync_weights == (role == "rollout")
+    again = policy.on_death(role, IDS[role][0], gone_for_good=False, hung=True)  # the same budget
+    assert again.action == "fail" and f"the {role} actor" in again.message and "hung" in again.message
+
+
+def test_a_hung_learner_rank_rebuilds_the_learner_from_a_checkpoint():
+    policy = RecoveryPolicy(2)
+    decision = policy.on_death("learner", None, gone_for_good=False, has_checkpoint=True, hung=True)
+    assert (decision.action, decision.counter) == ("rebuild_learner", "learner_hangs")
+    no_checkpoint = RecoveryPolicy(2).on_death("learner", None, gone_for_good=False, hung=True)
+    assert no_checkpoint.action == "fail" and "a learner rank hung" in no_checkpoint.message

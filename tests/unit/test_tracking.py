@@ -16,8 +16,11 @@ from rrm_ray.tracking import (
     MODEL_TRAINING,
     BufferedTracker,
     MLflowTracker,
+    TrackingBufferFull,
+    TrackingUnavailable,
     default_run_name,
     file_dataset,
+    is_permanent,
     run_page,
     sanitize,
 )
@@ -25,6 +28,8 @@ from rrm_ray.validation import load_config
 
 
 class FlakyTracker:
+    """A tracker whose server can be down (`up`) or refuse a call for good (a metric named `rejected`)."""
+
     run_id = "run-1"
 
     def __init__(self):
@@ -32,9 +37,13 @@ class FlakyTracker:
         self.metrics = []
         self.closed = None
 
-    def log_metrics(self, metrics, step):
+    def log_metrics(self, metrics, step, timestamp_ms=None):
         if not self.up:
             raise ConnectionError("server down")
+        if "rejected" in metrics:
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException.invalid_parameter_value("Invalid metric name")
         self.metrics.append((step, metrics))
 
     def log_params(self, params): ...
@@ -42,7 +51,17 @@ class FlakyTracker:
     def set_tags(self, tags): ...
 
     def close(self, status="FINISHED"):
+        if not self.up:
+            raise ConnectionError("server down")
         self.closed = status
+
+
+def buffered(inner, path, **kwargs):
+    return BufferedTracker(inner, path, retry_every_s=0.0, close_wait_s=0.0, **kwargs)
+
+
+def journal(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize(("name", "clean"), [("a/b", "a/b"), ("acc@1", "acc_1"), ("x:y", "x_y"), ("", "_")])
@@ -50,28 +69,136 @@ def test_sanitize(name, clean):
     assert sanitize(name) == clean
 
 
-def test_outage_buffers_in_order_and_flushes(tmp_path):
-    inner = FlakyTracker()
-    tracker = BufferedTracker(inner, tmp_path / "buffer.jsonl")
+def test_outage_buffers_each_call_once_in_order_and_flushes(tmp_path):
+    """Four failed steps leave steps 2-5 in the journal, each once (it used to hold [2, 2, 2, 2])."""
+    inner, path = FlakyTracker(), tmp_path / "buffer.jsonl"
+    tracker = buffered(inner, path)
     tracker.log_metrics({"m": 1.0}, step=1)
     inner.up = False
     with pytest.warns(UserWarning, match="MLflow unavailable"):
         tracker.log_metrics({"m": 2.0}, step=2)
-    tracker.log_metrics({"m": 3.0}, step=3)
-    assert len(tracker.pending) == 2 and (tmp_path / "buffer.jsonl").read_text().count("\n") >= 2
+    for step in (3, 4, 5):
+        tracker.log_metrics({"m": float(step)}, step=step)
+    assert [e["args"][1] for e in journal(path)] == [2, 3, 4, 5]
+    assert [e["seq"] for e in journal(path)] == [0, 1, 2, 3]
     inner.up = True
-    with pytest.warns(UserWarning, match="reachable again"):
-        tracker.log_metrics({"m": 4.0}, step=4)
-    assert [s for s, _ in inner.metrics] == [1, 2, 3, 4]
-    assert not (tmp_path / "buffer.jsonl").exists()
+    with pytest.warns(UserWarning, match="reachable again: flushed 5"):
+        tracker.log_metrics({"m": 6.0}, step=6)
+    assert [s for s, _ in inner.metrics] == [1, 2, 3, 4, 5, 6]
+    assert not path.exists()
     tracker.close()
     assert inner.closed == "FINISHED"
 
 
-def test_still_down_at_close_keeps_the_buffer(tmp_path):
+def test_a_killed_process_loses_nothing_the_next_one_replays_the_journal(tmp_path):
+    inner, path = FlakyTracker(), tmp_path / "buffer.jsonl"
+    inner.up = False
+    first = buffered(inner, path)
+    with pytest.warns(UserWarning):
+        for step in (1, 2, 3):
+            first.log_metrics({"m": float(step)}, step=step)
+    inner.up = True
+    first.flush(force=True)  # step 1 goes through, then the process dies (no close) ...
+    inner.up = False
+    first.log_metrics({"m": 4.0}, step=4)
+    with path.open("a") as f:
+        f.write('{"seq": 9, "method": "log_m')  # ... mid-write of a call it never accepted
+    del first
+    assert [s for s, _ in inner.metrics] == [1, 2, 3]
+    inner.up = True
+    with pytest.warns(UserWarning, match="1 MLflow calls of an earlier attempt"):
+        second = buffered(inner, path)
+    assert [s for s, _ in inner.metrics] == [1, 2, 3, 4] and not path.exists()
+    second.log_metrics({"m": 5.0}, step=5)
+    assert [s for s, _ in inner.metrics] == [1, 2, 3, 4, 5]
+
+
+def test_a_call_rejected_for_good_is_dropped_and_counted_not_blocking(tmp_path):
+    inner = FlakyTracker()
+    tracker = buffered(inner, tmp_path / "buffer.jsonl")
+    with pytest.warns(UserWarning, match="rejected a log_metrics call for good .*INVALID_PARAMETER_VALUE"):
+        tracker.log_metrics({"rejected": 1.0}, step=1)
+    tracker.log_metrics({"m": 2.0}, step=2)
+    assert inner.metrics == [(2, {"m": 2.0, "tracking/dropped_calls": 1.0})]
+    inner.up = False  # rejected behind an outage: dropped when its turn comes, the rest go through
+    with pytest.warns(UserWarning, match="MLflow unavailable"):
+        tracker.log_metrics({"m": 3.0}, step=3)
+    tracker.log_metrics({"rejected": 1.0}, step=4)
+    tracker.log_metrics({"m": 5.0}, step=5)
+    inner.up = True
+    with pytest.warns(UserWarning, match="were rejected"):
+        tracker.close()
+    assert [s for s, _ in inner.metrics] == [2, 3, 5, 5] and inner.closed == "FINISHED"
+    assert inner.metrics[-1] == (5, {"tracking/dropped_calls": 2.0})  # the count at the end
+
+
+def test_a_real_mlflow_store_rejection_is_permanent_and_an_outage_is_not(tmp_path):
+    """The classifier against MLflow itself: an over-long key is a 400; a refused connection is not."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, REQUEST_LIMIT_EXCEEDED
+
+    real = MLflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "x")
+    with pytest.raises(MlflowException) as rejected:
+        real.log_metrics({"k" * 300: 1.0}, step=1)
+    assert is_permanent(rejected.value)
+    assert not is_permanent(ConnectionRefusedError("down"))
+    assert not is_permanent(MlflowException("API request to http://x failed", error_code=INTERNAL_ERROR))
+    assert not is_permanent(MlflowException("slow down", error_code=REQUEST_LIMIT_EXCEEDED))  # 429
+    real.close()
+
+
+def test_the_buffer_is_capped(tmp_path):
     inner = FlakyTracker()
     inner.up = False
-    tracker = BufferedTracker(inner, tmp_path / "buffer.jsonl")
+    tracker = buffered(inner, tmp_path / "buffer.jsonl", max_bytes=400)
+    with pytest.warns(UserWarning), pytest.raises(TrackingBufferFull, match=r"tracking\.buffer_max_mb"):
+        for step in range(100):
+            tracker.log_metrics({"loss": 1.0}, step=step)
+
+
+def test_a_journal_that_cannot_be_written_does_not_stop_training(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the journal's folder should be: every write fails
+    inner = FlakyTracker()
+    inner.up = False
+    tracker = buffered(inner, blocked / "buffer.jsonl")
+    with pytest.warns(UserWarning, match="cannot write the MLflow buffer"):
+        tracker.log_metrics({"m": 1.0}, step=1)
+    tracker.log_metrics({"m": 2.0}, step=2)
+    inner.up = True
+    with pytest.warns(UserWarning, match="reachable again"):
+        tracker.flush(force=True)
+    assert [s for s, _ in inner.metrics] == [1, 2]
+
+
+def test_mlflow_down_at_start_is_buffered_or_fatal_when_required(tmp_path):
+    inner, created = FlakyTracker(), []
+    attempts = []
+
+    def connect(run_id):
+        attempts.append(run_id)
+        if len(attempts) < 3:
+            raise ConnectionRefusedError("no server yet")
+        return inner
+
+    with pytest.warns(UserWarning, match="at the start of the job"):
+        tracker = buffered(connect, tmp_path / "buffer.jsonl", on_run=created.append)
+    assert tracker.run_id is None
+    tracker.log_params({"a": 1})
+    tracker.log_metrics({"m": 1.0}, step=1)  # third attempt: the run is created, the queue sent
+    assert tracker.run_id == "run-1" and created == ["run-1"] and inner.metrics[0][0] == 1
+    with pytest.raises(TrackingUnavailable, match=r"tracking.required=true.*no server"):
+        buffered(
+            lambda _: (_ for _ in ()).throw(ConnectionRefusedError("no server")),
+            tmp_path / "b",
+            required=True,
+        )
+
+
+def test_still_down_at_close_keeps_the_journal_for_a_resume(tmp_path):
+    inner = FlakyTracker()
+    inner.up = False
+    tracker = buffered(inner, tmp_path / "buffer.jsonl")
     with pytest.warns(UserWarning):
         tracker.log_metrics({"m": 1.0}, step=1)
     with pytest.warns(UserWarning, match="still unavailable"):
@@ -102,7 +229,7 @@ def test_new_calls_are_buffered_too(tmp_path):
             return {"time/generate_s": [(1, 2.0)]}
 
     inner = Recorder()
-    tracker = BufferedTracker(inner, tmp_path / "buffer.jsonl")
+    tracker = buffered(inner, tmp_path / "buffer.jsonl")
     inner.up = False
     with pytest.warns(UserWarning, match="MLflow unavailable"):
         tracker.log_dataset("train.jsonl", "training")

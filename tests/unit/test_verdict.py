@@ -1,4 +1,5 @@
-"""Verdict parsing: last complete box after the first </think>, normalised, else None."""
+"""Verdict parsing by both rules: "release" (the released RRMs' evaluation parser) and "lenient"
+(last complete box after the first </think>, normalised)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from rrm_ray.judge.verdict import (
 
 B1, B2 = "\\boxed{Assistant 1}", "\\boxed{Assistant 2}"
 
+# The lenient rule on its own cases.
 PARSE_CASES = [
     # (id, text, require_think_close, expected)
     ("plain_1", f"weighing both</think>{B1}", True, 1),
@@ -56,8 +58,66 @@ PARSE_CASES = [
 @pytest.mark.parametrize(
     "text, require, expected", [c[1:] for c in PARSE_CASES], ids=[c[0] for c in PARSE_CASES]
 )
-def test_parse_verdict(text, require, expected):
-    assert parse_verdict(text, require_think_close=require) == expected
+def test_parse_verdict_lenient(text, require, expected):
+    assert parse_verdict(text, "lenient", require_think_close=require) == expected
+
+
+# The release's parser, worked by hand through the authors' evaluation code (their reward-bench fork:
+# scripts/run_generative.py prepends "<think>", splits on "</think>" and takes element [1], then
+# last_boxed_only_string / remove_boxed; rewardbench/generative.py process_judgement for the Skywork
+# modifier accepts exactly "Assistant 1" / "Assistant 2"). The issue's cases are 2-8.
+# (id, generated text, release verdict, lenient verdict)
+RELEASE_TABLE = [
+    ("1_plain", r"<think>x</think>\boxed{Assistant 1}", 1, 1),
+    ("2_text_wrapper", r"<think>x</think>\boxed{\text{Assistant 1}}", None, 1),
+    ("3_lower_case", r"<think>x</think>\boxed{assistant 2}", None, 2),
+    ("4_spaces_inside", r"<think>x</think>\boxed{ Assistant 1 }", None, 1),
+    ("5_second_think_close_hides_box", r"<think>a</think>b</think>\boxed{Assistant 2}", None, 2),
+    ("6_box_between_closes", r"<think>a</think>\boxed{Assistant 2}</think>\boxed{Assistant 1}", 2, 1),
+    ("7_cut_off_last_box", r"<think>x</think>\boxed{Assistant 1} then \boxed{Assistant 2", None, 1),
+    ("8_space_before_brace", r"<think>x</think>\boxed {Assistant 1}", None, None),
+    ("9_no_think_close", r"no think tag \boxed{Assistant 1}", None, None),
+    ("10_two_boxes_last_wins", r"<think>x</think>\boxed{Assistant 1}\boxed{Assistant 2}", 2, 2),
+    ("11_nested_braces", r"<think>x</think>\boxed{Assistant {1}}", None, None),
+    ("12_textbf_wrapper", r"<think>x</think>\boxed{\textbf{Assistant 2}}", None, 2),
+    ("13_extra_closing_brace", r"<think>x</think>\boxed{Assistant 1}}", 1, 1),
+    ("14_unbalanced_open", r"<think>x</think>\boxed{{Assistant 1}", None, None),
+    ("15_box_inside_thinking_ignored", r"<think>\boxed{Assistant 2}</think>\boxed{Assistant 1}", 1, 1),
+    ("16_instruction_repeated_after", r"<think>x</think>\boxed{Assistant 1} or \boxed{Assistant 2}.", 2, 2),
+    ("17_prompt_opened_think", r"x</think>\boxed{Assistant 2}", 2, 2),
+    ("18_fbox", r"<think>x</think>\fbox{Assistant 1}", None, None),
+    ("19_no_box", r"<think>x</think>no box", None, None),
+    ("20_assistant_3", r"<think>x</think>\boxed{Assistant 3}", None, None),
+    ("21_math_dollars", r"<think>x</think>$\boxed{Assistant 2}$", 2, 2),
+    ("22_wrapped_then_plain", r"<think>x</think>\boxed{\text{Assistant 2}} i.e. \boxed{Assistant 2}", 2, 2),
+]
+
+
+@pytest.mark.parametrize(
+    "text, release, lenient", [c[1:] for c in RELEASE_TABLE], ids=[c[0] for c in RELEASE_TABLE]
+)
+def test_release_table_by_both_rules(text, release, lenient):
+    assert parse_verdict(text) == release  # the default rule is the release's
+    assert parse_verdict(text, rule="release") == release
+    assert parse_verdict(text, rule="lenient") == lenient
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\boxed{Assistant 2}", 2),  # DirectJudge: no thinking block, the whole text is the span
+        ("\\boxed{Assistant 1} then \\boxed{Assistant 2", None),  # still the last box, still unclosed
+        ("a</think>\\boxed{Assistant 1}</think>\\boxed{Assistant 2}", 1),  # a </think>: the release span
+        ("Assistant 1", None),
+    ],
+)
+def test_release_rule_without_thinking(text, expected):
+    assert parse_verdict(text, "release", require_think_close=False) == expected
+
+
+def test_parse_verdict_rejects_an_unknown_rule():
+    with pytest.raises(ValueError, match="rule must be one of"):
+        parse_verdict("</think>\\boxed{Assistant 1}", rule="strict")  # type: ignore[arg-type]
 
 
 def test_parse_verdict_rejects_non_string():

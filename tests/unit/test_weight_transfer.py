@@ -79,8 +79,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def source_of(sd: dict[str, torch.Tensor]) -> wt.StateDictSource:
-    return wt.StateDictSource(lambda: dict(sd), torch.float32, "cpu")
+def source_of(
+    sd: dict[str, torch.Tensor], wire: torch.dtype = torch.float32, skip: frozenset[str] = frozenset()
+) -> wt.StreamedWeights:
+    """What the learner streams, from a plain dict (a backend's `weight_meta` / `stream_weights`)."""
+
+    def stream(dtype: torch.dtype):
+        for name, t in sd.items():
+            yield name, t.to(dtype) if t.is_floating_point() else t
+
+    return wt.StreamedWeights(
+        lambda: [(n, tuple(t.shape), t.dtype) for n, t in sd.items()], stream, wire, "cpu", skip
+    )
 
 
 def transfer(
@@ -132,10 +142,31 @@ def test_a_parameter_the_learner_did_not_send_fails_the_check():
 
 
 def test_wire_dtype_casts_floats_only():
-    source = wt.StateDictSource(lambda: named(), torch.bfloat16, "cpu")
+    source = source_of(named(), torch.bfloat16)
     dtypes = {m.name: m.dtype for m in source.metadata()}
     assert dtypes["model.norm.weight"] == torch.bfloat16 and dtypes["model.layers.0.step"] == torch.int64
     assert {n: t.dtype for n, t in source} == dtypes
+
+
+def test_a_skipped_weight_is_neither_announced_nor_sent():
+    """A tied lm_head: the engine ties it to the embedding itself, so the learner never sends it."""
+    sd = {**named(), "lm_head.weight": torch.ones(64, 16)}
+    source = source_of(sd, skip=frozenset({"lm_head.weight"}))
+    assert "lm_head.weight" not in {m.name for m in source.metadata()}
+    assert [n for n, _ in source] == list(named())
+
+
+def test_the_ipc_buffer_holds_the_largest_tensor():
+    """vLLM's packed IPC producer raises for any tensor bigger than its one reusable buffer
+    (packed_tensor.py: "exceeds buffer_size_bytes"), and Qwen2.5-7B's bf16 embedding alone is
+    152064 x 3584 x 2 bytes = 1039.5 MiB: the buffer grows to the largest tensor of the sync, never
+    below the configured bucket."""
+    embedding = wt.nbytes(wt.ParamMeta("model.embed_tokens.weight", torch.bfloat16, (152064, 3584)))
+    assert embedding == 1_089_994_752
+    info = wt.trainer_init_info("ipc", 0, ("", 0), 1, 64 << 20, 60.0, embedding)
+    assert info.packed_buffer_size_bytes == embedding
+    small = wt.trainer_init_info("ipc", 0, ("", 0), 1, 64 << 20, 60.0, 1 << 20)
+    assert small.packed_buffer_size_bytes == 64 << 20
 
 
 @pytest.mark.filterwarnings("ignore:.*exceeds buffer_size_bytes")  # vLLM's note: the tensor goes alone
