@@ -10,7 +10,13 @@ Checkpoints (`save_checkpoint(dir)`, all ranks): the backend's files (see `actor
 
     dir/rng_rank{rank:05d}.pt   each rank: torch CPU (and CUDA) RNG state and the step counter
     dir/learner_meta.json       rank 0, written last: backend, world_size, step, dtype, master_dtype,
-                                zero_stage
+                                zero_stage, lora (a LoRA policy's rank, alpha, dropout, target_modules;
+                                its backend files then hold the adapter and its optimizer state only)
+
+LoRA (`learner.lora.rank` > 0, `actors.lora_model`): the backend wraps the model with peft before
+sharding; the KL reference is the same model with the adapter switched off (no second copy); syncs
+send the adapter (`learner.lora.sync: adapter`, `actors.lora_sender`) or the merged weights (`merged`,
+through the weight transfer below); HF exports of the policy are merged.
 """
 
 from __future__ import annotations
@@ -26,11 +32,14 @@ import torch
 import torch.distributed as dist
 
 from actors.backends import StepOutcome, build_backend
+from actors.lora_model import adapter_off, merged_meta, merged_weights
+from actors.lora_sender import AdapterSender
 from actors.model_io import DTYPES, META_FILE, CheckpointError, read_meta, write_hf
 from actors.worker import Worker
-from rrm_ray import algo
+from rrm_ray import algo, lora
 from rrm_ray.batch import TrainBatch, micro_batch_plan
 from rrm_ray.config import AlgorithmConfig, LearnerConfig
+from rrm_ray.weight_sync import LORA_ADAPTER
 
 
 class LearnerWorker(Worker):
@@ -62,6 +71,7 @@ class LearnerWorker(Worker):
         # (the Ray call around it excluded): benchmarks read them (bench/step_overhead.py).
         self.update_seconds: list[float] = []
         self.transfer: Any = None  # the vLLM trainer-side weight-transfer engine (init_weight_transfer)
+        self.adapter_sync = False  # the transfer is a LoRA adapter's (actors.lora_sender)
 
     # -- setup -----------------------------------------------------------------------------------------
     def init_process_group(self, master_addr: str, master_port: int) -> None:
@@ -78,9 +88,11 @@ class LearnerWorker(Worker):
         self.tied = bool(getattr(AutoConfig.from_pretrained(self.model_path), "tie_word_embeddings", False))
         args = (self.backend_name, self.model_path, self.dtype, self.device, self.cfg)
         self.policy = build_backend(*args)
-        # A frozen copy of the initial policy: the KL penalty's reference. (DPO's reference log-probs are
-        # the policy's own, computed once before it trains.)
-        self.reference = build_backend(*args, frozen=True) if self.algo_cfg.kl_coef > 0 else None
+        # A frozen copy of the initial policy: the KL penalty's reference (a LoRA policy's is its base,
+        # the adapter switched off: `_frozen_or_policy`). (DPO's reference log-probs are the policy's
+        # own, computed once before it trains.)
+        copy = self.algo_cfg.kl_coef > 0 and not self.cfg.lora.rank
+        self.reference = build_backend(*args, frozen=True) if copy else None
 
     @property
     def model(self) -> Any:
@@ -108,12 +120,19 @@ class LearnerWorker(Worker):
     def _frozen_or_policy(self, reference: bool) -> Any:
         if not reference:
             return self.policy.model
+        if self.policy.peft is not None:
+            return self._base_forward
         if self.reference is None:
             raise RuntimeError(
                 "reference log-probs asked for, but no reference model was built "
                 "(it is built when algorithm.kl_coef > 0)"
             )
         return self.reference.model
+
+    def _base_forward(self, **kwargs: Any) -> Any:
+        """A LoRA policy's forward with its adapter switched off: the base model, the reference."""
+        with adapter_off(self.policy.peft):
+            return self.policy.model(**kwargs)
 
     def _micro_batches(self, batch: TrainBatch, unit: int = 1) -> list[list[int]]:
         """This rank's micro-batches of `batch` as row indices: `learner.micro_batch_size` rows each, or
@@ -306,11 +325,40 @@ class LearnerWorker(Worker):
     def _full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Collective: every rank must call it; rank 0 receives the full tensors on CPU, in `dtype`
         (default: model.dtype, what the engines run and HF exports hold; under mixed precision that is
-        the bf16 rounding of the fp32 masters). For the HF export only: syncs stream (`send_weights`)."""
-        sd = self.policy.full_state_dict(self.dtype if dtype is None else dtype)
+        the bf16 rounding of the fp32 masters). For the HF export only: syncs stream (`send_weights`).
+        A LoRA policy's are the merged base's (`actors.lora_model.merged_weights`)."""
+        dtype = self.dtype if dtype is None else dtype
+        if self.policy.peft is None:
+            sd = self.policy.full_state_dict(dtype)
+        else:
+            rank0 = self.rank == 0
+            sd = {}
+            for name, full in self._merged_stream(dtype):
+                if rank0:
+                    sd[name] = full.detach().to("cpu", copy=True)
         if self.tied:
             sd.pop("lm_head.weight", None)  # the engine ties it to the embedding itself
         return sd
+
+    def _merged_meta(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        return merged_meta(self.policy.weight_meta())
+
+    def _merged_stream(self, dtype: torch.dtype | None) -> Any:
+        return merged_weights(self.policy.stream_weights, self._lora_scale(), dtype)
+
+    def _lora_scale(self) -> float:
+        return float(self.cfg.lora.alpha) / self.cfg.lora.rank
+
+    def _lora_settings(self) -> dict[str, Any] | None:
+        c = self.cfg.lora
+        if not c.rank:
+            return None
+        return {
+            "rank": c.rank,
+            "alpha": c.alpha,
+            "dropout": c.dropout,
+            "target_modules": list(c.target_modules),
+        }
 
     # -- weights out to the engines: vLLM's weight-transfer protocol (actors.weight_transfer) ----------
     def init_weight_transfer(
@@ -324,10 +372,26 @@ class LearnerWorker(Worker):
 
         if self.transfer is not None:
             self.transfer.shutdown()
+        self.adapter_sync = backend == LORA_ADAPTER
+        if self.adapter_sync:  # the adapter alone, through vLLM's LoRA loading
+            c = self.cfg.lora
+            self.transfer = AdapterSender(
+                lambda: self.policy.weight_meta(adapter_only=True),
+                lambda dtype: self.policy.stream_weights(dtype, adapter_only=True),
+                self.dtype,
+                engines,
+                lora.adapter_config(c.rank, c.alpha, c.dropout, c.target_modules, self.model_path),
+                self.rank == 0,
+                timeout_s,
+            )
+            return
+        meta, stream = self.policy.weight_meta, self.policy.stream_weights
+        if self.policy.peft is not None:  # learner.lora.sync=merged: W + alpha/r B A, rounded once
+            meta, stream = self._merged_meta, self._merged_stream
         # Streamed from the shards on every rank (ipc: each rank exports handles to its own full copies).
         self.weight_source = wt.StreamedWeights(
-            self.policy.weight_meta,
-            self.policy.stream_weights,
+            meta,
+            stream,
             self.dtype,
             "cuda" if backend in ("nccl", "ipc") else "cpu",
             frozenset({"lm_head.weight"}) if self.tied else frozenset(),  # the engine ties it itself
@@ -347,6 +411,13 @@ class LearnerWorker(Worker):
 
         if self.transfer is None:
             raise RuntimeError("send_weights before init_weight_transfer")
+        if self.adapter_sync:  # the LoRA adapter (actors.lora_sender)
+            try:
+                self.transfer.send_weights(self.step)
+            except BaseException:
+                self.transfer = None  # set up again (the engines reset their folders) before the next
+                raise
+            return self.transfer.reports[0] if self.rank == 0 else None
         self.weight_client.manifest = wt.manifest_from(self.weight_source)
         try:
             self.transfer.send_weights()
@@ -400,6 +471,7 @@ class LearnerWorker(Worker):
             "master_dtype": "float32",
             "zero_stage": self.cfg.zero_stage if self.backend_name == "deepspeed" else None,
             "model_path": self.model_path,
+            "lora": self._lora_settings(),
         }
         tmp = d / (META_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
@@ -421,6 +493,11 @@ class LearnerWorker(Worker):
             raise CheckpointError(
                 f"{d / META_FILE}: DeepSpeed checkpoint of {meta['world_size']} ranks, this learner has "
                 f"{self.world_size}; resume with learner.num_ranks={meta['world_size']}"
+            )
+        if meta.get("lora") != self._lora_settings():
+            raise CheckpointError(
+                f"{d / META_FILE}: written with learner.lora={meta.get('lora')}, this learner has "
+                f"{self._lora_settings()}; resume with the same learner.lora settings"
             )
         self.policy.load(d)
         rng_file = d / f"rng_rank{self.rank:05d}.pt"

@@ -18,11 +18,14 @@ exactly, with no second copy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from rrm_ray import lora
 
 if TYPE_CHECKING:
     from rrm_ray.config import LoRAConfig
@@ -47,6 +50,8 @@ def wrap_lora(
     # autocast_adapter_dtype=False: the adapter's dtype is set below, not by peft's own rule
     peft_model = get_peft_model(model, config, autocast_adapter_dtype=False)
     for p in model.parameters():
+        if hasattr(p, "ds_id"):  # a ZeRO-3 partition: already in the dtype its config gives it
+            continue
         dtype = base_dtype if not p.requires_grad else adapter_dtype or p.dtype
         p.data = p.data.to(dtype)
     if getattr(model, "is_gradient_checkpointing", False):
@@ -69,3 +74,47 @@ def adapter_off(peft_model: Any) -> Iterator[None]:
 def adapter_names(model: torch.nn.Module) -> list[str]:
     """The learner's names of the adapter's tensors (the trainable parameters), in model order."""
     return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def initial_adapter(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """The adapter's starting values by learner name, fp32 on CPU, the same on every rank and backend
+    whatever the model's state (built empty, partitioned): peft's default init (`init_lora_weights=
+    True`: A kaiming-uniform with a = sqrt(5), B zero, so the policy starts as the base), drawn from a
+    generator of its own seeded with `seed`, in model order. Shapes are the full ones (ZeRO-3's
+    `ds_shape`)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        shape = tuple(getattr(p, "ds_shape", p.shape))
+        t = torch.zeros(shape, dtype=torch.float32)
+        if ".lora_A." in name:
+            torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=g)
+        out[name] = t
+    return out
+
+
+def adapter_only(names: list[str]) -> list[str]:
+    """The adapter's names among a state dict's (learner spelling)."""
+    return [n for n in names if lora.file_key(n) is not None]
+
+
+def merged_meta(
+    meta: list[tuple[str, tuple[int, ...], torch.dtype]],
+) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """A LoRA model's weight list as the merged base's (`learner.lora.sync: merged`): the adapter's
+    tensors left out, each wrapped linear's `base_layer.weight` under its base name."""
+    return [(lora.base_key(n) or n, shape, dtype) for n, shape, dtype in meta if lora.file_key(n) is None]
+
+
+def merged_weights(
+    stream: Callable[[torch.dtype | None], Iterator[tuple[str, torch.Tensor]]],
+    factor: float,
+    dtype: torch.dtype | None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The merged base's tensors, in `merged_meta` order: streamed in their own dtypes (the frozen base
+    in the compute dtype, the adapter's fp32 masters), each wrapped linear merged in fp32 and rounded
+    once to its base dtype (`rrm_ray.lora.merged_weight`), then cast to `dtype` (None: kept)."""
+    for name, t in lora.merged_stream(stream(None), factor):
+        yield name, t.to(dtype) if dtype is not None and t.is_floating_point() else t

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 
 from rrm_ray.lora import write_adapter
@@ -48,10 +49,11 @@ class AdapterReceiver:
     adapter_dir: Path | None = None
     _adapter_ids = 0  # vLLM's int id of the adapter: one more per load (ids are this engine's own)
 
-    def init_adapter_sync(self, folder: str) -> None:
-        """Take adapters from now on, kept under `folder` (one per engine: a restarted engine reuses
-        and empties it, so a dead one's adapter does not stay in the node's memory)."""
-        root = adapter_root(folder)
+    def init_adapter_sync(self) -> None:
+        """Take adapters from now on, kept in a folder named after this actor (a restarted engine keeps
+        its actor id: it empties the folder, so a dead incarnation's adapter does not stay in the
+        node's memory)."""
+        root = adapter_root(ray.get_runtime_context().get_actor_id() or "driver")
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         self.adapter_dir = root
