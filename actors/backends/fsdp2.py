@@ -141,7 +141,8 @@ class FSDP2Backend(Backend):
         self.model = model
         self.optimizer: torch.optim.Optimizer | None = None
         # Checkpoints of a LoRA policy leave the frozen base out (it is model.path's)
-        self.state_options = StateDictOptions(ignore_frozen_params=self.peft is not None)
+        lora = self.peft is not None  # (strict: the loaded state then lacks the base, by design)
+        self.state_options = StateDictOptions(ignore_frozen_params=lora, strict=not lora)
         if frozen:
             model.eval()
             model.requires_grad_(False)
