@@ -25,6 +25,7 @@ from torch.distributed.tensor import DTensor
 from actors.backends.base import Backend, StepOutcome
 from actors.lora_model import initial_adapter, trainable, wrap_lora
 from actors.model_io import checkpoint_files, install_logprob_forward, load_hf_model, read_tensor
+from rrm_ray import lora
 
 if TYPE_CHECKING:
     from rrm_ray.config import LearnerConfig
@@ -141,8 +142,8 @@ class FSDP2Backend(Backend):
         self.model = model
         self.optimizer: torch.optim.Optimizer | None = None
         # Checkpoints of a LoRA policy leave the frozen base out (it is model.path's)
-        lora = self.peft is not None  # (strict: the loaded state then lacks the base, by design)
-        self.state_options = StateDictOptions(ignore_frozen_params=lora, strict=not lora)
+        adapter_only = self.peft is not None  # (not strict: the loaded state lacks the base, by design)
+        self.state_options = StateDictOptions(ignore_frozen_params=adapter_only, strict=not adapter_only)
         if frozen:
             model.eval()
             model.requires_grad_(False)
@@ -190,6 +191,8 @@ class FSDP2Backend(Backend):
     def _sharded_state(self) -> dict[str, Any]:
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=self.state_options)
+        if self.peft is not None:  # a tied weight's second name escapes ignore_frozen_params
+            model_sd = {k: v for k, v in model_sd.items() if lora.file_key(k) is not None}
         return {"model": model_sd, "optim": optim_sd}
 
     def save(self, directory: Path) -> None:
