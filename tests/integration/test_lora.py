@@ -11,6 +11,7 @@ off, no second model):
     export (`rrm-ray export`, no Ray) of A's step-4 checkpoint: the PEFT adapter and --merge
            -> transformers (peft on the base; the merged model) and vLLM (the adapter loaded into B's
               engine; an engine started on the merged directory) compute the learner's log-probs
+    merged sync: one step later B's learner sends that plain engine its merged weights
 """
 
 from __future__ import annotations
@@ -95,6 +96,19 @@ def lora_runs(ray_local, tiny_model, tmp_path_factory) -> dict:
         out["engine_exported_adapter"] = on_rank0(
             b.roles.rollout.group, load_exported, str(export["adapter"]), out["probe"]
         )
+        # An engine without LoRA on the merged export; then, one step later, B's learner sends it the
+        # merged weights (learner.lora.sync=merged's source, through the object-store transfer).
+        plain = start_plain_engine(str(export["merged"]))
+        try:
+            out["merged_export_engine"] = on_rank0(plain, engine_logprobs, out["probe"])
+            b.train_step()
+            learner = b.roles.learner.group
+            learner.call_all("init_weight_transfer", "rrm_object_store", plain.actors, 1, 64, 300.0)
+            out["merged_sync"] = learner.call_all("send_weights")[0]
+            out["merged_sync_engine"] = on_rank0(plain, engine_logprobs, out["probe"])
+            out["merged_sync_learner"] = on_all(learner, learner_logprobs, out["probe"])[0]
+        finally:
+            plain.shutdown()
     return out
 
 
@@ -180,12 +194,21 @@ def test_exports_load_in_transformers_and_vllm(lora_runs, tiny_model):
     gap = max_gap(lora_runs["engine_exported_adapter"], lora_runs["engine"])
     print(f"measured: exported adapter in vLLM vs the synced one: max |d| = {gap:.3g}")
     assert gap < 1e-5
-    engine = start_plain_engine(str(export["merged"]))
-    try:
-        gap = max_gap(on_rank0(engine, engine_logprobs, lora_runs["probe"]), lora_runs["engine"])
-    finally:
-        engine.shutdown()
+    gap = max_gap(lora_runs["merged_export_engine"], lora_runs["engine"])
     print(f"measured: merged export in vLLM vs the LoRA engine: max |d| = {gap:.3g}")
+    assert gap < LOGPROB_TOL
+
+
+def test_merged_sync_sends_the_merged_policy(lora_runs, tiny_model):
+    """learner.lora.sync=merged: every base tensor once (the merged linears under their base names),
+    and the engine then computes the learner's policy, one step past the export it started on."""
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert lora_runs["merged_sync"]["params"] == len(list(base.parameters()))  # a tied lm_head once
+    assert max_gap(lora_runs["merged_sync_engine"], lora_runs["merged_export_engine"]) > 0
+    gap = max_gap(lora_runs["merged_sync_engine"], lora_runs["merged_sync_learner"])
+    print(f"measured: merged sync, engine vs learner log-probs: max |d| = {gap:.3g}")
     assert gap < LOGPROB_TOL
 
 
@@ -199,6 +222,7 @@ def start_plain_engine(model_dir: str):
         RolloutWorker,
         RoleSpec("merged", 1, 1.0),
         init_args=(model_dir, "float32", 256, 0, "cpu"),
+        init_kwargs={"weight_transfer_backend": "rrm_object_store"},
         env=engine_env("cpu", 1, 1),
         call_timeout_s=300,
     )
