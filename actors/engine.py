@@ -27,6 +27,7 @@ import torch
 
 from actors.worker import Worker
 from rrm_ray.judge.budget import FORCED_CLOSE, THINK_CLOSE, close_thinking_text, verdict_allowance
+from rrm_ray.lora import vllm_max_lora_rank
 from rrm_ray.weight_sync import TensorMeta
 
 
@@ -102,10 +103,13 @@ class VLLMEngine(Worker):
         tensor_parallel_size: int = 1,
         weight_transfer_backend: str | None = None,
         enable_prefix_caching: bool | None = None,
+        lora_rank: int = 0,
     ) -> None:
         """`weight_transfer_backend`: the vLLM weight-transfer engine weights arrive through (nccl, ipc,
         gloo, rrm_object_store; see `rrm_ray.weight_sync.vllm_backend`); None: weights stay as loaded.
-        `enable_prefix_caching`: vLLM's automatic prefix caching on or off; None: vLLM's default."""
+        `enable_prefix_caching`: vLLM's automatic prefix caching on or off; None: vLLM's default.
+        `lora_rank` > 0: serves one LoRA adapter of up to this rank (`actors.lora_receiver`); every
+        request then carries `self.lora_request`, the adapter last loaded (None: the base model)."""
         from vllm import LLM
 
         if device == "cpu":
@@ -122,6 +126,9 @@ class VLLMEngine(Worker):
             kwargs["worker_extension_cls"] = "actors.vllm_ext.WeightReceiver"
         if enable_prefix_caching is not None:
             kwargs["enable_prefix_caching"] = enable_prefix_caching
+        if lora_rank:  # one adapter at a time (the policy's current version), kept until the next
+            kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(lora_rank), max_loras=1)
+        self.lora_request: Any = None
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -156,7 +163,7 @@ class VLLMEngine(Worker):
         """One `LLM.generate` over these prompts (vLLM schedules them as one engine batch), recorded
         when `record_batches` is on."""
         record = self._record_start(prompts, params)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
         self._record_end(record, outputs)
         return outputs
 
@@ -169,7 +176,7 @@ class VLLMEngine(Worker):
         engine = self.llm.llm_engine
         record = self._record_start(prompts, params)
         outputs: list[Any] = [None] * len(prompts)
-        ids = self.llm.enqueue(prompts, params, use_tqdm=False)
+        ids = self.llm.enqueue(prompts, params, use_tqdm=False, lora_request=self.lora_request)
         # enqueue names request i "<counter>-<random suffix>"; finished outputs carry "<counter>".
         index = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}
         pending = set(range(len(prompts)))

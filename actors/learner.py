@@ -10,7 +10,13 @@ Checkpoints (`save_checkpoint(dir)`, all ranks): the backend's files (see `actor
 
     dir/rng_rank{rank:05d}.pt   each rank: torch CPU (and CUDA) RNG state and the step counter
     dir/learner_meta.json       rank 0, written last: backend, world_size, step, dtype, master_dtype,
-                                zero_stage
+                                zero_stage, lora (a LoRA policy's rank, alpha, dropout, target_modules;
+                                its backend files then hold the adapter and its optimizer state only)
+
+LoRA (`learner.lora.rank` > 0, `actors.lora_model`): the backend wraps the model with peft before
+sharding; the KL reference is the same model with the adapter switched off (no second copy); syncs
+send the adapter (`learner.lora.sync: adapter`, `actors.lora_sender`) or the merged weights (`merged`,
+through the weight transfer below); HF exports of the policy are merged.
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ import torch
 import torch.distributed as dist
 
 from actors.backends import StepOutcome, build_backend
+from actors.lora_model import adapter_off, merged_meta, merged_weights
+from actors.lora_sender import AdapterSender
 from actors.model_io import DTYPES, META_FILE, CheckpointError, read_meta, write_hf
 from actors.worker import Worker
-from rrm_ray import algo
-from rrm_ray.batch import TrainBatch
+from rrm_ray import algo, lora
+from rrm_ray.batch import TrainBatch, micro_batch_plan
 from rrm_ray.config import AlgorithmConfig, LearnerConfig
+from rrm_ray.weight_sync import LORA_ADAPTER
 
 
 class LearnerWorker(Worker):
@@ -63,6 +72,7 @@ class LearnerWorker(Worker):
         # (the Ray call around it excluded): benchmarks read them (bench/step_overhead.py).
         self.update_seconds: list[float] = []
         self.transfer: Any = None  # the vLLM trainer-side weight-transfer engine (init_weight_transfer)
+        self.adapter_sync = False  # the transfer is a LoRA adapter's (actors.lora_sender)
 
     # -- setup -----------------------------------------------------------------------------------------
     def init_process_group(self, master_addr: str, master_port: int) -> None:
@@ -79,9 +89,11 @@ class LearnerWorker(Worker):
         self.tied = bool(getattr(AutoConfig.from_pretrained(self.model_path), "tie_word_embeddings", False))
         args = (self.backend_name, self.model_path, self.dtype, self.device, self.cfg)
         self.policy = build_backend(*args)
-        # A frozen copy of the initial policy: the KL penalty's reference. (DPO's reference log-probs are
-        # the policy's own, computed once before it trains.)
-        self.reference = build_backend(*args, frozen=True) if self.algo_cfg.kl_coef > 0 else None
+        # A frozen copy of the initial policy: the KL penalty's reference (a LoRA policy's is its base,
+        # the adapter switched off: `_frozen_or_policy`). (DPO's reference log-probs are the policy's
+        # own, computed once before it trains.)
+        copy = self.algo_cfg.kl_coef > 0 and not self.cfg.lora.rank
+        self.reference = build_backend(*args, frozen=True) if copy else None
 
     @property
     def model(self) -> Any:
@@ -109,6 +121,8 @@ class LearnerWorker(Worker):
     def _frozen_or_policy(self, reference: bool) -> Any:
         if not reference:
             return self.policy.model
+        if self.policy.peft is not None:
+            return self._base_forward
         if self.reference is None:
             raise RuntimeError(
                 "reference log-probs asked for, but no reference model was built "
@@ -116,15 +130,44 @@ class LearnerWorker(Worker):
             )
         return self.reference.model
 
+    def _base_forward(self, **kwargs: Any) -> Any:
+        """A LoRA policy's forward with its adapter switched off: the base model, the reference."""
+        with adapter_off(self.policy.peft):
+            return self.policy.model(**kwargs)
+
+    def _micro_batches(self, batch: TrainBatch, unit: int = 1) -> list[list[int]]:
+        """This rank's micro-batches of `batch` as row indices: `learner.micro_batch_size` rows each, or
+        filled up to `learner.max_tokens_per_microbatch` padded tokens (`rrm_ray.batch`). Every rank
+        must run as many forward/backward passes as the others (FSDP2 all-gathers in each, DeepSpeed
+        counts to its accumulation boundary): with a budget the ranks agree on the largest count (an
+        all-reduce) and a rank with fewer splits its costliest micro-batches, or, out of rows, gets
+        empty ones, which `_rows` runs as zero-weight work. `unit` rows stay together (DPO: 2)."""
+        cfg = self.cfg
+        plan = micro_batch_plan(batch.lengths, cfg.micro_batch_size, cfg.max_tokens_per_microbatch, unit)
+        if not cfg.max_tokens_per_microbatch:
+            return plan  # equal shards: equal counts already
+        count = int(self._all_reduce_sums({"micro_batches_max": len(plan)})["micro_batches_max"])
+        if count == len(plan):
+            return plan
+        return micro_batch_plan(
+            batch.lengths, cfg.micro_batch_size, cfg.max_tokens_per_microbatch, unit, count
+        )
+
+    @staticmethod
+    def _rows(batch: TrainBatch, rows: list[int], unit: int = 1) -> TrainBatch:
+        """The micro-batch of these rows, trimmed; an empty plan entry runs the first unit's rows (its
+        loss then counts zero: the pass only keeps this rank in step with the others)."""
+        return batch.select(rows or list(range(unit))).trimmed()
+
     @torch.no_grad()
     def compute_logprobs(self, batch: TrainBatch, reference: bool) -> torch.Tensor:
         """Log-probs of the current policy (or the frozen reference) for this rank's shard, [B, L-1]."""
         model = self._frozen_or_policy(reference)
         out = torch.zeros_like(batch.loss_mask)
-        for start in range(0, len(batch), self.cfg.micro_batch_size):
-            mb = batch.select(slice(start, start + self.cfg.micro_batch_size)).trimmed()
-            lp, _ = self._token_logprobs(model, mb)
-            out[start : start + len(mb), : lp.shape[1]] = lp.cpu()
+        for rows in self._micro_batches(batch):
+            lp, _ = self._token_logprobs(model, self._rows(batch, rows))
+            if rows:
+                out[rows, : lp.shape[1]] = lp.cpu()
         return out
 
     @torch.no_grad()
@@ -136,10 +179,11 @@ class LearnerWorker(Worker):
         """
         model = self._frozen_or_policy(reference)
         out = torch.zeros(len(batch), dtype=torch.float32)
-        for start in range(0, len(batch), self.cfg.micro_batch_size):
-            mb = batch.select(slice(start, start + self.cfg.micro_batch_size)).trimmed()
+        for rows in self._micro_batches(batch):
+            mb = self._rows(batch, rows)
             lp, _ = self._token_logprobs(model, mb, temperature=1.0)
-            out[start : start + len(mb)] = algo.sequence_logps(lp, mb.loss_mask.to(self.device)).cpu()
+            if rows:
+                out[rows] = algo.sequence_logps(lp, mb.loss_mask.to(self.device)).cpu()
         return out
 
     # -- the update ----------------------------------------------------------------------------------
@@ -161,7 +205,6 @@ class LearnerWorker(Worker):
         stats count it in `skipped_steps`, and `grad_norm` is the mean over the applied steps.
         """
         a = self.algo_cfg
-        mbs = self.cfg.micro_batch_size
         lrs = [float(lr)] * len(mini_batch_tokens) if isinstance(lr, int | float) else [float(x) for x in lr]
         if len(lrs) != len(mini_batch_tokens):
             raise ValueError(
@@ -179,15 +222,18 @@ class LearnerWorker(Worker):
             ref_mini = None if ref_logprobs is None else ref_logprobs[m * size : (m + 1) * size]
             self.policy.set_lr(lrs[m])
             self.policy.zero_grad()
-            for start in range(0, len(mini), mbs):
-                sl = slice(start, start + mbs)
-                self.policy.start_micro_batch(last=start + mbs >= len(mini))
-                mb = mini.select(sl).trimmed()
+            plan = self._micro_batches(mini)
+            for k, rows in enumerate(plan):
+                self.policy.start_micro_batch(last=k == len(plan) - 1)
+                mb = self._rows(mini, rows)
                 width = mb.loss_mask.shape[1]
                 lp, entropy = self._token_logprobs(self.policy.model, mb, with_entropy=True)
+                if not rows:  # zero-weight work: this rank ran out of rows, the others did not
+                    self.policy.backward(lp.sum() * 0.0)
+                    continue
                 mask = mb.loss_mask.to(self.device)
                 # One update per batch is exactly on-policy: old log-probs equal the current ones.
-                old = lp.detach() if old_mini is None else old_mini[sl][:, :width].to(self.device)
+                old = lp.detach() if old_mini is None else old_mini[rows][:, :width].to(self.device)
                 out = algo.policy_loss(
                     lp,
                     old,
@@ -200,7 +246,7 @@ class LearnerWorker(Worker):
                 )
                 loss_sum = out.loss_sum
                 if ref_mini is not None:
-                    kl = algo.masked_sum(algo.kl_k3(lp, ref_mini[sl][:, :width].to(self.device)), mask)
+                    kl = algo.masked_sum(algo.kl_k3(lp, ref_mini[rows][:, :width].to(self.device)), mask)
                     loss_sum = loss_sum + a.kl_coef * kl
                     _add(sums, "kl_sum", float(kl))
                 self.policy.backward(loss_sum / max(global_tokens, 1) * self.world_size)
@@ -225,7 +271,8 @@ class LearnerWorker(Worker):
         reference's `compute_sequence_logps` of the same rows. The loss is `algo.dpo_loss` summed over
         pairs, divided by the pair count of ALL ranks (times world size, as gradients are averaged), so
         it is the mean over every pair of the step whatever the split. Micro-batches hold
-        max(1, micro_batch_size // 2) whole pairs. Log-probs at temperature 1.
+        max(1, micro_batch_size // 2) whole pairs, or whole pairs up to the token budget. Log-probs at
+        temperature 1.
         """
         if len(batch) % 2 or len(ref_logps) != len(batch):
             raise ValueError(
@@ -234,16 +281,19 @@ class LearnerWorker(Worker):
                 f"reference log-prob per row"
             )
         global_pairs = self._all_reduce_sums({"pairs": len(batch) // 2})["pairs"]
-        step_rows = 2 * max(1, self.cfg.micro_batch_size // 2)
         self.policy.set_lr(lr)
         self.policy.model.train()
         self.policy.zero_grad()
         sums: dict[str, float] = {}
-        for start in range(0, len(batch), step_rows):
-            self.policy.start_micro_batch(last=start + step_rows >= len(batch))
-            mb = batch.select(slice(start, start + step_rows)).trimmed()
-            ref = ref_logps[start : start + step_rows].to(self.device, torch.float32)
+        plan = self._micro_batches(batch, unit=2)
+        for k, rows in enumerate(plan):
+            self.policy.start_micro_batch(last=k == len(plan) - 1)
+            mb = self._rows(batch, rows, unit=2)
             lp, _ = self._token_logprobs(self.policy.model, mb, temperature=1.0)
+            if not rows:  # zero-weight work (see _micro_batches)
+                self.policy.backward(lp.sum() * 0.0)
+                continue
+            ref = ref_logps[rows].to(self.device, torch.float32)
             seq = algo.sequence_logps(lp, mb.loss_mask.to(self.device))
             out = algo.dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], beta, label_smoothing)
             self.policy.backward(out.losses.sum() / max(global_pairs, 1) * self.world_size)
@@ -276,11 +326,40 @@ class LearnerWorker(Worker):
     def _full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Collective: every rank must call it; rank 0 receives the full tensors on CPU, in `dtype`
         (default: model.dtype, what the engines run and HF exports hold; under mixed precision that is
-        the bf16 rounding of the fp32 masters). For the HF export only: syncs stream (`send_weights`)."""
-        sd = self.policy.full_state_dict(self.dtype if dtype is None else dtype)
+        the bf16 rounding of the fp32 masters). For the HF export only: syncs stream (`send_weights`).
+        A LoRA policy's are the merged base's (`actors.lora_model.merged_weights`)."""
+        dtype = self.dtype if dtype is None else dtype
+        if self.policy.peft is None:
+            sd = self.policy.full_state_dict(dtype)
+        else:
+            rank0 = self.rank == 0
+            sd = {}
+            for name, full in self._merged_stream(dtype):
+                if rank0:
+                    sd[name] = full.detach().to("cpu", copy=True)
         if self.tied:
             sd.pop("lm_head.weight", None)  # the engine ties it to the embedding itself
         return sd
+
+    def _merged_meta(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        return merged_meta(self.policy.weight_meta())
+
+    def _merged_stream(self, dtype: torch.dtype | None) -> Any:
+        return merged_weights(self.policy.stream_weights, self._lora_scale(), dtype)
+
+    def _lora_scale(self) -> float:
+        return float(self.cfg.lora.alpha) / self.cfg.lora.rank
+
+    def _lora_settings(self) -> dict[str, Any] | None:
+        c = self.cfg.lora
+        if not c.rank:
+            return None
+        return {
+            "rank": c.rank,
+            "alpha": c.alpha,
+            "dropout": c.dropout,
+            "target_modules": list(c.target_modules),
+        }
 
     # -- weights out to the engines: vLLM's weight-transfer protocol (actors.weight_transfer) ----------
     def init_weight_transfer(
@@ -294,10 +373,26 @@ class LearnerWorker(Worker):
 
         if self.transfer is not None:
             self.transfer.shutdown()
+        self.adapter_sync = backend == LORA_ADAPTER
+        if self.adapter_sync:  # the adapter alone, through vLLM's LoRA loading
+            c = self.cfg.lora
+            self.transfer = AdapterSender(
+                lambda: self.policy.weight_meta(adapter_only=True),
+                lambda dtype: self.policy.stream_weights(dtype, adapter_only=True),
+                self.dtype,
+                engines,
+                lora.adapter_config(c.rank, c.alpha, c.dropout, c.target_modules, self.model_path),
+                self.rank == 0,
+                timeout_s,
+            )
+            return
+        meta, stream = self.policy.weight_meta, self.policy.stream_weights
+        if self.policy.peft is not None:  # learner.lora.sync=merged: W + alpha/r B A, rounded once
+            meta, stream = self._merged_meta, self._merged_stream
         # Streamed from the shards on every rank (ipc: each rank exports handles to its own full copies).
         self.weight_source = wt.StreamedWeights(
-            self.policy.weight_meta,
-            self.policy.stream_weights,
+            meta,
+            stream,
             self.dtype,
             "cuda" if backend in ("nccl", "ipc") else "cpu",
             frozenset({"lm_head.weight"}) if self.tied else frozenset(),  # the engine ties it itself
@@ -317,14 +412,22 @@ class LearnerWorker(Worker):
 
         if self.transfer is None:
             raise RuntimeError("send_weights before init_weight_transfer")
+        if self.adapter_sync:  # the LoRA adapter (actors.lora_sender)
+            try:
+                self.transfer.send_weights(self.step)
+            except BaseException:
+                self.transfer = None  # set up again (the engines reset their folders) before the next
+                raise
+            return self.transfer.reports[0] if self.rank == 0 else None
         self.weight_client.manifest = wt.manifest_from(self.weight_source)
         try:
             self.transfer.send_weights()
         except BaseException:
             # A sync that failed half-way must not leave the engines inside an update (vLLM refuses to
-            # start the next one): close our end of the transfer first (an engine blocked in a receive
-            # then fails out of it), then have every engine end its update. The next sync sets the
-            # transfer up again (`weight_transfer_ready`) and sends everything.
+            # start the next one): the gloo sender has already sent what their receive waited for (zeros,
+            # `GlooTrainerWeightTransferEngine._drain`); close our end, then every engine ends its update
+            # and refuses to generate until a full sync. The next sync sets the transfer up again
+            # (`weight_transfer_ready`) and sends everything.
             self.transfer.shutdown()
             self.transfer = None
             if self.rank == 0:
@@ -381,6 +484,7 @@ class LearnerWorker(Worker):
             "master_dtype": "float32",
             "zero_stage": self.cfg.zero_stage if self.backend_name == "deepspeed" else None,
             "model_path": self.model_path,
+            "lora": self._lora_settings(),
         }
         tmp = d / (META_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
@@ -402,6 +506,11 @@ class LearnerWorker(Worker):
             raise CheckpointError(
                 f"{d / META_FILE}: DeepSpeed checkpoint of {meta['world_size']} ranks, this learner has "
                 f"{self.world_size}; resume with learner.num_ranks={meta['world_size']}"
+            )
+        if meta.get("lora") != self._lora_settings():
+            raise CheckpointError(
+                f"{d / META_FILE}: written with learner.lora={meta.get('lora')}, this learner has "
+                f"{self._lora_settings()}; resume with the same learner.lora settings"
             )
         self.policy.load(d)
         rng_file = d / f"rng_rank{self.rank:05d}.pt"

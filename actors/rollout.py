@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from actors.engine import VLLMEngine, sampled_logprobs
+from actors.lora_receiver import AdapterReceiver
 from rrm_ray.data.prompts import prompt_token_ids
 from rrm_ray.judge.budget import THINK_CLOSE, close_thinking, verdict_allowance
 from rrm_ray.seeds import request_seed
@@ -29,8 +30,9 @@ def _completions(prompt_index: int, out: Any) -> list[Completion]:
     ]
 
 
-class RolloutWorker(VLLMEngine):
-    """The rollout role: policy samples for GRPO and greedy evaluation."""
+class RolloutWorker(AdapterReceiver, VLLMEngine):
+    """The rollout role: policy samples for GRPO and greedy evaluation; a LoRA policy's adapter arrives
+    through `AdapterReceiver`."""
 
     def generate(
         self,

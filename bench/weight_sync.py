@@ -18,6 +18,11 @@ gather alone (every rank walks `stream_weights` in lockstep, nothing sent), and 
 gloo itself, one broadcast of the same bytes in the same bucket sizes between the two learner
 processes (loopback TCP, what the collective method's group runs on). The last line is the ratio
 best method seconds / bound seconds (1.0 would be the bound).
+
+LoRA line (`lora_line`): a rank-16 adapter on every linear of SmolLM2 (`learner.lora`), synced
+adapter-only (`learner.lora.sync=adapter`: the adapter's tensors in the object store, loaded by a
+LoRA-serving engine through vLLM's LoRA path as a new adapter version) against the best full sync
+above: bytes and seconds per sync, and their ratios.
 """
 
 from __future__ import annotations
@@ -33,10 +38,10 @@ from actors.engine import engine_env
 from actors.learner import LearnerWorker
 from actors.rollout import RolloutWorker
 from rrm_ray.clients.group import ActorGroup
-from rrm_ray.config import AlgorithmConfig, LearnerConfig
+from rrm_ray.config import AlgorithmConfig, LearnerConfig, LoRAConfig
 from rrm_ray.models import ensure_smollm2
 from rrm_ray.placement import RoleSpec
-from rrm_ray.weight_sync import vllm_backend
+from rrm_ray.weight_sync import LORA_ADAPTER, vllm_backend
 
 METHODS = ("collective", "object_store")  # what runs without a GPU
 
@@ -73,6 +78,47 @@ def _gloo_floor_seconds(worker: LearnerWorker, nbytes: int, bucket_bytes: int) -
     for offset in range(0, nbytes, bucket_bytes):
         dist.broadcast(bucket[: min(bucket_bytes, nbytes - offset)], src=0)
     return time.perf_counter() - start
+
+
+def lora_line(args: argparse.Namespace, model: str, timeout: float, full_s: float, full_bytes: int) -> None:
+    """Adapter-only syncs of a rank-16 LoRA policy (every linear) to a LoRA-serving engine, timed as
+    the full syncs are (warm-up, then the median of `--repeats`), printed against the full sync."""
+    engine = ActorGroup(
+        RolloutWorker,
+        RoleSpec("rollout-lora", 1, 1.0),
+        init_args=(model, "float32", 512, 0, "cpu"),
+        init_kwargs={"lora_rank": 16},
+        env=engine_env("cpu", 1, 1),
+        call_timeout_s=timeout,
+    )
+    cfg = LearnerConfig(num_ranks=args.learner_ranks, micro_batch_size=1, lora=LoRAConfig(rank=16, alpha=32))
+    learner = ActorGroup(
+        LearnerWorker,
+        RoleSpec("learner-lora", args.learner_ranks, 1.0),
+        init_args=(model, "float32", "cpu", cfg, AlgorithmConfig(), 1.0, 1),
+        env={"OMP_NUM_THREADS": "1"},
+        call_timeout_s=timeout,
+    )
+    master = learner.placement()[0]
+    learner.call_all("init_process_group", master["ip"], learner.call_rank0("free_port"))
+    engine.call_all("ping")
+    learner.call_all("init_weight_transfer", LORA_ADAPTER, engine.actors, 1, args.bucket_mb, timeout)
+    report = learner.call_all("send_weights")[0]  # warm-up
+    runs = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        learner.call_all("send_weights")
+        runs.append(time.perf_counter() - start)
+    learner.call_all("close")
+    for group in (learner, engine):
+        group.shutdown()
+    lora_s, lora_bytes = statistics.median(runs), report["bytes"]
+    print(
+        f"LoRA rank 16, every linear, adapter-only: {lora_s:.3f} s per sync (median of {args.repeats}: "
+        f"{', '.join(f'{s:.3f}' for s in runs)}), {report['params']} tensors, {lora_bytes / 2**20:.2f} MiB; "
+        f"full sync {full_s:.3f} s, {full_bytes / 2**20:.1f} MiB: "
+        f"{full_bytes / lora_bytes:.0f}x fewer bytes, {full_s / lora_s:.1f}x faster"
+    )
 
 
 def main() -> None:
@@ -145,6 +191,8 @@ def main() -> None:
     learner.call_all("close")
     for group in (learner, *engines.values()):
         group.shutdown()
+    full = min(seconds, key=lambda m: statistics.median(seconds[m]))
+    lora_line(args, model, timeout, statistics.median(seconds[full]), nbytes)
     ray.shutdown()
 
     bandwidth = max(bandwidth, memcpy_bandwidth())

@@ -32,7 +32,15 @@ class TrainBatch:
     def num_tokens(self) -> int:
         return int(self.loss_mask.sum().item())
 
-    def select(self, index: slice) -> TrainBatch:
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens of each sequence (prompt + response, padding excluded)."""
+        return [int(n) for n in self.attention_mask.sum(dim=1).tolist()]
+
+    def select(self, index: slice | Sequence[int]) -> TrainBatch:
+        """The rows of a slice, or of a list of row indices (in that order)."""
+        if not isinstance(index, slice):
+            index = torch.tensor(list(index), dtype=torch.long)  # type: ignore[assignment]
         return TrainBatch(
             self.input_ids[index],
             self.attention_mask[index],
@@ -137,3 +145,69 @@ def permute(batch: TrainBatch, order: Sequence[int]) -> TrainBatch:
         batch.rollout_logprobs[idx],
         batch.advantages[idx],
     )
+
+
+# -- micro-batches: fixed sizes, or a budget of padded tokens ------------------------------------------
+def fixed_micro_batches(rows: int, size: int, unit: int = 1) -> list[list[int]]:
+    """Consecutive micro-batches of `size` rows (the last may be shorter), whole units of `unit` rows
+    each (DPO: a chosen/rejected pair is 2 rows): at least one unit per micro-batch."""
+    step = unit * max(1, size // unit)
+    return [list(range(start, min(start + step, rows))) for start in range(0, rows, step)]
+
+
+def budget_micro_batches(
+    lengths: Sequence[int], budget: int, unit: int = 1, count: int = 0
+) -> list[list[int]]:
+    """Row indices of each micro-batch, filled up to `budget` PADDED tokens (rows x longest row).
+
+    Units (`unit` consecutive rows: 1 for GRPO, 2 for a DPO pair, which must share a forward) are
+    sorted longest first and dealt into micro-batches in that order, a new one opening when the next
+    unit would take the padded size over the budget, so a micro-batch holds sequences of similar
+    length. A unit that alone exceeds the budget gets a micro-batch of its own (validation keeps the
+    budget >= model.max_model_len, so only a DPO pair can). `count` > the micro-batches needed: the
+    costliest micro-batches of two or more units are halved until there are `count` (every rank must
+    run the same number of forward/backward passes: FSDP2's collectives and DeepSpeed's accumulation
+    boundary need it); if no micro-batch can be split any more the rest are empty lists, which the
+    learner runs as zero-weight work. Deterministic: the same lengths give the same plan.
+    """
+    if budget < 1:
+        raise ValueError(f"budget_micro_batches: budget must be >= 1 token, got {budget}")
+    if len(lengths) % unit:
+        raise ValueError(f"budget_micro_batches: {len(lengths)} rows do not split into units of {unit}")
+    units = [list(range(i, i + unit)) for i in range(0, len(lengths), unit)]
+    longest = [max(lengths[r] for r in u) for u in units]
+    order = sorted(range(len(units)), key=lambda u: (-longest[u], u))
+    plans: list[list[int]] = []
+    for u in order:  # longest first: the first unit of a micro-batch sets its padded width
+        if plans and (len(plans[-1]) + 1) * unit * longest[plans[-1][0]] <= budget:
+            plans[-1].append(u)
+        else:
+            plans.append([u])
+
+    def cost(p: list[int]) -> int:
+        return len(p) * unit * longest[p[0]]
+
+    while len(plans) < count:
+        splittable = [i for i, p in enumerate(plans) if len(p) >= 2]
+        if not splittable:
+            plans += [[] for _ in range(count - len(plans))]
+            break
+        i = max(splittable, key=lambda i: (cost(plans[i]), -i))
+        p = plans[i]
+        plans[i : i + 1] = [p[: len(p) // 2], p[len(p) // 2 :]]
+    return [[r for u in p for r in units[u]] for p in plans]
+
+
+def padded_tokens(lengths: Sequence[int], plan: Sequence[Sequence[int]]) -> int:
+    """Tokens the forward passes of `plan` process, padding included (what the budget bounds)."""
+    return sum(len(rows) * max(lengths[r] for r in rows) for rows in plan if rows)
+
+
+def micro_batch_plan(
+    lengths: Sequence[int], micro_batch_size: int, budget: int | None, unit: int = 1, count: int = 0
+) -> list[list[int]]:
+    """`learner.max_tokens_per_microbatch` (budget; 0 or None: off) or else `learner.micro_batch_size`."""
+    if budget:
+        return budget_micro_batches(lengths, budget, unit, count)
+    plan = fixed_micro_batches(len(lengths), micro_batch_size, unit)
+    return plan + [[] for _ in range(count - len(plan))]

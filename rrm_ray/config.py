@@ -102,6 +102,25 @@ class RolloutConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA adapters instead of full training (`peft`, wrapped before sharding): the base model stays
+    frozen in model.dtype, only the adapters (fp32 masters) train, and the KL/DPO reference is the base
+    with the adapter switched off. README "LoRA" says what each sync mode costs."""
+
+    rank: int = 0  # 0: off (full training); vLLM serves ranks up to 512
+    alpha: float = 16.0  # scale alpha / rank on the adapter's output
+    dropout: float = 0.0
+    # Linear layers of every decoder layer that get an adapter (their names in the HF model)
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    # adapter: each sync sends only the adapter, which the engines serve through vLLM's LoRA support
+    # (a new adapter name and path per policy version) | merged: the learner sends W + alpha/r * B A,
+    # rounded to model.dtype, through the full weight sync, for engines that cannot serve LoRA
+    sync: str = "adapter"
+
+
+@dataclass
 class LearnerConfig:
     backend: str = "fsdp2"  # fsdp2 | deepspeed
     zero_stage: int = 3  # deepspeed: ZeRO stage 2 or 3
@@ -113,6 +132,10 @@ class LearnerConfig:
     strategy: str = "PACK"
     threads: int = 1  # torch threads per rank on cpu
     micro_batch_size: int = 4  # sequences per forward/backward on one rank
+    # > 0: instead, each mini-batch's sequences are sorted by length and micro-batches filled up to this
+    # many PADDED tokens (sequences x the longest); every rank runs as many micro-batches as the busiest
+    # (rrm_ray.batch.budget_micro_batches). At least model.max_model_len. 0: micro_batch_size sequences.
+    max_tokens_per_microbatch: int = 0
     lr: float = 1e-5
     lr_schedule: str = "constant"  # constant | cosine | linear
     warmup_steps: int = 0  # optimizer steps (a training step makes algorithm.mini_batches of them)
@@ -124,6 +147,7 @@ class LearnerConfig:
     # Positions whose [chunk, vocab] logits are built at once (then dropped; recomputed in backward)
     logprob_chunk: int = 1024
     gradient_checkpointing: bool = False
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rrm_ray.config import JobConfig, resolved_dtype
+from rrm_ray.lora import adapter_numel
 from rrm_ray.models import SMOLLM2_ALIAS, cache_dir
 from rrm_ray.placement import (
     ENGINES,
@@ -31,7 +32,7 @@ from rrm_ray.placement import (
     placement_problems,
 )
 from rrm_ray.tables import aligned_table
-from rrm_ray.weight_sync import vllm_backend, weight_sync_method
+from rrm_ray.weight_sync import LORA_ADAPTER, vllm_backend, weight_sync_method
 
 GIB = 2**30
 CONTEXT_GIB = 1.0  # per process on a GPU: CUDA context and NCCL communicator buffers
@@ -177,6 +178,28 @@ def engine_memory(cfg: JobConfig, role: str, params: int | None, shared: bool) -
     return Memory(awake, asleep, parts, host)
 
 
+def lora_params(cfg: JobConfig) -> int | None:
+    """Parameters of the policy's LoRA adapter (`learner.lora`), None when unknown; 0: no LoRA."""
+    lo = cfg.learner.lora
+    if not lo.rank:
+        return 0
+    shape, _ = model_shape(cfg.model.path)
+    return None if shape is None else adapter_numel(shape, lo.rank, lo.target_modules)
+
+
+def sync_bytes(cfg: JobConfig, params: int | None) -> tuple[int | None, str]:
+    """Bytes one learner -> engine sync moves per engine, and what they are: the full weights in
+    model.dtype, or with `learner.lora.sync: adapter` only the adapter (in model.dtype as well)."""
+    dtype = resolved_dtype(cfg)
+    lo = cfg.learner.lora
+    if lo.rank and lo.sync == "adapter":
+        adapter = lora_params(cfg)
+        what = f"the LoRA adapter (rank {lo.rank} on {len(lo.target_modules)} linears per layer) in {dtype}"
+        return (None if adapter is None else adapter * DTYPE_BYTES[dtype]), what
+    what = "the full weights" + (" (LoRA merged into them)" if lo.rank else "") + f" in {dtype}"
+    return (None if params is None else params * DTYPE_BYTES[dtype]), what
+
+
 def learner_memory(cfg: JobConfig, params: int | None) -> Memory:
     """One learner rank: fp32 master weights (4 B/param) + Adam moments (8) + fp32 gradients (4),
     sharded over the ranks; the compute-dtype weights (ZeRO-2: a full copy per rank; ZeRO-3: a
@@ -184,10 +207,14 @@ def learner_memory(cfg: JobConfig, params: int | None) -> Memory:
     layers unsharded while it computes); a frozen reference when algorithm.kl_coef > 0 (sharded, except
     ZeRO-2's, which is whole on every rank); the sync's stream (the largest tensor gathered, and the
     sender's double-buffered buckets on rank 0); the allocator's slack; a CUDA context. Activations are
-    not counted. `host_asleep` carries what ZeRO offloads to host memory, per rank."""
+    not counted. `host_asleep` carries what ZeRO offloads to host memory, per rank.
+
+    With LoRA (`learner.lora.rank` > 0): `_lora_learner_memory`."""
     lr = cfg.learner
     if params is None:
         return Memory(None, None, "unknown (no parameter count)")
+    if lr.lora.rank:
+        return _lora_learner_memory(cfg, params, lora_params(cfg))
     shape, _ = model_shape(cfg.model.path)
     sizes = tensor_sizes(shape, params) if shape is not None and count_params(shape) else None
     ranks, b = lr.num_ranks, DTYPE_BYTES[resolved_dtype(cfg)]
@@ -229,6 +256,48 @@ def learner_memory(cfg: JobConfig, params: int | None) -> Memory:
         + "; activations not counted"
     )
     resident = (masters + adam + grads + weights + reference) / GIB + CONTEXT_GIB
+    return Memory(total, None, parts, host / GIB, resident)
+
+
+def _lora_learner_memory(cfg: JobConfig, params: int, adapter: int | None) -> Memory:
+    """A LoRA learner rank: the base frozen in the compute dtype (sharded, but whole on every rank under
+    ZeRO-2; in host memory under offload_params), masters, Adam and gradients of the adapter only, no
+    reference copy (the base with the adapter switched off); FSDP2's / ZeRO-3's unsharded root and two
+    layers while it computes; the sync stream (adapter sync: the adapter's tensors; merged: the largest
+    merged tensor and the sender's buffers, as a full sync); the allocator's slack; a CUDA context."""
+    lr = cfg.learner
+    if adapter is None:
+        return Memory(None, None, "unknown (no adapter size for this model shape)")
+    shape, _ = model_shape(cfg.model.path)
+    sizes = tensor_sizes(shape, params) if shape is not None and count_params(shape) else None
+    ranks, b = lr.num_ranks, DTYPE_BYTES[resolved_dtype(cfg)]
+    whole = lr.backend == "deepspeed" and lr.zero_stage == 2
+    base, host = b * params / (1 if whole else ranks), 0.0
+    if lr.backend == "deepspeed" and lr.offload_params:
+        host, base = base, 0.0
+    masters, adam, grads = 4 * adapter / ranks, 8 * adapter / ranks, 4 * adapter / ranks
+    if lr.backend == "deepspeed" and lr.offload_optimizer:
+        host += masters + adam
+        masters = adam = 0.0
+    unsharded = 0.0 if whole or not sizes else b * (sizes.root + 2 * sizes.layer)
+    if lr.lora.sync == "adapter":
+        stream = b * adapter
+    else:
+        largest = b * sizes.largest if sizes else 0.0
+        stream = largest + TRANSFER_BUFFERS * cfg.rollout.weight_bucket_mb * 2**20
+    live = base + masters + adam + grads + unsharded + stream
+    slack = ALLOCATOR_SLACK * live
+    total = (live + slack) / GIB + CONTEXT_GIB
+    parts = (
+        f"frozen base {base / GIB:.1f} ({'whole, ZeRO-2' if whole else f'over {ranks} ranks'}) + LoRA "
+        f"{fmt_params(adapter)}: masters {masters / GIB:.2f} + Adam {adam / GIB:.2f} + grads "
+        f"{grads / GIB:.2f} (reference: the base, adapter off)"
+        + (f" + unsharded root and 2 layers {unsharded / GIB:.1f}" if unsharded else "")
+        + f" + sync stream {stream / GIB:.2f} + allocator slack {slack / GIB:.1f} + context {CONTEXT_GIB:g}"
+        + (f"; host {host / GIB:.1f} (offloaded)" if host else "")
+        + "; activations not counted"
+    )
+    resident = (base + masters + adam + grads) / GIB + CONTEXT_GIB
     return Memory(total, None, parts, host / GIB, resident)
 
 
@@ -324,6 +393,15 @@ def build_report(cfg: JobConfig, nodes: list[dict[str, float]] | None, where: st
     method = weight_sync_method(cfg)
     lines += ["", f"weight sync: {method} (rollout.weight_sync={cfg.rollout.weight_sync}; vLLM engine "
               f"{vllm_backend(method, cfg.cluster.device)!r})"]  # fmt: skip
+    if method == LORA_ADAPTER:
+        lines[-1] = (
+            "weight sync: the LoRA adapter only, through vLLM's LoRA loading (learner.lora.sync=adapter)"
+        )
+    size, what = sync_bytes(cfg, params["policy"][0])
+    shown = (
+        "unknown" if size is None else f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / 2**20:.1f} MiB"
+    )
+    lines.append(f"per sync and engine: {shown}, {what}")
     lines += ["", *(_gpu_memory(cfg, placement, params) if cuda else _host_memory(cfg, placement, params))]
     if cuda and cfg.cluster.address is None and cfg.cluster.local_num_gpus is None:
         lines.append(

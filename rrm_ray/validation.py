@@ -35,6 +35,7 @@ from rrm_ray.data.downstream import validate_settings
 from rrm_ray.judge.prompts import CONFIG_PROMPT_STYLES, OVER_LENGTH
 from rrm_ray.judge.records import PRESENTATIONS
 from rrm_ray.judge.verdict import VERDICT_RULES
+from rrm_ray.lora import VLLM_MAX_LORA_RANKS
 from rrm_ray.placement import COLOCATABLE, gpus_asked, local_resources, own_spec, placement_layout
 from rrm_ray.rewards.rules import resolve_rule
 from rrm_ray.seeds import SEED_REQUESTS
@@ -277,6 +278,7 @@ def validate(cfg: JobConfig) -> None:
     require(r.temperature > 0, "rollout.temperature", "must be > 0 (use eval for greedy decoding)")
     require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     validate_learner_numerics(cfg)
+    validate_lora(cfg)
     require(cfg.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     require(c.placement_timeout_s > 0, "cluster.placement_timeout_s", "must be > 0")
     require(c.call_timeout_s > 0, "cluster.call_timeout_s", "must be > 0")
@@ -499,6 +501,13 @@ def validate_learner_numerics(cfg: JobConfig) -> None:
     """The learner's numerics: log-prob chunking, precision, LR warmup, importance weights."""
     lr, a, r = cfg.learner, cfg.algorithm, cfg.rollout
     require(lr.logprob_chunk >= 1, "learner.logprob_chunk", f"must be at least 1, got {lr.logprob_chunk}")
+    budget, longest = lr.max_tokens_per_microbatch, cfg.model.max_model_len
+    require(
+        budget == 0 or budget >= longest,
+        "learner.max_tokens_per_microbatch",
+        f"must be 0 (off: learner.micro_batch_size sequences per micro-batch) or at least "
+        f"model.max_model_len={longest}, so that the longest sequence fits a micro-batch; got {budget}",
+    )
     require(
         not (resolved_dtype(cfg) == "float16" and lr.backend == "fsdp2"),
         "model.dtype",
@@ -522,6 +531,41 @@ def validate_learner_numerics(cfg: JobConfig) -> None:
         "log-probs are renormalised over the top-p nucleus, the learner's are over the full vocabulary, so "
         "the truncated importance weights would be biased below 1; set rollout.top_p=1.0 or "
         "algorithm.tis_cap=null",
+    )
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def validate_lora(cfg: JobConfig) -> None:
+    """`learner.lora`: rank 0 is full training; the rest must be an adapter vLLM can serve and sync."""
+    lo, r = cfg.learner.lora, cfg.rollout
+    require(lo.rank >= 0, "learner.lora.rank", f"must be >= 0 (0: full training, no adapter), got {lo.rank}")
+    if lo.rank == 0:
+        return
+    require(lo.rank <= VLLM_MAX_LORA_RANKS[-1], "learner.lora.rank", f"vLLM serves LoRA ranks up to "
+            f"{VLLM_MAX_LORA_RANKS[-1]}, got {lo.rank}")  # fmt: skip
+    require(
+        lo.alpha > 0,
+        "learner.lora.alpha",
+        f"must be > 0 (the adapter's scale is alpha / rank), got {lo.alpha}",
+    )
+    require(0 <= lo.dropout < 1, "learner.lora.dropout", f"must be in [0, 1), got {lo.dropout}")
+    one_of(lo.sync, "learner.lora.sync", ("adapter", "merged"))
+    targets = list(lo.target_modules)
+    require(
+        bool(targets) and len(set(targets)) == len(targets) and set(targets) <= set(LORA_TARGETS),
+        "learner.lora.target_modules",
+        f"must name each at most once some of the decoder's linear layers {', '.join(LORA_TARGETS)} (what "
+        f"PEFT wraps, vLLM serves and the merged export folds back), got {targets}",
+    )
+    shared = placement_layout(cfg).roles["rollout"].shared  # colocated: it sleeps between turns
+    require(
+        lo.sync != "adapter" or not shared or r.sleep_level == 1,
+        "rollout.sleep_level",
+        "must be 1 with learner.lora.sync=adapter: a level-2 sleep discards the engine's weights and its "
+        "LoRA slots, and adapter syncs never send the base weights again (set rollout.sleep_level=1, or "
+        "learner.lora.sync=merged to send merged full weights after every wake)",
     )
 
 

@@ -130,8 +130,15 @@ def resolve_weight_sync(requested: str, device: str, colocated: bool, fsdp2: boo
     return requested
 
 
+LORA_ADAPTER = "lora_adapter"  # learner.lora.sync=adapter: vLLM's LoRA loading, not its weight transfer
+
+
 def weight_sync_method(cfg: JobConfig) -> str:
-    """The job's method; colocated = the rollout shares the learner's bundles (`cluster.colocate`)."""
+    """The job's method; colocated = the rollout shares the learner's bundles (`cluster.colocate`).
+    A LoRA policy with `learner.lora.sync=adapter` syncs its adapter only (`LORA_ADAPTER`: through
+    vLLM's LoRA loading, `actors.lora_receiver`), whatever `rollout.weight_sync` says."""
+    if cfg.learner.lora.rank and cfg.learner.lora.sync == "adapter":
+        return LORA_ADAPTER
     colocated = "rollout" in placement_layout(cfg).roles["learner"].peers
     return resolve_weight_sync(
         cfg.rollout.weight_sync, cfg.cluster.device, colocated, cfg.learner.backend == "fsdp2"
@@ -139,7 +146,10 @@ def weight_sync_method(cfg: JobConfig) -> str:
 
 
 def vllm_backend(method: str, device: str) -> str:
-    """The method's engine name in vLLM's `WeightTransferEngineFactory` (see actors.weight_transfer)."""
+    """The method's engine name in vLLM's `WeightTransferEngineFactory` (see actors.weight_transfer);
+    `LORA_ADAPTER` is no such engine: it names itself."""
+    if method == LORA_ADAPTER:
+        return LORA_ADAPTER
     if method == "collective":
         return "nccl" if device == "cuda" else "gloo"
     return {"ipc": "ipc", "object_store": "rrm_object_store"}[method]

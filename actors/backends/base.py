@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
+from rrm_ray import lora
+
 
 class StepOutcome(NamedTuple):
     """What one optimizer step did: the gradient norm before clipping, and whether AdamW was applied
@@ -23,6 +25,9 @@ class Backend:
 
     name = ""
     model: Any
+    # The PeftModel around `module()` when `learner.lora.rank` > 0 (`actors.lora_model`): its
+    # `disable_adapter` gives the reference; None: full training.
+    peft: Any = None
 
     def start_micro_batch(self, last: bool) -> None:
         """Called before each forward of a gradient accumulation; `last` on the final micro-batch."""
@@ -43,9 +48,11 @@ class Backend:
         """The HF module whose state dict names the weights (FSDP2's is the model itself)."""
         return self.model
 
-    def weights(self) -> list[tuple[str, torch.Tensor]]:
-        """The state dict's tensors as this rank holds them (shards, partitions or full), tied names once."""
-        return list(self._named_state()[0].items())
+    def weights(self, adapter_only: bool = False) -> list[tuple[str, torch.Tensor]]:
+        """The state dict's tensors as this rank holds them (shards, partitions or full), tied names once;
+        `adapter_only`: a LoRA policy's adapter tensors alone (`lora_A` / `lora_B`)."""
+        named = self._named_state()[0].items()
+        return [(n, t) for n, t in named if not adapter_only or lora.file_key(n) is not None]
 
     def _named_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """(first name -> tensor, alias -> first name) over `module().state_dict(keep_vars=True)`."""
@@ -60,19 +67,32 @@ class Backend:
                 unique[name] = t
         return unique, aliases
 
-    def weight_meta(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    def weight_meta(self, adapter_only: bool = False) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
         """Every weight's name, full shape and own dtype, in `stream_weights` order, without gathering
-        anything. Tied weights appear once (under their first name)."""
+        anything. Tied weights appear once (under their first name). `adapter_only`: see `weights`."""
         raise NotImplementedError
 
-    def stream_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def stream_weights(
+        self, dtype: torch.dtype | None = None, adapter_only: bool = False
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """Collective, in lockstep on every rank: each weight in turn, full, on this rank's device, in
         `dtype` if it is a floating tensor (None, and every integer buffer: its own dtype; the masters
         are fp32 under mixed precision), cast BEFORE it is
         gathered where the shards allow it (half the bytes of an fp32 gather for a bf16 engine). A
         tensor is this rank's only until the next one is asked for: no rank ever holds the whole model
-        in full. Tied weights come once, as in `weight_shapes`."""
+        in full. Tied weights come once, as in `weight_shapes`. `adapter_only`: see `weights` (a LoRA
+        adapter-only sync gathers nothing of the frozen base)."""
         raise NotImplementedError
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """Collective: rank 0 gets a LoRA policy's adapter, full fp32 (the masters) on CPU, by PEFT file
+        key (`rrm_ray.lora.file_key`); the other ranks get {}."""
+        rank0 = dist.get_rank() == 0
+        out: dict[str, torch.Tensor] = {}
+        for name, full in self.stream_weights(None, adapter_only=True):
+            if rank0:
+                out[lora.file_key(name)] = full.detach().to("cpu", torch.float32, copy=True)
+        return out
 
     def full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Collective: rank 0 gets every weight, full and on CPU, in `dtype` (see `stream_weights`);

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from actors.backends.base import Backend, StepOutcome
+from actors.lora_model import initial_adapter, trainable, wrap_lora
 from actors.model_io import CheckpointError, checkpoint_files, load_hf_model, read_tensor
 
 if TYPE_CHECKING:
@@ -77,7 +78,12 @@ def import_deepspeed(device_type: str):
 
 
 class DeepSpeedBackend(Backend):
-    """A DeepSpeed engine with ZeRO stage 2 or 3 over torch AdamW; a frozen one has no optimizer."""
+    """A DeepSpeed engine with ZeRO stage 2 or 3 over torch AdamW; a frozen one has no optimizer.
+
+    LoRA (`learner.lora.rank` > 0): peft wraps the loaded model before `deepspeed.initialize` (ZeRO-3:
+    the base is already partitioned; the adapter's new parameters are partitioned by the engine), the
+    frozen base stays in the compute dtype, AdamW sees the adapter only, and checkpoints exclude the
+    frozen parameters."""
 
     name = "deepspeed"
 
@@ -98,10 +104,16 @@ class DeepSpeedBackend(Backend):
         if frozen:
             model.eval()
             model.requires_grad_(False)
+        elif cfg.lora.rank:
+            self.peft = wrap_lora(model, cfg.lora, dtype, torch.float32)
+            with torch.no_grad():  # the same start as FSDP2's (peft's init, from a generator of our own)
+                named = dict(model.named_parameters())
+                for name, value in initial_adapter(model, torch.initial_seed()).items():
+                    named[name].copy_(value)
         if frozen and self.stage < 3:  # nothing to shard without an optimizer: a plain replica
             self.model, self.engine = model, None
             return
-        params = None if frozen else model.parameters()
+        params = None if frozen else trainable(model)
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config)
         self.model = self.engine
         if frozen:
@@ -164,20 +176,24 @@ class DeepSpeedBackend(Backend):
     def module(self) -> torch.nn.Module:
         return self.engine.module if self.engine is not None else self.model
 
-    def weight_meta(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-        return [(name, tuple(getattr(t, "ds_shape", t.shape)), t.dtype) for name, t in self.weights()]
+    def weight_meta(self, adapter_only: bool = False) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        return [
+            (name, tuple(getattr(t, "ds_shape", t.shape)), t.dtype) for name, t in self.weights(adapter_only)
+        ]
 
     @torch.no_grad()
-    def stream_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def stream_weights(
+        self, dtype: torch.dtype | None = None, adapter_only: bool = False
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """None under bf16/fp16 training: the fp32 masters (DeepSpeed all-reduces each parameter's
         master); otherwise the module's weights (ZeRO-3 gathers one parameter at a time), cast after
         the gather (ZeRO's partitions are the module's dtype already)."""
         from deepspeed.utils import safe_get_full_fp32_param
 
         masters = dtype is None and self._has_masters()
-        for name, t in self.weights():
+        for name, t in self.weights(adapter_only):
             to = dtype if dtype is not None and t.is_floating_point() else t.dtype
-            if masters and isinstance(t, torch.nn.Parameter):
+            if masters and isinstance(t, torch.nn.Parameter) and t.requires_grad:
                 yield name, safe_get_full_fp32_param(t)
             elif self.stage >= 3 and hasattr(t, "ds_id"):
                 with self.deepspeed.zero.GatheredParameters([t], modifier_rank=None):
@@ -186,11 +202,21 @@ class DeepSpeedBackend(Backend):
                 yield name, t.detach().to(to)
 
     def save(self, directory: Path) -> None:
-        self.engine.save_checkpoint(str(directory), tag=DS_TAG, client_state={}, save_latest=True)
+        self.engine.save_checkpoint(
+            str(directory),
+            tag=DS_TAG,
+            client_state={},
+            save_latest=True,
+            exclude_frozen_parameters=self.peft is not None,  # a LoRA base is model.path's
+        )
 
     def load(self, directory: Path) -> None:
         path, _ = self.engine.load_checkpoint(
-            str(directory), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+            str(directory),
+            tag=DS_TAG,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+            load_module_strict=self.peft is None,  # a LoRA checkpoint holds the adapter only
         )
         if path is None:
             raise CheckpointError(f"{directory}: DeepSpeed found no checkpoint under tag {DS_TAG!r}")

@@ -192,7 +192,7 @@ def main() -> int:
     # The LearnerConfig fields the backend reads (rrm_ray.config imports OmegaConf, absent on a bare GPU
     # machine, so the same attributes come as a namespace).
     cfg = SimpleNamespace(lr=args.lr, adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0,
-                          gradient_checkpointing=args.grad_ckpt)  # fmt: skip
+                          gradient_checkpointing=args.grad_ckpt, lora=SimpleNamespace(rank=0))  # fmt: skip
     backend = FSDP2Backend("", torch.bfloat16, device, cfg, frozen=False, model=model)
     params = sum(x.numel() for x in model.parameters())
 

@@ -11,7 +11,7 @@ from rrm_ray.clients.restarts import Restarts
 from rrm_ray.config import JobConfig, resolved_dtype
 from rrm_ray.seeds import seeds_requests
 from rrm_ray.types import Completion
-from rrm_ray.weight_sync import vllm_backend, weight_sync_method
+from rrm_ray.weight_sync import LORA_ADAPTER, vllm_backend, weight_sync_method
 
 if TYPE_CHECKING:
     from rrm_ray.clients.colocation import Colocation
@@ -28,6 +28,10 @@ def engine_spec(
     weight-transfer backend, so none of the receiver's cost (`actors.engine.VLLMEngine`)."""
     c, r = cfg.cluster, cfg.rollout
     backend = vllm_backend(weight_sync_method(cfg), c.device) if takes_weights else None
+    # A LoRA policy's adapter arrives through vLLM's LoRA loading, not a weight-transfer engine
+    lora_rank = cfg.learner.lora.rank if backend == LORA_ADAPTER else 0
+    if lora_rank:
+        backend = None
     return {
         "init_args": (model_path, resolved_dtype(cfg), cfg.model.max_model_len, cfg.trainer.seed, c.device),
         "init_kwargs": {
@@ -36,6 +40,7 @@ def engine_spec(
             "tensor_parallel_size": r.tensor_parallel_size,
             "weight_transfer_backend": backend,
             "enable_sleep_mode": enable_sleep_mode,
+            "lora_rank": lora_rank,
         },
         "env": {**engine_env(c.device, r.kv_cache_gib, r.threads, r.tensor_parallel_size), **c.env},
     }

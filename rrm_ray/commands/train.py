@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from actors.export import export_checkpoint_to_hf
+from actors.export import export_checkpoint
 from rrm_ray.checkpoint import is_complete, verify
 from rrm_ray.commands.options import add_run_options, with_verbose
 from rrm_ray.config import secret_values
@@ -101,8 +101,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """Checkpoint -> HF directory, without Ray or a process group. The checkpoint is verified against
-    its manifest first; a non-empty --out is refused unless --overwrite."""
+    """Checkpoint -> HF directory (or a LoRA run's PEFT adapter directory), without Ray or a process
+    group. The checkpoint is verified against its manifest first; a non-empty --out is refused unless
+    --overwrite."""
     checkpoint, out = Path(args.checkpoint), Path(args.out)
     if not is_complete(checkpoint):
         print(f"{checkpoint} is not a complete checkpoint (no COMPLETE marker)", file=sys.stderr)
@@ -118,8 +119,8 @@ def _export(args: argparse.Namespace) -> int:
         )
         return 2
     cfg = load_config(checkpoint / "config.yaml")
-    written = export_checkpoint_to_hf(
-        str(checkpoint / "learner"), resolve_model_path(cfg.model.path), out, dtype=args.dtype
+    written = export_checkpoint(
+        str(checkpoint / "learner"), resolve_model_path(cfg.model.path), out, args.dtype, args.merge
     )
     print(f"wrote {written}")
     return 0
@@ -136,7 +137,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--summary-json", help="also write the run summary here")
         p.set_defaults(func=_train)
 
-    p = sub.add_parser("export", help="a complete checkpoint -> an HF model directory (no Ray needed)")
+    p = sub.add_parser(
+        "export",
+        help="a complete checkpoint -> an HF model directory, or a LoRA run's PEFT adapter (no Ray needed)",
+    )
     p.add_argument("checkpoint", help="a step_N directory written by checkpoint.every")
     p.add_argument("--out", required=True, help="the HF directory to write (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
@@ -144,5 +148,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--dtype",
         choices=("float32", "bfloat16", "float16"),
         help="weights' dtype in the export (default: the model's dtype; checkpoints hold fp32 masters)",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="LoRA checkpoints: the base with the adapter merged in, as an HF model directory (default: the "
+        "adapter alone, in PEFT format)",
     )
     p.set_defaults(func=_export)

@@ -33,13 +33,15 @@ def engine_logprobs(engine: Any, token_ids: list[int]) -> list[float]:
     """Log-probs (temperature 1) a vLLM engine gives a fixed sequence: a functional weight checksum.
 
     On CPU vLLM repacks linear weights into kernel formats, so comparing parameters directly is
-    impossible; equal log-probs on the same tokens show the engine computes with the same weights."""
+    impossible; equal log-probs on the same tokens show the engine computes with the same weights.
+    A LoRA engine computes them with the adapter its requests carry."""
     from vllm import SamplingParams, TokensPrompt
 
     out = engine.llm.generate(
         [TokensPrompt(prompt_token_ids=token_ids)],
         SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0),
         use_tqdm=False,
+        lora_request=getattr(engine, "lora_request", None),  # a LoRA engine's current adapter
     )[0]
     steps = out.prompt_logprobs[1:]  # the first token has no log-prob
     return [float(step[tok].logprob) for tok, step in zip(token_ids[1:], steps, strict=True)]

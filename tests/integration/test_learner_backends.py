@@ -18,7 +18,7 @@ import torch
 
 from rrm_ray.batch import TrainBatch, build_batch, mini_batch_tokens, shard
 from rrm_ray.clients.group import ActorGroup
-from rrm_ray.config import AlgorithmConfig, LearnerConfig
+from rrm_ray.config import AlgorithmConfig, LearnerConfig, LoRAConfig
 from tests.integration.conftest import start_learner_group
 from tests.integration.conftest import stop_learner_group as stop
 from tests.integration.probes import export_weights, on_all
@@ -111,7 +111,15 @@ def runs(ray_local, tiny_model) -> dict[str, dict]:
     return {
         "fsdp2": run_script(tiny_model, "fsdp2"),
         "zero3": run_script(tiny_model, "deepspeed", zero_stage=3),
-        "zero2": run_script(tiny_model, "deepspeed", zero_stage=2),
+        # Token-budget micro-batches: sequences of 5-13 tokens, 16 padded tokens a pass, so the ranks
+        # need different counts and agree on the larger one (a rank splits a micro-batch to match). The
+        # ZeRO-2 run uses them too: it must still match fixed FSDP2 (and DeepSpeed's accumulation
+        # boundary must hold with counts that differ from micro_batch_size's).
+        "zero2": run_script(tiny_model, "deepspeed", zero_stage=2, max_tokens_per_microbatch=16),
+        "fsdp2_budget": run_script(tiny_model, "fsdp2", max_tokens_per_microbatch=16),
+        # LoRA (rank 8 on every linear): the reference is the base with the adapter off
+        "fsdp2_lora": run_script(tiny_model, "fsdp2", lora=LoRAConfig(rank=8, alpha=16)),
+        "zero3_lora": run_script(tiny_model, "deepspeed", zero_stage=3, lora=LoRAConfig(rank=8, alpha=16)),
     }
 
 
@@ -131,7 +139,43 @@ def test_grpo_losses_and_weights_match_fsdp2(runs, other):
     assert diff < WEIGHT_TOL
 
 
-@pytest.mark.parametrize("name", ["fsdp2", "zero3", "zero2"])
+@pytest.mark.parametrize("budgeted", ["fsdp2_budget", "zero2"])
+def test_token_budget_micro_batches_match_fixed_ones(runs, budgeted):
+    """The same losses and updated weights with micro-batches cut by a token budget (grouped by length,
+    agreed counts over the ranks) as with fixed ones: the normalisation does not depend on the cut."""
+    ref, run = runs["fsdp2"], runs[budgeted]
+    for a, b in [*zip(ref["grpo"], run["grpo"], strict=True), *zip(ref["dpo"], run["dpo"], strict=True)]:
+        for key in ("pg_loss", "entropy", "loss", "reward_margin", "tokens", "pairs"):
+            if key in a:
+                assert abs(a[key] - b[key]) < LOSS_TOL, (key, a, b)
+    for stage in ("after_dpo", "after_grpo"):
+        diff = max_diff(ref[stage], run[stage])
+        print(f"measured: {budgeted} vs fixed fsdp2, {stage}: max |dw| = {diff:.3g}")
+        assert diff < WEIGHT_TOL
+
+
+def test_lora_trains_the_adapter_only_and_both_backends_agree(runs):
+    """The LoRA policy starts as the base (B = 0), its updates change only the wrapped linears (the
+    weights here are merged: W + alpha/r B A), and FSDP2 and ZeRO-3 agree on the losses and weights."""
+    fsdp2, zero3 = runs["fsdp2_lora"], runs["zero3_lora"]
+    assert max_diff(fsdp2["initial"], runs["fsdp2"]["initial"]) == 0.0
+    for stage in ("after_dpo", "after_grpo"):
+        moved = {k for k, w in fsdp2[stage].items() if not torch.equal(w, fsdp2["initial"][k])}
+        assert moved, stage
+        assert {k.split(".")[-2] for k in moved} <= set(LoRAConfig().target_modules), moved
+    for a, b in [
+        *zip(fsdp2["grpo"], zero3["grpo"], strict=True),
+        *zip(fsdp2["dpo"], zero3["dpo"], strict=True),
+    ]:
+        for key in ("pg_loss", "kl", "loss", "reward_margin"):
+            if key in a:
+                assert abs(a[key] - b[key]) < LOSS_TOL, (key, a, b)
+    diff = max_diff(fsdp2["after_grpo"], zero3["after_grpo"])
+    print(f"measured: LoRA fsdp2 vs zero3: max |dw| (merged) = {diff:.3g}")
+    assert diff < WEIGHT_TOL
+
+
+@pytest.mark.parametrize("name", ["fsdp2", "zero3", "zero2", "fsdp2_lora", "zero3_lora"])
 def test_dpo_step_starts_at_log2_and_learns(runs, name):
     run = runs[name]
     assert run["policy_vs_ref"] == 0.0  # the frozen reference is the initial policy

@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench"
 
 
-@pytest.mark.parametrize("script", ["rollout_throughput.py", "step_overhead.py", "async_pipeline.py"])
+@pytest.mark.parametrize(
+    "script", ["rollout_throughput.py", "step_overhead.py", "async_pipeline.py", "learner_batching.py"]
+)
 def test_help_imports_nothing_heavy(script):
     check = (
         f"import runpy, sys; sys.argv = [{str(BENCH / script)!r}, '--help']\n"

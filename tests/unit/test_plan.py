@@ -182,3 +182,20 @@ def test_the_32b_judge_profile_counts_what_a_first_gpu_run_would_hold():
 def test_zero_weights_by_stage(overrides, expected):
     out = cli("plan", "configs/grpo_gpu_1x8.yaml", *overrides).stdout.split("GPU memory per GPU")[1]
     assert expected in table_row(out, "learner")[3], table_row(out, "learner")
+
+
+@runs_command("plan")
+def test_plan_of_the_lora_profile_shows_the_smaller_learner_and_sync():
+    full, lora = cli("plan", "configs/train_rrm_7b.yaml"), cli("plan", "configs/train_rrm_7b_lora.yaml")
+    assert full.returncode == lora.returncode == 0, (full.stderr, lora.stderr)
+    assert "per sync and engine: 14.2 GiB, the full weights in bfloat16" in full.stdout
+    assert "per sync and engine: 308.0 MiB, the LoRA adapter (rank 64 on 7 linears per layer)" in lora.stdout
+    assert "weight sync: the LoRA adapter only, through vLLM's LoRA loading" in lora.stdout
+    memory = [line for line in full.stdout.splitlines() if line.startswith("learner") and "masters" in line]
+    assert memory[0].split()[1] == "36.6"
+    memory = [line for line in lora.stdout.splitlines() if line.startswith("learner") and "LoRA" in line]
+    assert memory[0].split()[1] == "13.6" and "frozen base 7.1 (over 2 ranks) + LoRA 161.5M" in memory[0]
+    merged = cli("plan", "configs/train_rrm_7b_lora.yaml", "learner.lora.sync=merged")
+    assert (
+        "per sync and engine: 14.2 GiB, the full weights (LoRA merged into them) in bfloat16" in merged.stdout
+    )
