@@ -85,7 +85,7 @@ def readme_subcommands(path: Path) -> set[str]:
     return names
 
 
-def tested_subcommands(tests_dir: Path = REPO / "tests") -> dict[str, list[str]]:
+def subcommands_with_tests(tests_dir: Path = REPO / "tests") -> dict[str, list[str]]:
     """Sub-command -> the test files whose tests are marked `@runs_command(...)` with it."""
     found: dict[str, list[str]] = {}
     for path in sorted(tests_dir.rglob("test_*.py")):

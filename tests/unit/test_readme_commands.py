@@ -18,7 +18,7 @@ from tests.readme import (
     readme_command_lines,
     readme_error_examples,
     readme_subcommands,
-    tested_subcommands,
+    subcommands_with_tests,
 )
 
 SUBCOMMANDS = sorted(set().union(*(readme_subcommands(p) for p in READMES)))
@@ -53,7 +53,7 @@ def test_each_readme_command_line_parses_as_written(readme, line):
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)
 def test_each_readme_subcommand_is_run_by_a_test(name):
-    tested = tested_subcommands()
+    tested = subcommands_with_tests()
     assert name in tested, (
         f"the README shows `rrm-ray {name}`, but no test runs it through the console script "
         f"(mark one with @runs_command({name!r}))"
