@@ -13,8 +13,6 @@ from rrm_ray.judge.prompts import RRM_RELEASE_ANALYSIS, RRM_RELEASE_SYSTEM_PROMP
 from tests.integration.conftest import REPO, rrm_ray_cli
 from tests.readme import runs_command
 
-pytestmark = pytest.mark.integration
-
 PAIRS = [
     {"query": "What is 2 + 2?", "response_a": "2 + 2 = 4.", "response_b": "2 + 2 = 5."},
     {"query": "Name a primary color.", "response_a": "Red.", "response_b": "Green tea."},
