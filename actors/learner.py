@@ -5,6 +5,8 @@ collective: the driver calls them on all ranks at once (`ActorGroup.call_all` / 
 rank with its own shard of the batch, and the ranks meet in the backend's all-gathers and reductions.
 The loss math lives in `rrm_ray.algo`; which library shards the model lives in `actors.backends`
 (`learner.backend: fsdp2 | deepspeed`); this class owns the algorithm's use of them and the process group.
+(Over 500 lines: one actor's collective methods, GRPO and DPO steps, weights out and checkpoints, each
+short; they share the rank's model, optimizer and transfer state, which is what this class is.)
 
 Checkpoints (`save_checkpoint(dir)`, all ranks): the backend's files (see `actors.backends`), plus
 

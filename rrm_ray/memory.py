@@ -9,6 +9,8 @@
 
 Parameter counts come from the model's config.json (no weights are read) or, for a path that is not
 here (a hub-style name on a GPU profile), from a small table of known shapes; otherwise "unknown".
+(Over 500 lines: the report and the memory model of every role, full and LoRA learners alike, are
+one estimate that the shared-GPU peak combines; splitting them would split that arithmetic.)
 """
 
 from __future__ import annotations
