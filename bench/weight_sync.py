@@ -80,6 +80,32 @@ def _gloo_floor_seconds(worker: LearnerWorker, nbytes: int, bucket_bytes: int) -
     return time.perf_counter() - start
 
 
+def _start_learner(model: str, cfg: LearnerConfig, name: str, timeout: float) -> ActorGroup:
+    """A learner group on `model`, its process group joined as the driver joins it."""
+    learner = ActorGroup(
+        LearnerWorker,
+        RoleSpec(name, cfg.num_ranks, 1.0),
+        init_args=(model, "float32", "cpu", cfg, AlgorithmConfig(), 1.0, 1),
+        env={"OMP_NUM_THREADS": "1"},
+        call_timeout_s=timeout,
+    )
+    master = learner.placement()[0]
+    learner.call_all("init_process_group", master["ip"], learner.call_rank0("free_port"))
+    return learner
+
+
+def _timed_syncs(learner: ActorGroup, repeats: int) -> tuple[dict[str, int], list[float]]:
+    """One warm-up sync (its report: tensors, chunks, bytes), then `repeats` timed ones (driver wall
+    clock around `send_weights` on every rank)."""
+    report = learner.call_all("send_weights")[0]
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        learner.call_all("send_weights")
+        runs.append(time.perf_counter() - start)
+    return report, runs
+
+
 def lora_line(args: argparse.Namespace, model: str, timeout: float, full_s: float, full_bytes: int) -> None:
     """Adapter-only syncs of a rank-16 LoRA policy (every linear) to a LoRA-serving engine, timed as
     the full syncs are (warm-up, then the median of `--repeats`), printed against the full sync."""
@@ -92,23 +118,10 @@ def lora_line(args: argparse.Namespace, model: str, timeout: float, full_s: floa
         call_timeout_s=timeout,
     )
     cfg = LearnerConfig(num_ranks=args.learner_ranks, micro_batch_size=1, lora=LoRAConfig(rank=16, alpha=32))
-    learner = ActorGroup(
-        LearnerWorker,
-        RoleSpec("learner-lora", args.learner_ranks, 1.0),
-        init_args=(model, "float32", "cpu", cfg, AlgorithmConfig(), 1.0, 1),
-        env={"OMP_NUM_THREADS": "1"},
-        call_timeout_s=timeout,
-    )
-    master = learner.placement()[0]
-    learner.call_all("init_process_group", master["ip"], learner.call_rank0("free_port"))
+    learner = _start_learner(model, cfg, "learner-lora", timeout)
     engine.call_all("ping")
     learner.call_all("init_weight_transfer", LORA_ADAPTER, engine.actors, 1, args.bucket_mb, timeout)
-    report = learner.call_all("send_weights")[0]  # warm-up
-    runs = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        learner.call_all("send_weights")
-        runs.append(time.perf_counter() - start)
+    report, runs = _timed_syncs(learner, args.repeats)
     learner.call_all("close")
     for group in (learner, engine):
         group.shutdown()
@@ -144,16 +157,9 @@ def main() -> None:
         )
         for m in METHODS
     }
-    learner_cfg = LearnerConfig(num_ranks=args.learner_ranks, micro_batch_size=1)
-    learner = ActorGroup(
-        LearnerWorker,
-        RoleSpec("learner", args.learner_ranks, 1.0),
-        init_args=(model, "float32", "cpu", learner_cfg, AlgorithmConfig(), 1.0, 1),
-        env={"OMP_NUM_THREADS": "1"},
-        call_timeout_s=timeout,
+    learner = _start_learner(
+        model, LearnerConfig(num_ranks=args.learner_ranks, micro_batch_size=1), "learner", timeout
     )
-    master = learner.placement()[0]
-    learner.call_all("init_process_group", master["ip"], learner.call_rank0("free_port"))
     for group in engines.values():
         group.call_all("ping")
 
@@ -165,13 +171,8 @@ def main() -> None:
     for m, group in engines.items():
         backend = vllm_backend(m, "cpu")
         learner.call_all("init_weight_transfer", backend, group.actors, 1, args.bucket_mb, timeout)
-        report = learner.call_all("send_weights")[0]  # warm-up
+        report, seconds[m] = _timed_syncs(learner, args.repeats)
         nbytes = report["bytes"]
-        seconds[m] = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            learner.call_all("send_weights")
-            seconds[m].append(time.perf_counter() - start)
         print(
             f"{m:13s} ({backend}): {statistics.median(seconds[m]):.3f} s per sync "
             f"(median of {args.repeats}: {', '.join(f'{s:.3f}' for s in seconds[m])}), "
@@ -191,13 +192,12 @@ def main() -> None:
     learner.call_all("close")
     for group in (learner, *engines.values()):
         group.shutdown()
-    full = min(seconds, key=lambda m: statistics.median(seconds[m]))
-    lora_line(args, model, timeout, statistics.median(seconds[full]), nbytes)
+    best = min(seconds, key=lambda m: statistics.median(seconds[m]))
+    lora_line(args, model, timeout, statistics.median(seconds[best]), nbytes)
     ray.shutdown()
 
     bandwidth = max(bandwidth, memcpy_bandwidth())
     bound = nbytes / bandwidth
-    best = min(seconds, key=lambda m: statistics.median(seconds[m]))
     floor = min(floors)
     print(f"of each sync, the learner's streamed gather alone: {min(gathers):.3f} s (best of 2)")
     print(

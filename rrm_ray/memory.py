@@ -217,8 +217,7 @@ def learner_memory(cfg: JobConfig, params: int | None) -> Memory:
         return Memory(None, None, "unknown (no parameter count)")
     if lr.lora.rank:
         return _lora_learner_memory(cfg, params, lora_params(cfg))
-    shape, _ = model_shape(cfg.model.path)
-    sizes = tensor_sizes(shape, params) if shape is not None and count_params(shape) else None
+    sizes = _sizes(cfg, params)
     ranks, b = lr.num_ranks, DTYPE_BYTES[resolved_dtype(cfg)]
     zero = lr.backend == "deepspeed"
     masters, adam, grads = 4 * params / ranks, 8 * params / ranks, 4 * params / ranks
@@ -240,25 +239,42 @@ def learner_memory(cfg: JobConfig, params: int | None) -> Memory:
     reference = 0.0
     if cfg.algorithm.kl_coef > 0:
         reference = b * params / (1 if zero and lr.zero_stage == 2 else ranks)
-    bucket = cfg.rollout.weight_bucket_mb * 2**20
-    largest = b * sizes.largest if sizes else 0.0
-    # rank 0 packs into the sender's buffers; IPC's buffer holds at least the largest tensor
-    send = TRANSFER_BUFFERS * (max(bucket, largest) if weight_sync_method(cfg) == "ipc" else bucket)
-    stream = largest + send
-    live = masters + adam + grads + weights + unsharded + reference + stream
-    slack = ALLOCATOR_SLACK * live
-    total = (live + slack) / GIB + CONTEXT_GIB
     parts = (
         f"masters {masters / GIB:.1f} + Adam {adam / GIB:.1f} + grads {grads / GIB:.1f} (over {ranks} ranks)"
         + (f" + {weights_what} {weights / GIB:.1f}" if weights else "")
         + (f" + unsharded root and 2 layers {unsharded / GIB:.1f}" if unsharded else "")
         + (f" + reference {reference / GIB:.1f}" if reference else "")
-        + f" + sync stream {stream / GIB:.2f} + allocator slack {slack / GIB:.1f} + context {CONTEXT_GIB:g}"
+    )
+    held = masters + adam + grads + weights + reference
+    return _learner_rank(held, unsharded, _full_sync_stream(cfg, b, sizes), host, parts)
+
+
+def _sizes(cfg: JobConfig, params: int) -> Tensors | None:
+    shape, _ = model_shape(cfg.model.path)
+    return tensor_sizes(shape, params) if shape is not None and count_params(shape) else None
+
+
+def _full_sync_stream(cfg: JobConfig, dtype_bytes: int, sizes: Tensors | None) -> float:
+    """A streamed sync of whole tensors: the largest gathered on every rank, plus the sender's
+    double-buffered buckets on rank 0 (IPC's buffer holds at least the largest tensor)."""
+    bucket = cfg.rollout.weight_bucket_mb * 2**20
+    largest = dtype_bytes * sizes.largest if sizes else 0.0
+    return largest + TRANSFER_BUFFERS * (max(bucket, largest) if weight_sync_method(cfg) == "ipc" else bucket)
+
+
+def _learner_rank(held: float, unsharded: float, stream: float, host: float, parts: str) -> Memory:
+    """A rank's estimate from what it holds between phases (`held`, the resident share), what it
+    gathers while it computes (`unsharded`) and syncs (`stream`), plus the allocator's slack over all
+    of it and a CUDA context; `parts` says what `held` and `unsharded` are made of."""
+    live = held + unsharded + stream
+    slack = ALLOCATOR_SLACK * live
+    parts += (
+        f" + sync stream {stream / GIB:.2f} + allocator slack {slack / GIB:.1f} + context {CONTEXT_GIB:g}"
         + (f"; host {host / GIB:.1f} (offloaded)" if host else "")
         + "; activations not counted"
     )
-    resident = (masters + adam + grads + weights + reference) / GIB + CONTEXT_GIB
-    return Memory(total, None, parts, host / GIB, resident)
+    total = (live + slack) / GIB + CONTEXT_GIB
+    return Memory(total, None, parts, host / GIB, held / GIB + CONTEXT_GIB)
 
 
 def _lora_learner_memory(cfg: JobConfig, params: int, adapter: int | None) -> Memory:
@@ -270,8 +286,7 @@ def _lora_learner_memory(cfg: JobConfig, params: int, adapter: int | None) -> Me
     lr = cfg.learner
     if adapter is None:
         return Memory(None, None, "unknown (no adapter size for this model shape)")
-    shape, _ = model_shape(cfg.model.path)
-    sizes = tensor_sizes(shape, params) if shape is not None and count_params(shape) else None
+    sizes = _sizes(cfg, params)
     ranks, b = lr.num_ranks, DTYPE_BYTES[resolved_dtype(cfg)]
     whole = lr.backend == "deepspeed" and lr.zero_stage == 2
     base, host = b * params / (1 if whole else ranks), 0.0
@@ -282,25 +297,15 @@ def _lora_learner_memory(cfg: JobConfig, params: int, adapter: int | None) -> Me
         host += masters + adam
         masters = adam = 0.0
     unsharded = 0.0 if whole or not sizes else b * (sizes.root + 2 * sizes.layer)
-    if lr.lora.sync == "adapter":
-        stream = b * adapter
-    else:
-        largest = b * sizes.largest if sizes else 0.0
-        stream = largest + TRANSFER_BUFFERS * cfg.rollout.weight_bucket_mb * 2**20
-    live = base + masters + adam + grads + unsharded + stream
-    slack = ALLOCATOR_SLACK * live
-    total = (live + slack) / GIB + CONTEXT_GIB
+    # adapter sync: the adapter's tensors; merged: whole merged tensors, as a full sync
+    stream = b * adapter if lr.lora.sync == "adapter" else _full_sync_stream(cfg, b, sizes)
     parts = (
         f"frozen base {base / GIB:.1f} ({'whole, ZeRO-2' if whole else f'over {ranks} ranks'}) + LoRA "
         f"{fmt_params(adapter)}: masters {masters / GIB:.2f} + Adam {adam / GIB:.2f} + grads "
         f"{grads / GIB:.2f} (reference: the base, adapter off)"
         + (f" + unsharded root and 2 layers {unsharded / GIB:.1f}" if unsharded else "")
-        + f" + sync stream {stream / GIB:.2f} + allocator slack {slack / GIB:.1f} + context {CONTEXT_GIB:g}"
-        + (f"; host {host / GIB:.1f} (offloaded)" if host else "")
-        + "; activations not counted"
     )
-    resident = (base + masters + adam + grads) / GIB + CONTEXT_GIB
-    return Memory(total, None, parts, host / GIB, resident)
+    return _learner_rank(base + masters + adam + grads, unsharded, stream, host, parts)
 
 
 def group_peak(roles: list[str], memory: dict[str, Memory]) -> tuple[float | None, str]:

