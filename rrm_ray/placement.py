@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rrm_ray.config import ClusterConfig, JobConfig
 
-ROLE_ORDER = ("rollout", "learner", "reward", "judge")  # start order
+ROLE_ORDER = ("rollout", "learner", "reward", "judge")  # reservation order
 COLOCATABLE = ("rollout", "learner", "judge")
 ENGINES = ("rollout", "judge")  # roles that own a vLLM engine (these sleep while another role works)
 
@@ -61,7 +61,7 @@ class RoleShare:
 
 @dataclass(frozen=True)
 class PlacementLayout:
-    """The placement groups a job reserves (name -> bundle shape, in start order) and each role's share."""
+    """The placement groups a job reserves (name -> bundle shape, reservation order) and each role's share."""
 
     groups: dict[str, RoleSpec]
     roles: dict[str, RoleShare]

@@ -45,9 +45,12 @@ class JudgeClient:
         share: Colocation | None,
         restarts: Restarts,
         worker_cls: type | None = None,
+        wait: bool = True,
     ) -> JudgeClient:
         """The engines on the judge's bundles (`place`), loaded before this returns, so later timings
-        measure judging, not start-up. `worker_cls`: a JudgeWorker subclass (benchmarks, fault tests)."""
+        measure judging, not start-up. `worker_cls`: a JudgeWorker subclass (benchmarks, fault tests).
+        `wait` False: returns once the engines are asked to load, so they load while the caller starts
+        other roles; `ready()` then waits for them."""
         c, j = cfg.cluster, cfg.judge
         if share is not None:
             share.before("judge")  # engines on its bundles sleep before it sizes its KV cache
@@ -62,10 +65,16 @@ class JudgeClient:
             call_timeout_s=c.call_timeout_s,
             max_restarts=c.max_actor_restarts,  # a dead engine comes back; calls retry (rrm_ray.recovery)
         )
-        group.call_all("ping")
-        if share is not None:
-            share.register("judge", group)
-        return cls(group, share, restarts)
+        client = cls(group, share, restarts)
+        if wait:
+            client.ready()
+        return client
+
+    def ready(self) -> None:
+        """Until every engine answers (its model loaded); engines that share bundles then sleep."""
+        self.group.call_all("ping")
+        if self.share is not None:
+            self.share.register("judge", self.group)
 
     def __len__(self) -> int:
         return len(self.group)

@@ -1,9 +1,10 @@
 """A job's roles: the placement groups reserved up front and one typed client per role on them.
 
     Roles.start():  check the cluster can hold the layout -> reserve every placement group
-                    -> rollout engines -> learner ranks (rendezvous, weight transfer to the engines)
-                    -> reward actor -> judge engines (judge.enabled; a served judge,
-                    judge.endpoint.url: its HTTP client, no engines)
+                    -> rollout engines and judge engines (judge.enabled, on bundles of its own) load
+                    -> learner ranks (rendezvous, weight transfer to the engines) -> reward actor
+                    -> judge engines that share bundles (they start once the others can sleep;
+                    a served judge, judge.endpoint.url: its HTTP client, no engines)
     Roles.close():  every group shut down, the placement groups released
 
 Roles that share bundles (`cluster.colocate`) take turns through `share` (rrm_ray.clients.colocation). Every
@@ -130,7 +131,7 @@ class Roles:
 
     @property
     def groups(self) -> list[ActorGroup]:
-        """The live groups, in start order (a served judge has none)."""
+        """The live groups in role order: rollout, learner, reward, judge (a served judge has none)."""
         clients = (self.rollout, self.learner, self.reward, self.judge)
         return [c.group for c in clients if c is not None and c.group is not None]
 
@@ -146,13 +147,21 @@ class Roles:
         check_fits(self.layout)
         self.pgs = reserve_placement(self.layout, cfg.cluster.placement_timeout_s)
         place = Placement(self.layout, self.pgs)
+        # Ray creates actors in the background: the engines load while the learner ranks start.
         self.rollout = RolloutClient.start(
             cfg, self.model_path, place, self.share, self.restarts, self.think_budget
         )
+        # A judge on bundles of its own loads alongside them (minutes for a 32B judge); one that shares
+        # bundles starts last, once the roles it shares them with can sleep while it sizes its cache.
+        judge_alongside = cfg.judge.enabled and self.judge is None and not place.shared("judge")
+        if judge_alongside:
+            self.judge = JudgeClient.start(cfg, place, self.share, self.restarts, wait=False)
         self.learner = LearnerClient(cfg, self.model_path, self.pad_id, place, self.share)
         self.rollout.connect(self.learner)
         self.reward = RewardClient.start(cfg, place, self.restarts, judge=self.judge)
-        if cfg.judge.enabled and self.judge is None:
+        if isinstance(self.judge, JudgeClient) and judge_alongside:
+            self.judge.ready()
+        elif cfg.judge.enabled and self.judge is None:
             self.judge = self.reward.judge = JudgeClient.start(cfg, place, self.share, self.restarts)
         self.rollout.group.call_all("ping")  # engines are up
 
