@@ -7,9 +7,12 @@ costs ~30 s here, so tests share what they can.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +22,57 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Session fixtures whose start-up is worth sharing: `make test` runs this folder on two pytest-xdist
+# workers with `--dist loadscope`, and modules whose source names one of these run on one worker with
+# the other modules that name it, so each starts once (a module's own fixtures start once anyway).
+SHARED_FIXTURES = ("grpo_run", "ray_head")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any worker starts Ray: on a machine with no Ray token yet (a fresh CI box), two workers'
+    first `ray.init` would each write ~/.ray/auth_token, and the cluster that read the first one then
+    refuses its own workers. The token is made once here, in the controller, as users make it."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller did it
+        return
+    ray_bin = Path(sys.executable).with_name("ray")
+    subprocess.run([str(ray_bin), "get-auth-token", "--generate"], capture_output=True, check=True)
+
+
+def module_scopes(folder: Path, root: Path) -> dict[str, str]:
+    """Each test module's scope (paths relative to `root`, as in node ids): its own path, or the first
+    module's that shares a fixture with it."""
+    scope: dict[str, str] = {}
+    first_user: dict[str, str] = {}
+    for module in sorted(folder.glob("test_*.py")):
+        name = module.relative_to(root).as_posix()
+        uses = [f for f in SHARED_FIXTURES if re.search(rf"\b{f}\b", module.read_text())]
+        joined = {scope[first_user[f]] for f in uses if f in first_user}
+        scope[name] = min(joined) if joined else name
+        for other, was in scope.items():  # a module naming two fixtures joins their groups
+            if was in joined:
+                scope[other] = scope[name]
+        for f in uses:
+            first_user.setdefault(f, name)
+    return scope
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadscope`, with the modules sharing a `SHARED_FIXTURES` fixture in one scope.
+    (xdist's own `loadgroup` marks no longer reach its scheduler under pytest 9.2: it renames
+    `item._nodeid`, which pytest 9.2 no longer reads.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    scopes = module_scopes(Path(__file__).parent, config.rootpath)
+
+    class SharedFixtureScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return scopes.get(module, module)
+
+    return SharedFixtureScopes(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -217,6 +271,9 @@ def ray_head(tmp_path_factory):
     ray_bin = str(Path(sys.executable).with_name("ray"))
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
     log = tmp / "head.log"
+    # Ray's socket paths must fit AF_UNIX's 107 bytes: pytest's folders (one more level per xdist
+    # worker) are too deep, so the session lives in a short folder of its own.
+    ray_tmp = tempfile.mkdtemp(prefix="rrm-rayhead-")
     cmd = [
         ray_bin,
         "start",
@@ -229,7 +286,7 @@ def ray_head(tmp_path_factory):
         # Not the default 52365: another Ray on this machine holds it, and then no job agent starts.
         f"--dashboard-agent-listen-port={agent}",
         "--num-cpus=8",
-        f"--temp-dir={tmp}",
+        f"--temp-dir={ray_tmp}",
         "--disable-usage-stats",
     ]
     with log.open("w") as out:
@@ -241,6 +298,7 @@ def ray_head(tmp_path_factory):
         yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{port}", "env": env}
     finally:
         stop_process_group(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
