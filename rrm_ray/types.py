@@ -4,9 +4,10 @@ rewards. Plain dataclasses (picklable, no Ray), shared by actors, clients and jo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # a StepRewards holds a tensor; the rule actor, which never builds one, skips torch
+    import torch
 
 
 @dataclass
