@@ -153,14 +153,14 @@ class Roles:
         )
         # A judge on bundles of its own loads alongside them (minutes for a 32B judge); one that shares
         # bundles starts last, once the roles it shares them with can sleep while it sizes its cache.
-        judge_alongside = cfg.judge.enabled and self.judge is None and not place.shared("judge")
-        if judge_alongside:
-            self.judge = JudgeClient.start(cfg, place, self.share, self.restarts, wait=False)
+        alongside = None
+        if cfg.judge.enabled and self.judge is None and not place.shared("judge"):
+            alongside = self.judge = JudgeClient.start(cfg, place, self.share, self.restarts, wait=False)
         self.learner = LearnerClient(cfg, self.model_path, self.pad_id, place, self.share)
         self.rollout.connect(self.learner)
         self.reward = RewardClient.start(cfg, place, self.restarts, judge=self.judge)
-        if isinstance(self.judge, JudgeClient) and judge_alongside:
-            self.judge.ready()
+        if alongside is not None:
+            alongside.ready()
         elif cfg.judge.enabled and self.judge is None:
             self.judge = self.reward.judge = JudgeClient.start(cfg, place, self.share, self.restarts)
         self.rollout.group.call_all("ping")  # engines are up

@@ -35,25 +35,24 @@ def pytest_configure(config: pytest.Config) -> None:
     refuses its own workers. The token is made once here, in the controller, as users make it."""
     if hasattr(config, "workerinput"):  # an xdist worker: the controller did it
         return
-    ray_bin = Path(sys.executable).with_name("ray")
-    subprocess.run([str(ray_bin), "get-auth-token", "--generate"], capture_output=True, check=True)
+    make_ray_token()
+
+
+def make_ray_token(env: dict[str, str] | None = None) -> None:
+    """~/.ray/auth_token, unless there is one (`ray get-auth-token --generate`)."""
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
 
 
 def module_scopes(folder: Path, root: Path) -> dict[str, str]:
-    """Each test module's scope (paths relative to `root`, as in node ids): its own path, or the first
-    module's that shares a fixture with it."""
+    """Each test module's scope (paths relative to `root`, as in node ids): the first of
+    `SHARED_FIXTURES` its source names, else its own path. (A module naming two would join the first's
+    scope, and the second fixture would then start on both workers: a cost, not an error.)"""
     scope: dict[str, str] = {}
-    first_user: dict[str, str] = {}
     for module in sorted(folder.glob("test_*.py")):
         name = module.relative_to(root).as_posix()
-        uses = [f for f in SHARED_FIXTURES if re.search(rf"\b{f}\b", module.read_text())]
-        joined = {scope[first_user[f]] for f in uses if f in first_user}
-        scope[name] = min(joined) if joined else name
-        for other, was in scope.items():  # a module naming two fixtures joins their groups
-            if was in joined:
-                scope[other] = scope[name]
-        for f in uses:
-            first_user.setdefault(f, name)
+        text = module.read_text()
+        scope[name] = next((f for f in SHARED_FIXTURES if re.search(rf"\b{f}\b", text)), name)
     return scope
 
 
@@ -268,8 +267,8 @@ def ray_head(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token"}
     # The job's entrypoint runs `python -m rrm_ray.cli`: the venv's python, as on a cluster node.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    make_ray_token(env)  # made by the controller already under xdist; a plain run makes it here
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
     log = tmp / "head.log"
     # Ray's socket paths must fit AF_UNIX's 107 bytes: pytest's folders (one more level per xdist
     # worker) are too deep, so the session lives in a short folder of its own.
