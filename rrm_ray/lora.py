@@ -27,10 +27,10 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # the tensor functions only call tensors' methods: config checks and `plan` stay torch-free
+    import torch
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -212,6 +212,8 @@ def write_adapter(
     tmp = directory.with_name(directory.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    from safetensors.torch import save_file
+
     save_file({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}, str(tmp / ADAPTER_WEIGHTS))
     (tmp / ADAPTER_CONFIG).write_text(json.dumps(dict(config), indent=2))
     shutil.rmtree(directory, ignore_errors=True)
@@ -232,6 +234,8 @@ def read_adapter(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
             f"{directory / ADAPTER_CONFIG}: a LoRA config needs r, lora_alpha and target_modules "
             f"(missing {missing}) and peft_type LORA (got {config.get('peft_type')!r})"
         )
+    from safetensors.torch import load_file
+
     tensors = load_file(str(directory / ADAPTER_WEIGHTS))
     for key in tensors:
         module_of(key)

@@ -14,8 +14,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -71,12 +69,12 @@ def ensure_smollm2(out_dir: Path | None = None) -> Path:
 
     gguf = _smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.torch_dtype = torch.float32
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    config.torch_dtype = "float32"
+    model = AutoModelForCausalLM.from_config(config, dtype="float32")
     model.load_state_dict(quantized.state_dict())
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from rrm_ray.config import JobConfig, one_of, require
 from rrm_ray.placement import placement_layout
+
+if TYPE_CHECKING:  # names and sizes of tensors only: config validation imports this module without torch
+    import torch
 
 
 class WeightSyncError(RuntimeError):

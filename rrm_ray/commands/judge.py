@@ -24,24 +24,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rrm_ray.clients.cluster import ray_session
-from rrm_ray.clients.judge import JudgeClient
 from rrm_ray.commands.options import add_run_options, with_verbose
 from rrm_ray.config import ConfigError, JobConfig, to_flat_dict
 from rrm_ray.data.io import DataFormatError, read_records, require_str, write_jsonl
 from rrm_ray.data.preference import render_conversation
 from rrm_ray.data.prompts import PromptDataError, load_prompts
-from rrm_ray.jobs.judging import (
-    benchmark_pass,
-    compare_all,
-    judge_session,
-    rank_settings,
-    render_pairs,
-    sample_policy,
-    score_correct,
-)
 from rrm_ray.judge import best_of_n as bon
 from rrm_ray.judge import sweep
 from rrm_ray.judge.benchmarks import load_pandalm, load_rewardbench, read_summary
@@ -54,6 +43,9 @@ from rrm_ray.rewards.rules import RuleError, resolve_rule
 from rrm_ray.tracking import Tracker, default_run_name, open_tracker, run_line
 from rrm_ray.validation import load_config
 
+if TYPE_CHECKING:
+    from rrm_ray.clients.judge import JudgeClient
+
 
 def _mlflow_line(tracker: Any, cfg: JobConfig) -> None:
     if line := run_line(tracker, cfg.tracking):
@@ -62,6 +54,8 @@ def _mlflow_line(tracker: Any, cfg: JobConfig) -> None:
 
 # ---------------------------------------------------------------------------------------------- judge
 def _judge(args: argparse.Namespace) -> int:
+    from rrm_ray.jobs.judging import compare_all, judge_session
+
     cfg = load_config(args.config, with_verbose(args))
     records = list(read_records(args.data))
     pairs = [
@@ -89,6 +83,8 @@ def _judge(args: argparse.Namespace) -> int:
 
 def _render_only(args: argparse.Namespace, cfg: JobConfig, records: list[Any], pairs: list[JudgePair]) -> int:
     """The prompts the judge would be shown, written instead of judged (the tokenizer only)."""
+    from rrm_ray.jobs.judging import render_pairs
+
     rendered = render_pairs(cfg, pairs)
     write_jsonl([{**rec, **r} for (_, rec), r in zip(records, rendered, strict=True)], args.out)
     shown = sum(len(r["presentations"]) for r in rendered)
@@ -156,6 +152,8 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from rrm_ray.jobs.judging import benchmark_pass, judge_session
+
     if args.sweep:
         return _eval_sweep(args)
     if args.out:
@@ -188,6 +186,9 @@ def _eval_sweep(args: argparse.Namespace) -> int:
     """Every point of the grid evaluated on the same items: one judge session per engine the points
     need (rrm_ray.judge.sweep), one MLflow child run per point under the sweep's run, then the table
     and the accuracy figures."""
+    from rrm_ray.clients.cluster import ray_session
+    from rrm_ray.jobs.judging import judge_session
+
     base = _eval_overrides(args)
     axes = sweep.parse_axes(args.sweep, fixed_keys=[o.partition("=")[0] for o in base])
     out = sweep.check_table_path(args.out) if args.out else None
@@ -265,6 +266,8 @@ def _sweep_point(
     run_name: str,
 ) -> Any:
     """Point i on running engines (set to its sampling-time settings), as a child run of `parent`."""
+    from rrm_ray.jobs.judging import benchmark_pass
+
     point, tag = points[i], f"point {i + 1}/{len(points)}"
     child = _tracker(cfg, "eval", f"{run_name} [{sweep.label(point)}]", parent_run_id=parent.run_id)
     status = "FAILED"
@@ -291,6 +294,9 @@ def _sweep_point(
 def _best_of_n(args: argparse.Namespace) -> int:
     """Sample once; judge per (method, votes) setting over the same responses; score picks against
     the verifier where prompts carry answers (rrm_ray.judge.best_of_n)."""
+    from rrm_ray.clients.cluster import ray_session
+    from rrm_ray.jobs.judging import judge_session, rank_settings, sample_policy, score_correct
+
     overrides = [*with_verbose(args)]
     single_method = args.method is not None and "," not in args.method
     single_votes = args.votes is not None and "," not in args.votes

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rrm_ray.clients.cluster import live_nodes
 from rrm_ray.config import JobConfig
 from rrm_ray.memory import build_report
 from rrm_ray.placement import cannot_hold_message, declared_nodes, local_resources
@@ -23,6 +22,8 @@ from rrm_ray.validation import load_config
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)  # a ConfigError exits 2 with train's message (cli.main)
     if args.address:
+        from rrm_ray.clients.cluster import live_nodes  # Ray, only to read a live cluster
+
         try:
             nodes: list[dict[str, float]] | None = live_nodes(args.address)
         except ConnectionError as exc:

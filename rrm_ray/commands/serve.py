@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rrm_ray.clients.served_judge import KEY_ENV, ServeError, serve_judge, stop_judge
 from rrm_ray.validation import load_config
 
 
 def run(args: argparse.Namespace) -> int:
+    from rrm_ray.clients.served_judge import KEY_ENV, ServeError, serve_judge, stop_judge  # Ray
+
     if args.stop:
         stopped = stop_judge(args.stop, args.address)
         if not stopped:

@@ -9,14 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from actors.export import export_checkpoint
-from rrm_ray.checkpoint import is_complete, verify
 from rrm_ray.commands.options import add_run_options, with_verbose
 from rrm_ray.config import secret_values
 from rrm_ray.data.downstream import read_tasks
 from rrm_ray.data.tasks import check_data_paths
-from rrm_ray.jobs.dpo import DPOJob
-from rrm_ray.jobs.grpo import GRPOJob
 from rrm_ray.logs import redact_console
 from rrm_ray.models import resolve_model_path
 from rrm_ray.stopping import GracefulStop
@@ -30,6 +26,10 @@ def _train(args: argparse.Namespace) -> int:
     check_data_paths(cfg)  # a mistyped data path fails now, not after the model is loaded
     if cfg.trainer.downstream_eval.enabled:
         read_tasks(cfg.trainer.downstream_eval)  # every row of its files checked now, too
+    # The job's stack (torch, Ray, the clients) loads once the config and the data checked out.
+    from rrm_ray.jobs.dpo import DPOJob
+    from rrm_ray.jobs.grpo import GRPOJob
+
     if args.command == "dpo":
         validate_dpo(cfg)
         job_cls: type[GRPOJob | DPOJob] = DPOJob
@@ -104,6 +104,9 @@ def _export(args: argparse.Namespace) -> int:
     """Checkpoint -> HF directory (or a LoRA run's PEFT adapter directory), without Ray or a process
     group. The checkpoint is verified against its manifest first; a non-empty --out is refused unless
     --overwrite."""
+    from actors.export import export_checkpoint  # torch: the export's own stack
+    from rrm_ray.checkpoint import is_complete, verify
+
     checkpoint, out = Path(args.checkpoint), Path(args.out)
     if not is_complete(checkpoint):
         print(f"{checkpoint} is not a complete checkpoint (no COMPLETE marker)", file=sys.stderr)
