@@ -206,14 +206,14 @@ def write_adapter(
 ) -> Path:
     """Write a PEFT adapter directory (file keys, contiguous CPU tensors), atomically: a reader sees the
     whole directory or none (written beside it, then renamed)."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     for key in tensors:
         module_of(key)  # every key is a LoRA tensor's
     tmp = directory.with_name(directory.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    from safetensors.torch import save_file
-
     save_file({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}, str(tmp / ADAPTER_WEIGHTS))
     (tmp / ADAPTER_CONFIG).write_text(json.dumps(dict(config), indent=2))
     shutil.rmtree(directory, ignore_errors=True)

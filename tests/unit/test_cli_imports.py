@@ -35,12 +35,5 @@ def imported_by(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
 def test_reading_a_config_loads_no_torch_ray_or_vllm(args, rc):
     proc, tops = imported_by(*args)
     assert proc.returncode == rc, proc.stderr[-2000:]
-    assert "rrm_ray" in tops  # the import log was read
+    assert "rrm_ray" in tops  # the import log was read (a module per line, torch's too when loaded)
     assert not tops & set(HEAVY), sorted(tops & set(HEAVY))
-
-
-def test_a_command_that_runs_a_job_still_loads_its_stack():
-    """The other side: `export` imports torch once it runs (here it stops at a missing checkpoint)."""
-    proc, tops = imported_by("export", "no/such/step_000001", "--out", "unused")
-    assert proc.returncode == 2 and "not a complete checkpoint" in proc.stderr
-    assert "torch" in tops
